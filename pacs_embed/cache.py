@@ -1,0 +1,202 @@
+"""The HDF5 embedding cache: its layout, provenance, staleness check and prompt appends.
+
+Layout (format version 1; all vectors are raw projected CLIP embeddings, float32, *not*
+L2-normalised)::
+
+    /                    attrs: provenance (model_id, revision, dtype, versions, manifest_sha256, ...)
+    /domains, /classes   name tables (str)
+    /images/embedding    (N, D) float32; NaN rows for images that failed to decode
+    /images/path         (N,) str, relative to the dataset root
+    /images/domain       (N,) int16 index into /domains
+    /images/label        (N,) int16 index into /classes
+    /images/ok           (N,) bool
+    /images/sha256, size, mtime_ns   per-file content hash and stat, for staleness checks
+    /failures/path, /failures/reason  images that could not be read, and why
+    /prompts/text        (P,) str, appendable
+    /prompts/embedding   (P, D) float32, appendable
+
+Usage::
+
+    info = read_attrs("data/embeddings/PACS/openai__clip-vit-base-patch32.h5")
+    arrays = read_images(path)         # dict of numpy arrays + name lists
+    changes = check_dataset(path)      # Changes(added, removed, modified) against the files now
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .datasets import Changes, Record, compare, scan
+
+FORMAT_VERSION = 1
+EMBEDDING_NOTE = ("raw projected CLIP embeddings (output of the visual/text projection), float32, "
+                  "not L2-normalised")
+STR = h5py.string_dtype()
+
+
+class CacheError(RuntimeError):
+    pass
+
+
+def default_path(dataset_name: str, model_id: str, folder="data/embeddings") -> Path:
+    """``data/embeddings/<dataset>/<model>.h5`` with '/' in hub ids written as '__'."""
+    name = Path(model_id).name if os.path.isabs(model_id) else model_id.replace("/", "__")
+    return Path(folder) / dataset_name / f"{name}.h5"
+
+
+@contextlib.contextmanager
+def locked(path):
+    """An exclusive advisory lock beside ``path`` (one writer at a time)."""
+    lock = Path(str(path) + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write(path, attrs: dict, domains, classes, records: list[Record], embeddings: np.ndarray,
+          ok: np.ndarray, failures: list[tuple[str, str]], prompts: list[str], prompt_embeddings: np.ndarray):
+    """Write a complete cache to ``<path>.partial``, then rename it to ``path`` (atomic)."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(partial, "w") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = str(value) if isinstance(value, str) else value  # str subclasses: h5py fails
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["pacs_embed_version"] = __version__
+        f.attrs["embedding"] = EMBEDDING_NOTE
+        f.attrs["n_images"] = len(records)
+        f.attrs["embed_dim"] = embeddings.shape[1]
+        f.create_dataset("domains", data=np.array(domains, dtype=object), dtype=STR)
+        f.create_dataset("classes", data=np.array(classes, dtype=object), dtype=STR)
+        g = f.create_group("images")
+        g.create_dataset("embedding", data=embeddings.astype(np.float32))
+        g.create_dataset("path", data=np.array([r.path for r in records], dtype=object), dtype=STR)
+        g.create_dataset("domain", data=np.array([r.domain for r in records], np.int16))
+        g.create_dataset("label", data=np.array([r.label for r in records], np.int16))
+        g.create_dataset("ok", data=ok.astype(bool))
+        g.create_dataset("sha256", data=np.array([r.sha256 for r in records], dtype=object), dtype=STR)
+        g.create_dataset("size", data=np.array([r.size for r in records], np.int64))
+        g.create_dataset("mtime_ns", data=np.array([r.mtime_ns for r in records], np.int64))
+        fg = f.create_group("failures")
+        fg.create_dataset("path", data=np.array([p for p, _ in failures], dtype=object), dtype=STR)
+        fg.create_dataset("reason", data=np.array([r for _, r in failures], dtype=object), dtype=STR)
+        pg = f.create_group("prompts")
+        pg.attrs["embedding"] = EMBEDDING_NOTE + "; text tower run in float32"
+        pg.create_dataset("text", data=np.array(prompts, dtype=object), dtype=STR,
+                          maxshape=(None,), chunks=(1024,))
+        pg.create_dataset("embedding", data=prompt_embeddings.astype(np.float32),
+                          maxshape=(None, embeddings.shape[1]), chunks=(256, embeddings.shape[1]))
+    os.replace(partial, path)
+
+
+def _open(path, mode="r"):
+    path = Path(path)
+    if not path.is_file():
+        raise CacheError(f"no cache at {str(path)!r}; make it with `pacs-embed extract` (see --out).")
+    try:
+        f = h5py.File(path, mode)
+    except OSError as e:
+        raise CacheError(f"cannot open cache {str(path)!r}: {e}") from e
+    version = f.attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        f.close()
+        raise CacheError(f"{str(path)!r} has cache format {version!r}; this pacs_embed reads {FORMAT_VERSION}. "
+                         f"Re-run `pacs-embed extract --force`.")
+    return f
+
+
+def read_attrs(path) -> dict:
+    with _open(path) as f:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+
+def read_images(path) -> dict:
+    """Every image's embedding and labels: keys embedding, path, domain, label, ok, sha256, domains, classes."""
+    with _open(path) as f:
+        g = f["images"]
+        return {"embedding": g["embedding"][:], "path": g["path"].asstr()[:].tolist(),
+                "domain": g["domain"][:].astype(np.int64), "label": g["label"][:].astype(np.int64),
+                "ok": g["ok"][:], "sha256": g["sha256"].asstr()[:].tolist(),
+                "domains": f["domains"].asstr()[:].tolist(), "classes": f["classes"].asstr()[:].tolist()}
+
+
+def read_failures(path) -> list[tuple[str, str]]:
+    with _open(path) as f:
+        return list(zip(f["failures/path"].asstr()[:], f["failures/reason"].asstr()[:]))
+
+
+def stored_records(path) -> dict[str, Record]:
+    with _open(path) as f:
+        g = f["images"]
+        return {p: Record(p, int(d), int(c), int(s), int(m), h) for p, d, c, s, m, h in zip(
+            g["path"].asstr()[:], g["domain"][:], g["label"][:], g["size"][:], g["mtime_ns"][:], g["sha256"].asstr()[:])}
+
+
+def check_dataset(path, root=None) -> Changes:
+    """Exactly which dataset files were added, removed or modified since the cache was made.
+
+    Files whose size and mtime are unchanged are trusted; others are hashed again.
+    """
+    root = root or read_attrs(path)["dataset_root"]
+    old = stored_records(path)
+    now = scan(root, known=old, progress=False)
+    return compare({p: r.sha256 for p, r in old.items()}, {r.path: r.sha256 for r in now.records})
+
+
+def read_prompts(path) -> dict[str, np.ndarray]:
+    with _open(path) as f:
+        return dict(zip(f["prompts/text"].asstr()[:], f["prompts/embedding"][:]))
+
+
+def append_prompts(path, texts: list[str], vectors: np.ndarray, model_id: str, revision: str) -> None:
+    """Append prompt embeddings; refuses vectors from another model or revision."""
+    with locked(path), _open(path, "a") as f:
+        if (f.attrs["model_id"], f.attrs["revision"]) != (model_id, revision):
+            raise CacheError(f"{str(path)!r} holds embeddings of {f.attrs['model_id']} @ {f.attrs['revision']}; "
+                             f"refusing to add prompts encoded by {model_id} @ {revision}.")
+        have = set(f["prompts/text"].asstr()[:])
+        keep = [i for i, t in enumerate(texts) if t not in have]
+        if not keep:
+            return
+        t, e = f["prompts/text"], f["prompts/embedding"]
+        n = t.shape[0]
+        t.resize((n + len(keep),))
+        e.resize((n + len(keep), e.shape[1]))
+        t[n:] = np.array([texts[i] for i in keep], dtype=object)
+        e[n:] = vectors[keep].astype(np.float32)
+        f.flush()
+
+
+def describe(path) -> str:
+    """A short human-readable summary of a cache."""
+    a = read_attrs(path)
+    imgs = read_images(path)
+    failures = read_failures(path)
+    with _open(path) as f:
+        n_prompts = f["prompts/text"].shape[0]
+    lines = [f"cache      {path}",
+             f"model      {a['model_id']} @ {a['revision']}",
+             f"processor  {a['processor_class']}",
+             f"run        {a['device']} / {a['dtype']}, batch {a['batch_size']}, {a['created']}",
+             f"dataset    {a['dataset_root']} ({len(imgs['domains'])} domains x {len(imgs['classes'])} classes)",
+             f"images     {len(imgs['path'])} ({int(imgs['ok'].sum())} embedded, {len(failures)} failed), dim {a['embed_dim']}",
+             f"prompts    {n_prompts}",
+             f"versions   torch {a['torch_version']}, transformers {a['transformers_version']}, pacs_embed {a['pacs_embed_version']}"]
+    lines += [f"  failed: {p}: {r}" for p, r in failures[:10]]
+    return "\n".join(lines)
+
+
+def as_json(value) -> str:
+    return json.dumps(value, sort_keys=True)

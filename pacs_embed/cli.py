@@ -1,0 +1,96 @@
+"""``pacs-embed`` command line: download, extract, info, prompts, report.
+
+Usage::
+
+    pacs-embed download                  # PACS -> data/PACS
+    pacs-embed extract                   # data/PACS -> data/embeddings/PACS/<model>.h5
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .models import DEFAULT_MODEL
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pacs-embed", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("download", help="fetch PACS from the Hugging Face Hub into data/PACS")
+    d.add_argument("--dest", default="data/PACS", help="target folder (default: data/PACS)")
+    d.add_argument("--parquet", nargs="+", help="convert these local parquet files instead of downloading")
+    d.add_argument("--no-check", action="store_true", help="do not check the per-domain image counts")
+
+    e = sub.add_parser("extract", help="embed every image and the default prompts into an HDF5 cache")
+    e.add_argument("--data", default="data/PACS", help="dataset folder <domain>/<class>/<image> (default: data/PACS)")
+    e.add_argument("--model", default=DEFAULT_MODEL, help=f"HF CLIP hub id or local folder (default: {DEFAULT_MODEL})")
+    e.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    e.add_argument("--out", help="cache file (default: data/embeddings/<dataset>/<model>.h5)")
+    e.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda if available)")
+    e.add_argument("--dtype", help="float32, float16 or bfloat16 (default: bf16 on CUDA and AMX/AVX512-BF16 CPUs)")
+    e.add_argument("--batch-size", type=int, help="images per batch (default: 256 on CUDA, 64 on CPU)")
+    e.add_argument("--workers", type=int, help="DataLoader worker processes for decoding")
+    e.add_argument("--prompts", help="prompt set JSON (default: the packaged PACS prompts)")
+    e.add_argument("--strict", action="store_true", help="fail if any image cannot be read")
+    e.add_argument("--force", action="store_true", help="re-extract even if the cache is up to date")
+    e.add_argument("--restart", action="store_true", help="discard an unfinished run instead of resuming it")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("info", help="describe a cache and check its dataset files for changes")
+    i.add_argument("cache")
+    i.add_argument("--data", help="dataset folder to check against (default: the one recorded in the cache)")
+
+    t = sub.add_parser("prompts", help="encode prompts into a cache (only the missing ones)")
+    t.add_argument("cache")
+    t.add_argument("prompt", nargs="+")
+    t.add_argument("--device")
+    return p
+
+
+def _run(args) -> int:
+    if args.command == "download":
+        from .download import convert_parquet, download_pacs, PACS_COUNTS
+        if args.parquet:
+            dest = convert_parquet(args.parquet, args.dest, expected=None if args.no_check else PACS_COUNTS)
+        else:
+            dest = download_pacs(args.dest, check_counts=not args.no_check)
+        print(f"PACS is in {dest}")
+    elif args.command == "extract":
+        from .extract import extract
+        summary = extract(args.data, args.model, args.out, revision=args.revision, device=args.device,
+                          dtype=args.dtype, batch_size=args.batch_size, workers=args.workers, strict=args.strict,
+                          force=args.force, restart=args.restart, prompts_file=args.prompts,
+                          progress=not args.no_progress)
+        print(summary)
+    elif args.command == "info":
+        from .cache import check_dataset, describe
+        print(describe(args.cache))
+        try:
+            changes = check_dataset(args.cache, args.data)
+        except Exception as e:  # the images need not be on this machine
+            print(f"dataset    not checked: {e}")
+        else:
+            print("dataset    unchanged" if not changes else f"dataset    CHANGED since extraction:\n{changes.describe()}")
+    elif args.command == "prompts":
+        from .prompts import prompt_embeddings
+        vectors = prompt_embeddings(args.cache, args.prompt, device=args.device)
+        print(f"{len(args.prompt)} prompts in {args.cache} (dim {vectors.shape[1]})")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from .cache import CacheError
+    from .datasets import DatasetError
+    from .download import DownloadError
+    from .extract import ExtractionError
+    from .models import ModelError
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted. Finished batches are kept; run the same command again to resume.", file=sys.stderr)
+        return 130
+    except (CacheError, DatasetError, DownloadError, ExtractionError, ModelError, ValueError) as e:
+        print(f"pacs-embed {args.command}: error: {e}", file=sys.stderr)
+        return 2

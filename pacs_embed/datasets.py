@@ -1,0 +1,135 @@
+"""Datasets in the DomainBed folder layout ``<root>/<domain>/<class>/<image>``.
+
+Usage::
+
+    ds = scan("data/PACS")          # stable sorted order, hashes every file
+    ds.domains, ds.classes, ds.records[0].path
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class DatasetError(ValueError):
+    """The data folder is missing or not in the ``<domain>/<class>/<image>`` layout."""
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str          # relative to the dataset root, '/'-separated
+    domain: int
+    label: int
+    size: int
+    mtime_ns: int
+    sha256: str = ""
+
+
+@dataclass
+class Dataset:
+    root: Path
+    domains: list[str]
+    classes: list[str]
+    records: list[Record]
+    ignored: list[str] = field(default_factory=list)   # non-image files found in class folders
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def manifest_sha256(self) -> str:
+        """One hash over every (path, content hash): changes when any file is added, removed or edited."""
+        h = hashlib.sha256()
+        for r in self.records:
+            h.update(f"{r.path}\t{r.sha256}\n".encode())
+        return h.hexdigest()
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.name)
+
+
+def scan(root, known: dict[str, Record] | None = None, progress: bool = True) -> Dataset:
+    """List and hash every image under ``root`` in sorted (domain, class, file) order.
+
+    ``known`` maps paths to records from an earlier scan: a file whose size and mtime are
+    unchanged keeps its stored hash instead of being read again.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(
+            f"data folder {str(root)!r} does not exist. Run `pacs-embed download` to fetch PACS into "
+            f"data/PACS, or point --data at a folder laid out as <domain>/<class>/<image>.")
+    domain_dirs = _visible_dirs(root)
+    if not domain_dirs:
+        raise DatasetError(f"data folder {str(root)!r} has no domain sub-folders; expected <domain>/<class>/<image>.")
+    classes = sorted({c.name for d in domain_dirs for c in _visible_dirs(d)})
+    if not classes:
+        raise DatasetError(f"no class folders under the domains of {str(root)!r}; expected <domain>/<class>/<image>.")
+    class_index = {c: i for i, c in enumerate(classes)}
+    found, ignored = [], []
+    for di, d in enumerate(domain_dirs):
+        for c in _visible_dirs(d):
+            for f in sorted(c.iterdir(), key=lambda p: p.name):
+                if f.name.startswith(".") or not f.is_file():
+                    continue
+                rel = f.relative_to(root).as_posix()
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    found.append((rel, di, class_index[c.name], f.stat()))
+                else:
+                    ignored.append(rel)
+    if not found:
+        raise DatasetError(f"no .jpg/.jpeg/.png images under {str(root)!r}.")
+    known = known or {}
+    records = []
+    for rel, di, ci, st in tqdm(found, desc="hashing files", unit="file", disable=not progress, leave=False):
+        old = known.get(rel)
+        if old is not None and old.sha256 and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
+            digest = old.sha256
+        else:
+            digest = sha256_file(root / rel)
+        records.append(Record(rel, di, ci, st.st_size, st.st_mtime_ns, digest))
+    return Dataset(root, [d.name for d in domain_dirs], classes, records, ignored)
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Changes:
+    """What differs between the files a cache was made from and the files on disk now."""
+    added: list[str]
+    removed: list[str]
+    modified: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.modified)
+
+    def describe(self, limit: int = 20) -> str:
+        lines = []
+        for what, paths in (("added", self.added), ("removed", self.removed), ("modified", self.modified)):
+            if paths:
+                lines.append(f"{len(paths)} {what}:")
+                lines += [f"  {p}" for p in paths[:limit]]
+                if len(paths) > limit:
+                    lines.append(f"  ... and {len(paths) - limit} more")
+        return "\n".join(lines) if lines else "no changes"
+
+
+def compare(old: dict[str, str], new: dict[str, str]) -> Changes:
+    """Compare two {path: sha256} maps."""
+    return Changes(added=sorted(new.keys() - old.keys()),
+                   removed=sorted(old.keys() - new.keys()),
+                   modified=sorted(p for p in old.keys() & new.keys() if old[p] != new[p]))

@@ -1,0 +1,105 @@
+"""Fetch PACS from the Hugging Face Hub (``flwrlabs/pacs``) into the DomainBed layout.
+
+Usage::
+
+    download_pacs("data/PACS")                         # hub -> parquet -> data/PACS/<domain>/<class>/
+    convert_parquet(["train.parquet"], "data/PACS")    # the conversion alone
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path, PurePosixPath
+
+from tqdm.auto import tqdm
+
+PACS_REPO = "flwrlabs/pacs"
+PACS_CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
+PACS_COUNTS = {"photo": 1670, "art_painting": 2048, "cartoon": 2344, "sketch": 3929}
+
+MANUAL_HELP = (
+    "Place PACS by hand instead: copy the images into {dest}/<domain>/<class>/<image> "
+    "(domains photo, art_painting, cartoon, sketch; classes dog, elephant, giraffe, guitar, horse, "
+    "house, person), or download the parquet files of the Hub dataset flwrlabs/pacs on a machine "
+    "with internet and run `pacs-embed download --parquet FILE.parquet ...`.")
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def image_extension(data: bytes) -> str:
+    """The file extension of encoded image bytes, from their magic number."""
+    if data[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    raise DownloadError(f"image bytes of unknown format (starts with {data[:8]!r})")
+
+
+def download_pacs(dest="data/PACS", revision: str | None = None, check_counts: bool = True) -> Path:
+    """Download the parquet files of ``flwrlabs/pacs`` and convert them; safe to re-run."""
+    from huggingface_hub import snapshot_download
+    try:
+        folder = snapshot_download(PACS_REPO, repo_type="dataset", revision=revision,
+                                   allow_patterns=["data/*.parquet", "*.parquet"])
+    except Exception as e:  # offline, no network, no such revision
+        raise DownloadError(f"could not download {PACS_REPO} from the Hugging Face Hub "
+                            f"({type(e).__name__}: {str(e).splitlines()[0]}).\n"
+                            + MANUAL_HELP.format(dest=dest)) from e
+    files = sorted(Path(folder).rglob("*.parquet"))
+    if not files:
+        raise DownloadError(f"no parquet files in the downloaded {PACS_REPO}.\n" + MANUAL_HELP.format(dest=dest))
+    return convert_parquet(files, dest, expected=PACS_COUNTS if check_counts else None)
+
+
+def convert_parquet(files, dest, classes=PACS_CLASSES, expected: dict[str, int] | None = PACS_COUNTS) -> Path:
+    """Write every row's image bytes, unchanged, to ``dest/<domain>/<class>/<name><ext>``.
+
+    Rows need columns ``image`` (struct of ``bytes`` and ``path``), ``domain`` and ``label``
+    (an index into ``classes``). Files already present with the same size are skipped, so an
+    interrupted conversion resumes. Raises DownloadError if per-domain counts differ from ``expected``.
+    """
+    import pyarrow.parquet as pq
+
+    dest = Path(dest)
+    counts: Counter = Counter()
+    used: set[str] = set()
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    row = 0
+    with tqdm(total=total, desc="writing images", unit="img") as bar:
+        for f in files:
+            pf = pq.ParquetFile(f)
+            missing = {"image", "domain", "label"} - set(pf.schema_arrow.names)
+            if missing:
+                raise DownloadError(f"{f}: parquet file lacks column(s) {sorted(missing)}")
+            for batch in pf.iter_batches(batch_size=256, columns=["image", "domain", "label"]):
+                for item in batch.to_pylist():
+                    data = item["image"]["bytes"]
+                    domain, label = str(item["domain"]), int(item["label"])
+                    if not 0 <= label < len(classes):
+                        raise DownloadError(f"{f}: row {row} has label {label}, outside 0..{len(classes) - 1}")
+                    stem = PurePosixPath(item["image"].get("path") or f"{row:06d}").stem or f"{row:06d}"
+                    ext = image_extension(data)
+                    rel = f"{domain}/{classes[label]}/{stem}{ext}"
+                    if rel in used:  # two rows with one file name: keep both
+                        rel = f"{domain}/{classes[label]}/{stem}_{row:06d}{ext}"
+                    used.add(rel)
+                    _write_once(dest / rel, data)
+                    counts[domain] += 1
+                    row += 1
+                    bar.update()
+    if expected is not None and dict(counts) != expected:
+        raise DownloadError(f"image counts per domain {dict(sorted(counts.items()))} differ from the "
+                            f"expected {expected}; the download may be incomplete. Re-run to resume.")
+    return dest
+
+
+def _write_once(path: Path, data: bytes) -> None:
+    if path.is_file() and path.stat().st_size == len(data):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)

@@ -1,0 +1,274 @@
+"""The one pass: every image through the image tower once, batched, resumable, into the HDF5 cache.
+
+Usage::
+
+    summary = extract("data/PACS", model="openai/clip-vit-base-patch32")
+    print(summary)
+
+Crash safety: each finished batch is written atomically to ``<out>.journal/``; an interrupted
+run (Ctrl-C, kill -9) resumes from there with the same batches, so the result is identical to
+an uninterrupted run. The HDF5 file is written as ``<out>.partial`` and renamed when complete.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import __version__
+from . import cache as _cache
+from .datasets import compare, scan
+from .models import (DEFAULT_MODEL, choose_device, choose_dtype, dtype_name, encode_images, encode_text,
+                     load_image_tower, load_processor, load_text_tower, processor_settings, resolve)
+from .prompts import default_prompts, load_prompt_set
+
+
+class ExtractionError(RuntimeError):
+    pass
+
+
+@dataclass
+class Summary:
+    out: Path
+    n_images: int
+    n_embedded: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    device: str = ""
+    dtype: str = ""
+    up_to_date: bool = False
+    resumed: int = 0           # images found already done in the journal
+
+    def __str__(self) -> str:
+        if self.up_to_date:
+            return f"{self.out} is up to date ({self.n_images} images, made on {self.device}/{self.dtype}); nothing to do."
+        rate = (self.n_images - self.resumed) / self.seconds if self.seconds else float("nan")
+        lines = ["", "pacs-embed extract: done",
+                 f"  images     {self.n_images} ({self.n_embedded} embedded, {len(self.failures)} failed"
+                 + (f", {self.resumed} resumed from an earlier run" if self.resumed else "") + ")",
+                 f"  time       {self.seconds:.1f} s ({rate:.1f} images/s) on {self.device} / {self.dtype}",
+                 f"  output     {self.out}"]
+        for p, r in self.failures[:20]:
+            lines.append(f"  FAILED     {p}: {r}")
+        if len(self.failures) > 20:
+            lines.append(f"  ... {len(self.failures) - 20} more failures, listed in the file's /failures group")
+        return "\n".join(lines)
+
+
+class _Images(torch.utils.data.Dataset):
+    """Decodes and preprocesses one image file (in a DataLoader worker); failures are returned, not raised."""
+
+    def __init__(self, root: Path, paths: list[str], processor):
+        self.root, self.paths, self.processor = root, paths, processor
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            with Image.open(self.root / self.paths[i]) as im:
+                im.load()
+                rgb = im.convert("RGB")
+            return i, self.processor(images=rgb, return_tensors="pt")["pixel_values"][0], None
+        except Exception as e:  # noqa: BLE001 - any unreadable file is recorded, not fatal
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def _collate(items):
+    ok = [(i, px) for i, px, err in items if err is None]
+    return ([i for i, _, _ in items], [i for i, _ in ok],
+            torch.stack([px for _, px in ok]) if ok else None,
+            {i: err for i, _, err in items if err is not None})
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+class Journal:
+    """Finished batches of an unfinished run, one atomically written .npz per batch."""
+
+    def __init__(self, out: Path):
+        self.dir = out.with_name(out.name + ".journal")
+
+    def meta(self) -> dict | None:
+        try:
+            return json.loads((self.dir / "meta.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def start(self, meta: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.dir / "meta.json", json.dumps(meta, indent=1).encode())
+
+    def done(self) -> dict[int, Path]:
+        return {int(p.stem.split("_")[1]): p for p in self.dir.glob("batch_*.npz")} if self.dir.is_dir() else {}
+
+    def save(self, start: int, embedding: np.ndarray, ok: np.ndarray, reasons: list[str]) -> None:
+        import io
+        buf = io.BytesIO()
+        np.savez(buf, embedding=embedding, ok=ok, reasons=np.array(reasons, dtype=str))
+        _atomic_write(self.dir / f"batch_{start:09d}.npz", buf.getvalue())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_old(out: Path) -> dict | None:
+    if not out.is_file():
+        return None
+    try:
+        return _cache.read_attrs(out)
+    except _cache.CacheError as e:
+        print(f"note: {e}; it will be replaced")
+        return None
+
+
+def _default_workers(device: torch.device) -> int:
+    cores = os.cpu_count() or 1
+    return min(8, cores) if device.type == "cuda" else max(1, min(8, cores // 2))
+
+
+def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision: str | None = None,
+            device: str | None = None, dtype: str | None = None, batch_size: int | None = None,
+            workers: int | None = None, strict: bool = False, force: bool = False, restart: bool = False,
+            prompts_file=None, progress: bool = True) -> Summary:
+    """Embed every image of a DomainBed-layout folder and the default prompts into one HDF5 cache.
+
+    Parameters mirror ``pacs-embed extract --help``. Returns a Summary (print it).
+    Raises ExtractionError under ``strict`` when any image cannot be read (after saving the others).
+    """
+    t0 = time.perf_counter()
+    root = Path(data)
+    prompt_set = load_prompt_set(prompts_file)
+    if not root.is_dir():  # fail before touching the model
+        scan(root)
+    spec = resolve(model, revision)
+    dev = choose_device(device)
+    dt = choose_dtype(dev, dtype)
+    processor = load_processor(spec)
+    out = Path(out) if out else _cache.default_path(root.resolve().name, spec.model_id)
+    old = _read_old(out)
+    known = _cache.stored_records(out) if old else None
+    ds = scan(root, known=known, progress=progress)
+    for p in ds.ignored:
+        print(f"note: not an image extension, skipped: {p}")
+    manifest = ds.manifest_sha256()
+    settings = {"model_id": spec.model_id, "revision": spec.revision, "dtype": dtype_name(dt),
+                "processor_class": type(processor).__name__,
+                "manifest_sha256": manifest, "n_images": len(ds.records)}
+    carried_prompts = {}
+    if old:
+        same_model = (old["model_id"], old["revision"]) == (spec.model_id, spec.revision)
+        carried_prompts = _cache.read_prompts(out) if same_model else {}
+        differs = [k for k in settings if old.get(k) != settings[k]]
+        if not differs and not force:
+            return Summary(out, len(ds.records), int(len(ds.records) - old.get("n_failed", 0)),
+                           device=old["device"], dtype=old["dtype"], up_to_date=True)
+        if "manifest_sha256" in differs:
+            changes = compare({p: r.sha256 for p, r in known.items()}, {r.path: r.sha256 for r in ds.records})
+            print(f"{out}: the dataset changed since this cache was made:\n{changes.describe()}")
+        print(f"{out}: re-extracting ({', '.join(differs) or '--force'})")
+
+    batch_size = batch_size or (256 if dev.type == "cuda" else 64)
+    journal = Journal(out)
+    meta = journal.meta()
+    if meta and restart:
+        journal.remove()
+        meta = None
+    if meta:
+        differs = [k for k in settings if meta.get(k) != settings[k]]
+        if differs:
+            raise ExtractionError(
+                f"an unfinished run in {journal.dir} was made with other settings ({', '.join(differs)} differ: "
+                f"{ {k: meta.get(k) for k in differs} }). Re-run with those settings to resume it, or pass "
+                f"--restart to discard it.")
+        if meta["batch_size"] != batch_size:
+            print(f"resuming with the unfinished run's batch size {meta['batch_size']} (not {batch_size}) "
+                  f"so that results are identical")
+            batch_size = meta["batch_size"]
+    else:
+        journal.start({**settings, "batch_size": batch_size})
+
+    starts = list(range(0, len(ds.records), batch_size))
+    done = journal.done()
+    pending = [s for s in starts if s not in done]
+    resumed = sum(min(batch_size, len(ds.records) - s) for s in done)
+    if resumed:
+        print(f"resuming: {resumed} of {len(ds.records)} images already embedded in {journal.dir}")
+
+    image_model = load_image_tower(spec, dev, dt)
+    if pending:
+        paths = [r.path for r in ds.records]
+        loader = torch.utils.data.DataLoader(
+            _Images(ds.root, paths, processor), batch_sampler=[list(range(s, min(s + batch_size, len(paths))))
+                                                              for s in pending],
+            num_workers=_default_workers(dev) if workers is None else workers, collate_fn=_collate,
+            worker_init_fn=_worker_init, pin_memory=dev.type == "cuda")
+        dim = image_model.config.projection_dim
+        with tqdm(total=len(paths), initial=resumed, desc="embedding images", unit="img",
+                  disable=not progress, smoothing=0.1) as bar:
+            for indices, ok_indices, pixels, errors in loader:
+                emb = np.full((len(indices), dim), np.nan, np.float32)
+                if pixels is not None:
+                    emb[[indices.index(i) for i in ok_indices]] = encode_images(image_model, pixels)
+                journal.save(indices[0], emb, np.array([i not in errors for i in indices]),
+                             [errors.get(i, "") for i in indices])
+                bar.update(len(indices))
+    del image_model
+    return _finish(out, journal, ds, spec, processor, dev, dt, batch_size, prompt_set, carried_prompts,
+                   strict, t0, resumed)
+
+
+def _finish(out, journal, ds, spec, processor, dev, dt, batch_size, prompt_set, carried_prompts, strict, t0,
+            resumed) -> Summary:
+    shards = journal.done()
+    parts = [np.load(shards[s]) for s in sorted(shards)]
+    embedding = np.concatenate([p["embedding"] for p in parts])
+    ok = np.concatenate([p["ok"] for p in parts])
+    reasons = np.concatenate([p["reasons"] for p in parts])
+    if len(embedding) != len(ds.records):
+        raise ExtractionError(f"journal {journal.dir} holds {len(embedding)} rows for {len(ds.records)} images; "
+                              f"re-run with --restart")
+    failures = [(ds.records[i].path, str(reasons[i])) for i in np.flatnonzero(~ok)]
+    if strict and failures:
+        raise ExtractionError("unreadable images (--strict):\n" + "\n".join(f"  {p}: {r}" for p, r in failures)
+                              + f"\nThe {int(ok.sum())} readable images are kept in {journal.dir}; fix or remove "
+                                f"these files, or re-run without --strict to record them as failures.")
+    prompts = default_prompts(ds.domains, ds.classes, prompt_set)
+    prompts += [p for p in carried_prompts if p not in prompts]
+    missing = [p for p in prompts if p not in carried_prompts]
+    vectors = dict(carried_prompts)
+    if missing:
+        vectors.update(zip(missing, encode_text(load_text_tower(spec, dev), missing)))
+    import transformers
+    attrs = {"model_id": spec.model_id, "revision": spec.revision,
+             "processor_class": type(processor).__name__, "processor_settings": processor_settings(processor),
+             "dtype": dtype_name(dt), "device": str(dev), "batch_size": batch_size,
+             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
+             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+             "dataset_root": str(ds.root.resolve()), "dataset_name": ds.name,
+             "manifest_sha256": ds.manifest_sha256(), "n_failed": len(failures)}
+    _cache.write(out, attrs, ds.domains, ds.classes, ds.records, embedding, ok, failures,
+                 prompts, np.stack([vectors[p] for p in prompts]))
+    journal.remove()
+    return Summary(out, len(ds.records), int(ok.sum()), failures, time.perf_counter() - t0,
+                   str(dev), dtype_name(dt), resumed=resumed)

@@ -1,0 +1,195 @@
+"""Hugging Face CLIP checkpoints: resolve, load one tower at a time, pick device and dtype, encode.
+
+Usage::
+
+    spec = resolve("openai/clip-vit-base-patch32")       # hub id or local folder
+    tower = load_text_tower(spec, device="cpu")
+    vectors = encode_text(tower, ["a photo", "a cartoon"])  # raw projected, float32 numpy
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a checkpoint's files are, and what identifies its weights."""
+    model_id: str      # as the user named it: hub id, or absolute local path
+    folder: str        # local folder holding config.json and weights
+    revision: str      # hub commit hash, or 'sha256:<...>' of a local folder's weights
+
+
+def resolve(model: str, revision: str | None = None) -> ModelSpec:
+    """Find ``model`` as a local folder or in the Hugging Face cache/Hub (honours HF_HUB_OFFLINE)."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelError(f"model folder {str(local)!r} has no config.json; is it a Hugging Face checkpoint?")
+        return ModelSpec(str(local.resolve()), str(local.resolve()), "sha256:" + _weights_sha256(local))
+    from huggingface_hub import snapshot_download
+    try:
+        folder = snapshot_download(model, revision=revision, allow_patterns=[
+            "*.json", "*.txt", "model.safetensors", "pytorch_model.bin"])
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        raise ModelError(
+            f"model {model!r} is not a local folder and could not be found "
+            f"{'in the local Hugging Face cache (HF_HUB_OFFLINE is set)' if offline else 'on the Hugging Face Hub'}: "
+            f"{type(e).__name__}. Pass a local checkpoint folder, or fetch it once where there is internet "
+            f"(`hf download {model}`) and copy the cache (~/.cache/huggingface) here.") from e
+    folder = Path(folder)
+    if not any((folder / w).is_file() for w in _WEIGHT_FILES):
+        raise ModelError(f"model {model!r}: no model.safetensors or pytorch_model.bin in {folder}")
+    return ModelSpec(model, str(folder), folder.name)  # snapshot folders are named by commit hash
+
+
+def _weights_sha256(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("config.json",) + _WEIGHT_FILES:
+        p = folder / name
+        if p.is_file():
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+    return h.hexdigest()[:40]
+
+
+def choose_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU has AMX or AVX512-BF16 instructions."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+                or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def choose_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    """Explicit ``dtype`` if given; else CUDA -> bf16 (fp16 without bf16), CPU -> bf16 if fast, else fp32."""
+    if dtype:
+        if dtype not in DTYPES:
+            raise ValueError(f"--dtype {dtype!r}: choose one of {sorted(set(DTYPES))}")
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _clip_config(spec: ModelSpec):
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(spec.folder)
+    if getattr(cfg, "model_type", None) != "clip":
+        raise ModelError(f"model {spec.model_id!r} is a {cfg.model_type!r} checkpoint; pacs_embed needs a CLIP one.")
+    return cfg
+
+
+def _tower_config(cfg, part: str):
+    sub = getattr(cfg, part)
+    sub.projection_dim = cfg.projection_dim  # a CLIPModel checkpoint keeps it at the top level
+    return sub
+
+
+def _quiet_load(cls, folder, config, dtype):
+    from transformers.utils import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()  # the other tower's weights are "unexpected": expected here
+    logging.disable_progress_bar()
+    try:
+        return cls.from_pretrained(folder, config=config, dtype=dtype).eval()
+    finally:
+        logging.set_verbosity(level)
+        logging.enable_progress_bar()
+
+
+def load_image_tower(spec: ModelSpec, device, dtype=torch.float32):
+    """The vision model with projection, on ``device`` in ``dtype``; the text weights are not loaded."""
+    from transformers import CLIPVisionModelWithProjection
+    cfg = _clip_config(spec)
+    model = _quiet_load(CLIPVisionModelWithProjection, spec.folder, _tower_config(cfg, "vision_config"), dtype)
+    return model.to(device)
+
+
+def load_processor(spec: ModelSpec):
+    """The checkpoint's image processor (the PIL one where torchvision is missing: record which)."""
+    from transformers import AutoImageProcessor
+    from transformers.utils import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()  # silence the "falling back to the PIL processor" warning
+    try:
+        return AutoImageProcessor.from_pretrained(spec.folder)
+    finally:
+        logging.set_verbosity(level)
+
+
+def processor_settings(processor) -> str:
+    return json.dumps(processor.to_dict(), sort_keys=True, default=str)
+
+
+@dataclass
+class TextTower:
+    model: object
+    tokenizer: object
+    device: torch.device
+
+
+def load_text_tower(spec: ModelSpec, device=None) -> TextTower:
+    """Text model with projection and tokenizer, float32 (cheap; keeps prompt vectors comparable)."""
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection
+    device = choose_device(device)
+    cfg = _clip_config(spec)
+    model = _quiet_load(CLIPTextModelWithProjection, spec.folder, _tower_config(cfg, "text_config"), torch.float32)
+    return TextTower(model.to(device), AutoTokenizer.from_pretrained(spec.folder), device)
+
+
+def features(output) -> torch.Tensor:
+    """The projected embedding from whatever a transformers call returned (tensor or output object)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for name in ("image_embeds", "text_embeds", "pooler_output"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    raise TypeError(f"cannot find embeddings in {type(output).__name__}")
+
+
+@torch.inference_mode()
+def encode_images(model, pixel_values: torch.Tensor) -> np.ndarray:
+    p = next(model.parameters())
+    out = model(pixel_values=pixel_values.to(p.device, p.dtype))
+    return features(out).float().cpu().numpy()
+
+
+@torch.inference_mode()
+def encode_text(tower: TextTower, prompts: list[str], batch_size: int = 256) -> np.ndarray:
+    max_len = getattr(tower.model.config, "max_position_embeddings", 77)
+    chunks = []
+    for i in range(0, len(prompts), batch_size):
+        tok = tower.tokenizer(list(prompts[i:i + batch_size]), padding=True, truncation=True,
+                              max_length=max_len, return_tensors="pt").to(tower.device)
+        chunks.append(features(tower.model(**tok)).float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, tower.model.config.projection_dim), np.float32)

@@ -1,0 +1,40 @@
+"""Random-weight CLIP checkpoints built locally (no Hub): tiny for tests, ViT-B/32-sized for timing."""
+from pathlib import Path
+
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers.models.clip import CLIPImageProcessorPil
+
+TINY = dict(text=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4),
+            vision=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                        image_size=32, patch_size=8),
+            projection_dim=16)
+VIT_B_32 = dict(text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
+                vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            image_size=224, patch_size=32),
+                projection_dim=512)
+
+
+def byte_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer whose vocabulary is the 256 byte symbols (with and without '</w>'), no merges."""
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def make_clip(folder, size=TINY, seed=0) -> Path:
+    """Save a random-weight CLIPModel, tokenizer and image processor to ``folder``."""
+    folder = Path(folder)
+    tok = byte_tokenizer()
+    special = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tok), max_position_embeddings=77, **special, **size["text"]),
+                        vision_config=size["vision"], projection_dim=size["projection_dim"])
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    px = size["vision"]["image_size"]
+    CLIPImageProcessorPil(size={"shortest_edge": px}, crop_size={"height": px, "width": px}).save_pretrained(folder)
+    return folder
