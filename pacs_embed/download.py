@@ -40,6 +40,9 @@ def image_extension(data: bytes) -> str:
 def download_pacs(dest="data/PACS", revision: str | None = None, check_counts: bool = True) -> Path:
     """Download the parquet files of ``flwrlabs/pacs`` and convert them; safe to re-run."""
     from huggingface_hub import snapshot_download
+    if check_counts and count_images(dest) == PACS_COUNTS:
+        print(f"{dest} already holds all {sum(PACS_COUNTS.values())} PACS images; nothing to download.")
+        return Path(dest)
     try:
         folder = snapshot_download(PACS_REPO, repo_type="dataset", revision=revision,
                                    allow_patterns=["data/*.parquet", "*.parquet"])
@@ -51,6 +54,15 @@ def download_pacs(dest="data/PACS", revision: str | None = None, check_counts: b
     if not files:
         raise DownloadError(f"no parquet files in the downloaded {PACS_REPO}.\n" + MANUAL_HELP.format(dest=dest))
     return convert_parquet(files, dest, expected=PACS_COUNTS if check_counts else None)
+
+
+def count_images(root) -> dict[str, int]:
+    """Images per domain folder under ``root`` (empty if it does not exist)."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    return {d.name: sum(1 for p in d.glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            for d in sorted(root.iterdir()) if d.is_dir()}
 
 
 def convert_parquet(files, dest, classes=PACS_CLASSES, expected: dict[str, int] | None = PACS_COUNTS) -> Path:

@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine:
+#   make extract   set up .venv, fetch PACS into data/PACS, write data/embeddings/PACS/<model>.h5
+#   make test      set up .venv, run the test suite
+# Override e.g. MODEL=openai/clip-vit-large-patch14 DATA=data/VLCS TORCH="torch==2.13.0" EXTRACT_ARGS="--batch-size 512"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+DATA ?= data/PACS
+MODEL ?= openai/clip-vit-base-patch32
+EXTRACT_ARGS ?=
+BIN = $(VENV)/bin
+
+.PHONY: setup extract test report notebooks
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+extract: setup
+	@if [ "$(DATA)" = "data/PACS" ]; then $(BIN)/pacs-embed download --dest data/PACS; fi
+	$(BIN)/pacs-embed extract --data $(DATA) --model $(MODEL) $(EXTRACT_ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+report: setup
+	$(BIN)/pacs-embed report $(REPORT_ARGS)
+
+notebooks: setup
+	$(BIN)/jupyter lab notebooks/

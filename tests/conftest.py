@@ -1,0 +1,56 @@
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+PACS_MINI = (TESTS.parent / ".." / "shared" / "data" / "pacs-mini").resolve()
+
+from tiny_clip import make_clip  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pacs_mini() -> Path:
+    if not (PACS_MINI / "MANIFEST.tsv").is_file():
+        pytest.fail(f"the real-image sample is missing: expected {PACS_MINI} (shared/data/pacs-mini beside the repo)")
+    return PACS_MINI
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def other_clip(tmp_path_factory) -> Path:
+    """Same architecture, other weights: a different model revision."""
+    return make_clip(tmp_path_factory.mktemp("other-clip"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def mini_cache(tmp_path_factory, pacs_mini, tiny_clip) -> Path:
+    """pacs-mini extracted once with the tiny CLIP (float32, batches of 8) — read-only for tests."""
+    from pacs_embed import extract
+    out = tmp_path_factory.mktemp("cache") / "mini.h5"
+    extract(pacs_mini, str(tiny_clip), out, dtype="float32", batch_size=8, workers=0, progress=False)
+    return out
+
+
+@pytest.fixture
+def cache_copy(mini_cache, tmp_path) -> Path:
+    """A private, writable copy of the pacs-mini cache."""
+    return Path(shutil.copy(mini_cache, tmp_path / "mini.h5"))
+
+
+@pytest.fixture
+def small_dataset(pacs_mini, tmp_path) -> Path:
+    """Two images per domain x class of pacs-mini, copied so a test may change them."""
+    root = tmp_path / "data"
+    for cls_dir in sorted(pacs_mini.glob("*/*")):
+        for f in sorted(cls_dir.iterdir())[:2]:
+            dest = root / cls_dir.parent.name / cls_dir.name / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dest)
+    return root

@@ -1,0 +1,48 @@
+"""The command line: help, and clear errors for bad input."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "pacs_embed", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+@pytest.mark.parametrize("command", [[], ["extract"], ["download"], ["info"], ["prompts"]])
+def test_help(command):
+    r = run(*command, "--help")
+    assert r.returncode == 0 and "usage: pacs-embed" in r.stdout
+
+
+def test_extract_help_lists_the_overrides():
+    out = run("extract", "--help").stdout
+    for flag in ["--device", "--dtype", "--batch-size", "--workers", "--strict", "--model", "--data", "--out"]:
+        assert flag in out
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path):
+    r = run("extract", "--data", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "nope" in r.stderr and "pacs-embed download" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_model_offline_is_a_clear_error(small_dataset):
+    r = run("extract", "--data", str(small_dataset), "--model", "no-such-org/no-such-clip",
+            env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no-such-org/no-such-clip" in r.stderr and "HF_HUB_OFFLINE" in r.stderr
+
+
+def test_info_describes_a_cache(mini_cache):
+    r = run("info", str(mini_cache))
+    assert r.returncode == 0 and "224 (224 embedded, 0 failed)" in r.stdout and "dataset    unchanged" in r.stdout
+
+
+def test_a_file_that_is_not_a_cache_is_a_clear_error(tmp_path):
+    bogus = tmp_path / "x.h5"
+    bogus.write_text("hello")
+    r = run("info", str(bogus))
+    assert r.returncode == 2 and "x.h5" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,184 @@
+"""Extraction: one pass over real images into a self-describing, crash-safe HDF5 cache."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, CLIPModel
+
+from pacs_embed import extract
+from pacs_embed.cache import check_dataset, read_attrs, read_failures, read_images, read_prompts
+from pacs_embed.cli import main
+from pacs_embed.extract import ExtractionError
+from pacs_embed.prompts import default_prompts
+
+TESTS = Path(__file__).parent
+
+
+def direct_embeddings(model_dir, root, paths):
+    """What a user would compute by hand: processor + CLIPModel.get_image_features, float32."""
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    images = [Image.open(root / p).convert("RGB") for p in paths]
+    with torch.no_grad():
+        out = model.get_image_features(**processor(images=images, return_tensors="pt"))
+    return (out if isinstance(out, torch.Tensor) else out.pooler_output).numpy()
+
+
+def test_cache_equals_direct_get_image_features_on_real_images(mini_cache, pacs_mini, tiny_clip):
+    arrays = read_images(mini_cache)
+    assert np.allclose(arrays["embedding"], direct_embeddings(tiny_clip, pacs_mini, arrays["path"]), atol=1e-5)
+
+
+def test_paths_domains_and_classes_match_the_folders(mini_cache, pacs_mini):
+    arrays = read_images(mini_cache)
+    on_disk = sorted(p.relative_to(pacs_mini).as_posix() for p in pacs_mini.glob("*/*/*"))
+    assert arrays["path"] == on_disk  # every file, in sorted (domain, class, file) order
+    assert arrays["domains"] == ["art_painting", "cartoon", "photo", "sketch"]
+    assert arrays["classes"] == ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
+    for path, d, c in zip(arrays["path"], arrays["domain"], arrays["label"]):
+        assert path.split("/")[:2] == [arrays["domains"][d], arrays["classes"][c]]
+    assert Counter(arrays["domains"][d] for d in arrays["domain"]) == {d: 56 for d in arrays["domains"]}
+    assert any(p.endswith(".png") for p in arrays["path"])  # PACS sketches are PNG
+    assert arrays["ok"].all()
+
+
+def test_the_file_says_how_its_vectors_were_made(mini_cache, tiny_clip, pacs_mini):
+    a = read_attrs(mini_cache)
+    assert a["model_id"] == str(tiny_clip.resolve()) and a["revision"].startswith("sha256:")
+    assert a["processor_class"] == "CLIPImageProcessorPil" and '"crop_size"' in a["processor_settings"]
+    assert a["dtype"] == "float32" and a["device"] == "cpu" and a["batch_size"] == 8
+    assert a["torch_version"] == str(torch.__version__) and a["pacs_embed_version"] == "0.1.0"
+    assert a["format_version"] == 1 and "not L2-normalised" in a["embedding"]
+    assert a["created"] and a["transformers_version"] and len(a["manifest_sha256"]) == 64
+    with h5py.File(mini_cache) as f:
+        assert f["images/embedding"].dtype == np.float32 and f["images/embedding"].shape == (224, 16)
+        assert len(f["images/sha256"][0]) == 64
+    arrays = read_images(mini_cache)
+    norms = np.linalg.norm(arrays["embedding"], axis=1)
+    assert not np.allclose(norms, 1.0)  # raw, not normalised
+
+
+def test_default_prompts_are_encoded_at_extraction(mini_cache):
+    prompts = read_prompts(mini_cache)
+    for p in ["a photo", "an art painting", "a cartoon", "a black and white drawing",
+              "a photo of a dog", "a cartoon of a giraffe", "a black and white drawing of a person"]:
+        assert p in prompts
+    arrays = read_images(mini_cache)
+    assert list(prompts) == default_prompts(arrays["domains"], arrays["classes"])
+
+
+def test_bfloat16_run_stays_close_to_float32(mini_cache, pacs_mini, tiny_clip, tmp_path):
+    s = extract(pacs_mini, str(tiny_clip), tmp_path / "bf16.h5", dtype="bfloat16", batch_size=32,
+                workers=2, progress=False)
+    assert s.dtype == "bfloat16" and s.n_embedded == 224
+    a, b = read_images(mini_cache)["embedding"], read_images(tmp_path / "bf16.h5")["embedding"]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99
+
+
+def test_rerun_with_unchanged_inputs_does_nothing(mini_cache, pacs_mini, tiny_clip, capsys):
+    before = mini_cache.stat().st_mtime_ns
+    s = extract(pacs_mini, str(tiny_clip), mini_cache, dtype="float32", batch_size=8, progress=False)
+    assert s.up_to_date and "up to date" in str(s)
+    assert mini_cache.stat().st_mtime_ns == before
+
+
+def test_changed_dataset_files_are_reported_exactly(small_dataset, tiny_clip, tmp_path, capsys):
+    out = tmp_path / "c.h5"
+    extract(small_dataset, str(tiny_clip), out, dtype="float32", progress=False)
+    photo_dog = sorted((small_dataset / "photo" / "dog").iterdir())
+    photo_dog[0].unlink()
+    shutil.copy(small_dataset / "cartoon/dog" / sorted(os.listdir(small_dataset / "cartoon/dog"))[0], photo_dog[1])
+    shutil.copy(photo_dog[1], small_dataset / "photo" / "dog" / "new.jpg")
+    changes = check_dataset(out)
+    rel = lambda p: p.relative_to(small_dataset).as_posix()  # noqa: E731
+    assert changes.added == ["photo/dog/new.jpg"]
+    assert changes.removed == [rel(photo_dog[0])]
+    assert changes.modified == [rel(photo_dog[1])]
+    s = extract(small_dataset, str(tiny_clip), out, dtype="float32", progress=False)
+    printed = capsys.readouterr().out
+    assert "1 added" in printed and "photo/dog/new.jpg" in printed and rel(photo_dog[0]) in printed
+    assert not s.up_to_date and not check_dataset(out)
+
+
+@pytest.fixture
+def broken_dataset(small_dataset):
+    good = sorted((small_dataset / "photo" / "dog").glob("*.jpg"))[0].read_bytes()
+    broken = {"photo/dog/truncated.jpg": good[: len(good) // 2], "cartoon/horse/empty.jpg": b"",
+              "sketch/house/notes.png": b"this is a text file, not a PNG\n"}
+    for rel, data in broken.items():
+        (small_dataset / rel).write_bytes(data)
+    return small_dataset, sorted(broken)
+
+
+def test_unreadable_images_are_recorded_not_fatal(broken_dataset, tiny_clip, tmp_path):
+    root, bad = broken_dataset
+    s = extract(root, str(tiny_clip), tmp_path / "c.h5", dtype="float32", batch_size=4, progress=False)
+    assert sorted(p for p, _ in s.failures) == bad
+    assert s.n_images == 59 and s.n_embedded == 56
+    text = str(s)
+    assert all(p in text for p in bad) and "3 failed" in text
+    arrays = read_images(tmp_path / "c.h5")
+    failed = {p for p, ok in zip(arrays["path"], arrays["ok"]) if not ok}
+    assert failed == set(bad)
+    assert np.isnan(arrays["embedding"][~arrays["ok"]]).all() and np.isfinite(arrays["embedding"][arrays["ok"]]).all()
+    reasons = dict(read_failures(tmp_path / "c.h5"))
+    assert sorted(reasons) == bad and all(reasons.values())
+
+
+def test_strict_fails_naming_every_unreadable_image(broken_dataset, tiny_clip, tmp_path, capsys):
+    root, bad = broken_dataset
+    rc = main(["extract", "--data", str(root), "--model", str(tiny_clip), "--out", str(tmp_path / "c.h5"),
+               "--strict", "--no-progress", "--dtype", "float32"])
+    err = capsys.readouterr().err
+    assert rc == 2 and all(p in err for p in bad)
+    assert not (tmp_path / "c.h5").exists()
+    with pytest.raises(ExtractionError, match="truncated.jpg"):
+        extract(root, str(tiny_clip), tmp_path / "c.h5", dtype="float32", strict=True, progress=False)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_interrupted_run_resumes_to_the_identical_file(sig, mini_cache, pacs_mini, tiny_clip, tmp_path):
+    out = tmp_path / "resumed.h5"
+    journal = tmp_path / "resumed.h5.journal"
+    args = ["extract", "--data", str(pacs_mini), "--model", str(tiny_clip), "--out", str(out),
+            "--dtype", "float32", "--batch-size", "8", "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, str(TESTS / "slow_extract.py"), *args], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while len(list(journal.glob("batch_*.npz"))) < 5:
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0 and not out.exists()
+    saved = len(list(journal.glob("batch_*.npz")))
+    assert 5 <= saved < 28
+    result = subprocess.run([sys.executable, "-m", "pacs_embed", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming: {saved * 8} of 224" in result.stdout
+    assert not journal.exists() and not (tmp_path / "resumed.h5.partial").exists()
+    a, b = read_images(out), read_images(mini_cache)
+    assert a["path"] == b["path"]
+    assert np.array_equal(a["embedding"], b["embedding"])  # bit for bit
+
+
+def test_unfinished_run_with_other_settings_is_not_mixed_in(pacs_mini, tiny_clip, other_clip, tmp_path):
+    out = tmp_path / "c.h5"
+    journal = tmp_path / "c.h5.journal"
+    journal.mkdir()
+    (journal / "meta.json").write_text('{"model_id": "something-else", "batch_size": 8}')
+    with pytest.raises(ExtractionError, match="--restart"):
+        extract(pacs_mini, str(tiny_clip), out, dtype="float32", progress=False)
+    s = extract(pacs_mini, str(tiny_clip), out, dtype="float32", restart=True, workers=0, progress=False)
+    assert s.n_embedded == 224 and not journal.exists()

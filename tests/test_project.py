@@ -1,0 +1,33 @@
+"""The project's set-up files agree with each other and with the README."""
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def conda_pip_requirements():
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.strip() == "- pip:")
+    reqs = [l.strip()[2:].strip() for l in lines[start + 1:] if l.strip().startswith("- ")]
+    return {r for r in reqs if r != "-e ."}
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["test"])
+    assert conda_pip_requirements() == wanted
+
+
+def test_ci_runs_the_test_command_written_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^\s*(make \w+)\s*$", readme, flags=re.M)
+    assert "make test" in commands and "make extract" in commands
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, flags=re.M)
+
+
+def test_top_level_layout():
+    for name in ["environment.yml", "notebooks", "pacs_embed", "data", "figures", "tests", "README.md",
+                 "pyproject.toml", ".ci/run"]:
+        assert (ROOT / name).exists(), name

@@ -1,0 +1,83 @@
+"""The prompt API: cached prompts are read, missing ones encoded once and appended; models never mix."""
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPModel, CLIPTokenizer
+
+from pacs_embed import extract, prompt_embeddings
+from pacs_embed.cache import CacheError, read_prompts
+from pacs_embed.prompts import load_prompt_set, noun_prompts
+from tiny_clip import make_clip
+
+prompts_module = importlib.import_module("pacs_embed.prompts")
+
+
+@pytest.fixture
+def encoded(monkeypatch):
+    """Records every batch of prompts sent to the text tower."""
+    calls = []
+    real = prompts_module.encode_text
+
+    def spy(tower, prompts):
+        calls.append(list(prompts))
+        return real(tower, prompts)
+    monkeypatch.setattr(prompts_module, "encode_text", spy)
+    return calls
+
+
+def test_only_missing_prompts_are_encoded_and_appended(cache_copy, encoded):
+    before = read_prompts(cache_copy)
+    wanted = ["a watercolor", "a photo", "a pixel art image", "a watercolor"]
+    vectors = prompt_embeddings(cache_copy, wanted)
+    assert encoded == [["a watercolor", "a pixel art image"]]
+    assert vectors.shape == (4, 16) and vectors.dtype == np.float32
+    assert np.array_equal(vectors[0], vectors[3]) and np.array_equal(vectors[1], before["a photo"])
+    after = read_prompts(cache_copy)
+    assert list(after)[: len(before)] == list(before) and list(after)[len(before):] == ["a watercolor", "a pixel art image"]
+
+
+def test_asking_twice_encodes_nothing_the_second_time(cache_copy, encoded):
+    first = prompt_embeddings(cache_copy, ["a mosaic", "a tattoo"])
+    second = prompt_embeddings(cache_copy, ["a tattoo", "a mosaic"])
+    assert len(encoded) == 1
+    assert np.array_equal(first[::-1], second)
+
+
+def test_prompt_vectors_equal_direct_get_text_features(cache_copy, tiny_clip):
+    texts = ["a photo", "a sculpture of a horse"]
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    tok = CLIPTokenizer.from_pretrained(tiny_clip)
+    with torch.no_grad():
+        out = model.get_text_features(**tok(texts, padding=True, return_tensors="pt"))
+    direct = (out if isinstance(out, torch.Tensor) else out.pooler_output).numpy()
+    assert np.allclose(prompt_embeddings(cache_copy, texts), direct, atol=1e-5)
+
+
+def test_a_cache_of_another_model_is_refused(cache_copy, other_clip, tiny_clip):
+    with pytest.raises(CacheError, match="do not mix"):
+        prompt_embeddings(cache_copy, ["a photo"], model=str(other_clip))
+    assert prompt_embeddings(cache_copy, ["a photo"], model=str(tiny_clip)).shape == (1, 16)
+
+
+def test_weights_changed_in_place_are_refused(small_dataset, tmp_path):
+    model_dir = make_clip(tmp_path / "model")
+    out = tmp_path / "c.h5"
+    extract(small_dataset, str(model_dir), out, dtype="float32", progress=False)
+    make_clip(model_dir, seed=1)  # same folder, new weights
+    with pytest.raises(CacheError, match="do not mix"):
+        prompt_embeddings(out, ["a new prompt"])
+    assert prompt_embeddings(out, ["a photo"]).shape == (1, 16)  # cached prompts still read
+
+
+def test_generic_nouns_are_not_pacs_classes():
+    ps = load_prompt_set()
+    assert len(ps["nouns"]) == 100 and len(set(ps["nouns"])) == 100
+    assert not set(ps["nouns"]) & {"dog", "elephant", "giraffe", "guitar", "horse", "house", "person"}
+    assert noun_prompts("cartoon", ps, n=2) == ["a cartoon of a goose", "a cartoon of a goldfish"]
+
+
+def test_empty_prompt_is_a_clear_error(cache_copy):
+    with pytest.raises(ValueError, match="non-empty"):
+        prompt_embeddings(cache_copy, ["a photo", " "])
