@@ -41,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("cache")
     i.add_argument("--data", help="dataset folder to check against (default: the one recorded in the cache)")
 
+    r = sub.add_parser("report", help="evaluate every method on a cache; write CSV, Markdown and figures")
+    r.add_argument("cache", nargs="?", default="data/embeddings/PACS/openai__clip-vit-base-patch32.h5",
+                   help="embedding cache (default: data/embeddings/PACS/openai__clip-vit-base-patch32.h5)")
+    r.add_argument("--out", default="results", help="folder for the tables (default: results)")
+    r.add_argument("--figures", default="figures", help="folder for the figures (default: figures)")
+    r.add_argument("--seeds", type=int, default=5, help="number of seeds of the source split (default: 5)")
+    r.add_argument("--prompt-sets", nargs="+", default=["paper", "ensemble", "nouns"],
+                   help="domain descriptions to compare (default: paper ensemble nouns)")
+    r.add_argument("--n-nouns", type=int, default=100, help="generic nouns for the 'nouns' prompt set (default: 100)")
+    r.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    r.add_argument("--no-progress", action="store_true")
+
     t = sub.add_parser("prompts", help="encode prompts into a cache (only the missing ones)")
     t.add_argument("cache")
     t.add_argument("prompt", nargs="+")
@@ -72,6 +84,11 @@ def _run(args) -> int:
             print(f"dataset    not checked: {e}")
         else:
             print("dataset    unchanged" if not changes else f"dataset    CHANGED since extraction:\n{changes.describe()}")
+    elif args.command == "report":
+        from .report import report
+        paths = report(args.cache, args.out, args.figures, seeds=range(args.seeds), prompt_sets=args.prompt_sets,
+                       n_nouns=args.n_nouns, n_boot=args.bootstrap, progress=not args.no_progress)
+        print("\n".join(f"{name:22s} {path}" for name, path in paths.items()))
     elif args.command == "prompts":
         from .prompts import prompt_embeddings
         vectors = prompt_embeddings(args.cache, args.prompt, device=args.device)
@@ -91,6 +108,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted. Finished batches are kept; run the same command again to resume.", file=sys.stderr)
         return 130
-    except (CacheError, DatasetError, DownloadError, ExtractionError, ModelError, ValueError) as e:
+    except (CacheError, DatasetError, DownloadError, ExtractionError, ModelError, ValueError, KeyError) as e:
         print(f"pacs-embed {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -81,6 +81,13 @@ def _spec_for(path, model) -> ModelSpec:
     return spec
 
 
+def check_model(path, model: str | None = None) -> dict:
+    """The cache's provenance; raises CacheError if ``model`` (when given) is not the cache's model and revision."""
+    if model:
+        _spec_for(path, model)
+    return _cache.read_attrs(path)
+
+
 def prompt_embeddings(path, prompts, model: str | None = None, device: str | None = None) -> np.ndarray:
     """Raw embeddings of ``prompts`` in order: cached ones are read, missing ones encoded and appended.
 
@@ -101,3 +108,38 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
         have.update(zip(missing, vectors))
     dim = _cache.read_attrs(path)["embed_dim"]
     return np.stack([have[p] for p in prompts]).astype(np.float32) if prompts else np.zeros((0, dim), np.float32)
+
+
+def _paper(domain, prompt_set, n):
+    return [domain_prompt(domain, prompt_set)]
+
+
+def _ensemble(domain, prompt_set, n):
+    return prompt_set.get("ensembles", {}).get(domain) or [domain_prompt(domain, prompt_set)]
+
+
+def _nouns(domain, prompt_set, n):
+    return noun_prompts(domain, prompt_set, n)
+
+
+def _nouns_ensemble(domain, prompt_set, n):
+    phrasings = _ensemble(domain, prompt_set, n)
+    nouns = prompt_set.get("nouns", [])[:n]
+    return [f"{p} of a {readable(noun)}" for p in phrasings for noun in nouns]
+
+
+# How a domain is described in text: name -> f(domain, prompt_set, n_nouns) -> prompts to average.
+DOMAIN_PROMPT_SETS = {
+    "paper": _paper,                    # the paper's single prompt ("a cartoon")
+    "ensemble": _ensemble,              # several phrasings of the domain
+    "nouns": _nouns,                    # "{domain prompt} of a {noun}" over N generic nouns (open question 1)
+    "nouns_ensemble": _nouns_ensemble,  # every phrasing x every noun
+}
+
+
+def domain_prompt_lists(domains, how: str = "paper", prompt_set=None, n_nouns: int | None = None) -> dict[str, list[str]]:
+    """{domain: prompts whose mean embedding describes it}, for ``how`` in DOMAIN_PROMPT_SETS."""
+    if how not in DOMAIN_PROMPT_SETS:
+        raise KeyError(f"unknown domain prompt set {how!r}; choose from {sorted(DOMAIN_PROMPT_SETS)}")
+    prompt_set = prompt_set or load_prompt_set()
+    return {d: DOMAIN_PROMPT_SETS[how](d, prompt_set, n_nouns) for d in domains}

@@ -1,0 +1,54 @@
+"""Cache -> arrays for analysis, with L2 normalisation as an explicit choice.
+
+Usage::
+
+    emb = load("data/embeddings/PACS/openai__clip-vit-base-patch32.h5")   # unit-norm image vectors
+    emb.x[emb.domain == emb.domains.index("photo")]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .cache import read_images
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """x / ||x|| along ``axis`` (zero vectors stay zero)."""
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.where(norm == 0, 1, norm)
+
+
+@dataclass
+class Embeddings:
+    """Image embeddings of the readable images of a cache, with their labels."""
+    x: np.ndarray            # (N, D) float32; L2-normalised unless loaded with normalize=False
+    label: np.ndarray        # (N,) class index
+    domain: np.ndarray       # (N,) domain index
+    domains: list[str]
+    classes: list[str]
+    paths: list[str]
+    cache: Path
+    normalized: bool
+    n_failed: int = 0        # images left out because extraction could not read them
+
+    def in_domain(self, name: str) -> np.ndarray:
+        """Row indices of the images of domain ``name``."""
+        if name not in self.domains:
+            raise KeyError(f"domain {name!r} is not in {self.domains}")
+        return np.flatnonzero(self.domain == self.domains.index(name))
+
+
+def load(cache, normalize: bool = True) -> Embeddings:
+    """Read a cache's image embeddings; ``normalize`` L2-normalises each row (as CLIP's cosine does).
+
+    Images that failed extraction are left out, and counted in ``n_failed``.
+    """
+    a = read_images(cache)
+    ok = a["ok"]
+    x = a["embedding"][ok]
+    return Embeddings(l2_normalize(x) if normalize else x, a["label"][ok], a["domain"][ok], a["domains"],
+                      a["classes"], [p for p, keep in zip(a["path"], ok) if keep], Path(cache), normalize,
+                      int((~ok).sum()))

@@ -1,0 +1,69 @@
+"""Every notebook runs top to bottom from a cache alone, and records values we can check."""
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from nbclient import NotebookClient
+
+from pacs_embed.cache import read_images, read_prompts
+
+NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
+
+
+def run_notebook(name, tmp_path, **parameters):
+    """Execute a notebook with a cell of overrides after its 'parameters' cell (as papermill does)."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in parameters.items())))
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    return json.loads(Path(parameters["record_to"]).read_text())
+
+
+@pytest.fixture
+def params(cache_copy, tmp_path):
+    return dict(cache=str(cache_copy), seeds=2, figures=str(tmp_path / "figures"), record_to=str(tmp_path / "rec.json"))
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), path.name
+        assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), path.name
+
+
+def test_table1_notebook(params, tmp_path, cache_copy):
+    rec = run_notebook("01_table1.ipynb", tmp_path, **params)
+    a, prompts = read_images(cache_copy), read_prompts(cache_copy)
+    x = a["embedding"] / np.linalg.norm(a["embedding"], axis=1, keepdims=True)
+    t = prompts["a cartoon"] / np.linalg.norm(prompts["a cartoon"])
+    by_hand = (x[np.array(a["domain"]) == a["domains"].index("sketch")] @ t).mean()
+    assert np.isclose(rec["table1"]["sketch"]["a cartoon"], by_hand, atol=1e-6)
+    assert np.isclose(rec["table1_difference"]["sketch"]["a cartoon"], by_hand - 0.204, atol=1e-6)
+    assert (tmp_path / "figures" / "table1.png").is_file() and (tmp_path / "figures" / "table1.pdf").is_file()
+
+
+def test_logistic_heads_notebook(params, tmp_path):
+    rec = run_notebook("02_logistic_heads.ipynb", tmp_path, **params)["heads"]
+    assert len(rec) == 4 * 3 + 4  # every pair, and in-domain per source
+    assert all(r["seeds"] == 2 and 0 <= r["mean"] <= 1 for r in rec)
+    assert {r["method"] for r in rec} == {"none", "in_domain"}
+
+
+def test_translated_inference_notebook(params, tmp_path):
+    rec = run_notebook("03_translated_inference.ipynb", tmp_path, **params)
+    assert {m["method"] for m in rec["methods"]} == {"none", "translate", "translate_renorm", "zeroshot", "zeroshot_domain"}
+    assert len(rec["gains"]) == 12 * 4 and all(g["ci_low"] <= g["gain"] <= g["ci_high"] for g in rec["gains"])
+    for fig in ["translated_gains", "translated_accuracy", "projection"]:
+        assert (tmp_path / "figures" / f"{fig}.png").is_file()
+
+
+def test_prompts_and_operators_notebook_encodes_new_prompts_on_the_fly(params, tmp_path, cache_copy):
+    assert "a pixel-art sprite" not in read_prompts(cache_copy)
+    rec = run_notebook("04_prompts_and_operators.ipynb", tmp_path, **params,
+                       my_prompts=["a photo", "a pixel-art sprite"], n_nouns=5)
+    assert set(rec["my_prompts"]["sketch"]) == {"a photo", "a pixel-art sprite"}
+    assert "a pixel-art sprite" in read_prompts(cache_copy) and "a cartoon of a goose" in read_prompts(cache_copy)
+    methods = {(m["method"], m["prompt_set"]) for m in rec["methods"]}
+    assert {("half_translate", "nouns"), ("augment", "ensemble"), ("center", "paper")} <= methods
