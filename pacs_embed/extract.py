@@ -181,6 +181,11 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
         carried_prompts = _cache.read_prompts(out) if same_model else {}
         differs = [k for k in settings if old.get(k) != settings[k]]
         if not differs and not force:
+            new_prompts = [p for p in default_prompts(ds.domains, ds.classes, prompt_set) if p not in carried_prompts]
+            if new_prompts:  # e.g. a new --prompts file: text only, images stay as they are
+                _cache.append_prompts(out, new_prompts, encode_text(load_text_tower(spec, dev), new_prompts),
+                                      spec.model_id, spec.revision)
+                print(f"{out}: encoded {len(new_prompts)} new prompts")
             return Summary(out, len(ds.records), int(len(ds.records) - old.get("n_failed", 0)),
                            device=old["device"], dtype=old["dtype"], up_to_date=True)
         if "manifest_sha256" in differs:
@@ -215,8 +220,8 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
     if resumed:
         print(f"resuming: {resumed} of {len(ds.records)} images already embedded in {journal.dir}")
 
-    image_model = load_image_tower(spec, dev, dt)
     if pending:
+        image_model = load_image_tower(spec, dev, dt)
         paths = [r.path for r in ds.records]
         loader = torch.utils.data.DataLoader(
             _Images(ds.root, paths, processor), batch_sampler=[list(range(s, min(s + batch_size, len(paths))))
@@ -233,7 +238,7 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
                 journal.save(indices[0], emb, np.array([i not in errors for i in indices]),
                              [errors.get(i, "") for i in indices])
                 bar.update(len(indices))
-    del image_model
+        del image_model
     return _finish(out, journal, ds, spec, processor, dev, dt, batch_size, prompt_set, carried_prompts,
                    strict, t0, resumed)
 

@@ -182,3 +182,12 @@ def test_unfinished_run_with_other_settings_is_not_mixed_in(pacs_mini, tiny_clip
         extract(pacs_mini, str(tiny_clip), out, dtype="float32", progress=False)
     s = extract(pacs_mini, str(tiny_clip), out, dtype="float32", restart=True, workers=0, progress=False)
     assert s.n_embedded == 224 and not journal.exists()
+
+
+def test_a_new_prompt_file_on_an_up_to_date_cache_encodes_only_its_prompts(cache_copy, pacs_mini, tiny_clip, tmp_path):
+    prompt_file = tmp_path / "prompts.json"
+    prompt_file.write_text('{"domains": {"sketch": "a charcoal sketch"}}')
+    s = extract(pacs_mini, str(tiny_clip), cache_copy, dtype="float32", batch_size=8, prompts_file=prompt_file,
+                progress=False)
+    assert s.up_to_date
+    assert "a charcoal sketch of a dog" in read_prompts(cache_copy)
