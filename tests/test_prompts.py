@@ -81,3 +81,14 @@ def test_generic_nouns_are_not_pacs_classes():
 def test_empty_prompt_is_a_clear_error(cache_copy):
     with pytest.raises(ValueError, match="non-empty"):
         prompt_embeddings(cache_copy, ["a photo", " "])
+
+
+def test_encoding_prompts_never_loads_the_vision_model(cache_copy, monkeypatch):
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the vision tower was loaded to encode text")
+    monkeypatch.setattr(transformers.CLIPVisionModelWithProjection, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", refuse)
+    prompts_module._text_tower.cache_clear()
+    assert prompt_embeddings(cache_copy, ["a never seen prompt"]).shape == (1, 16)
