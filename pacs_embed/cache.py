@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 from pathlib import Path
 
@@ -196,7 +195,3 @@ def describe(path) -> str:
              f"versions   torch {a['torch_version']}, transformers {a['transformers_version']}, pacs_embed {a['pacs_embed_version']}"]
     lines += [f"  failed: {p}: {r}" for p, r in failures[:10]]
     return "\n".join(lines)
-
-
-def as_json(value) -> str:
-    return json.dumps(value, sort_keys=True)

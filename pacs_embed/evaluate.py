@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .embeddings import Embeddings, l2_normalize, load
-from .heads import fit_head, split
+from .heads import fit_head
 from .operators import OPERATORS, Context
 from .prompts import class_prompts, domain_class_prompts, domain_prompt_lists, load_prompt_set, prompt_embeddings
 
@@ -68,6 +68,30 @@ def _methods(methods):
     return methods
 
 
+def _method_heads(xs, ys, s, seed, domains, head, text, prompt_sets, methods, alpha) -> dict:
+    """(method, prompt set) -> (head, operator context) for the operators and train-time augmentation.
+
+    An operator's head is trained on op(x_src, t_src, t_src): where that leaves the features unchanged
+    the plain head serves; identical features share one head.
+    """
+    out, fitted = {}, {}
+    for how in prompt_sets:
+        D = text.domain[how]
+        ctx = Context(image_mean=xs[head.train].mean(0), text_mean=D.mean(0), alpha=alpha)
+        for name in [m for m in methods if m in OPERATORS]:
+            feats = OPERATORS[name](xs, D[s], D[s], ctx)
+            key = "plain" if np.allclose(feats, xs) else hashlib.sha1(np.ascontiguousarray(feats).tobytes()).hexdigest()
+            if key not in fitted:
+                fitted[key] = head if key == "plain" else fit_head(feats, ys, seed, domains[s])
+            out[(name, how)] = (fitted[key], ctx)
+        if "augment" in methods:
+            others = [d for d in range(len(domains)) if d != s]
+            moved = np.concatenate([l2_normalize(xs + D[d] - D[s]) for d in others])
+            out[("augment", how)] = (fit_head(xs, ys, seed, domains[s], extra=(moved, np.tile(ys, len(others))),
+                                              extra_index=np.tile(np.arange(len(ys)), len(others))), ctx)
+    return out
+
+
 def evaluate(cache=None, seeds=range(5), prompt_sets=("paper",), methods=None, n_nouns: int | None = None,
              alpha: float = 0.5, emb: Embeddings | None = None, text: TextSide | None = None,
              sources=None, progress: bool = True) -> Results:
@@ -88,45 +112,24 @@ def evaluate(cache=None, seeds=range(5), prompt_sets=("paper",), methods=None, n
     jobs = [(domains.index(s), seed) for s in (sources or domains) for seed in seeds]
     for s, seed in tqdm(jobs, desc="heads", disable=not progress):
         src = emb.in_domain(domains[s])
-        xs, ys = emb.x[src], emb.label[src]
-        head = fit_head(xs, ys, seed, domains[s])
+        head = fit_head(emb.x[src], emb.label[src], seed, domains[s])
         heads[(domains[s], seed)] = head
         rows.append((domains[s], domains[s], "in_domain", NO_TEXT, seed, head.holdout_accuracy, len(head.holdout)))
-        train, _ = split(len(ys), seed, domains[s])
-        op_heads, fitted = {}, {}
-        for how in prompt_sets:
-            D = text.domain[how]
-            ctx = Context(image_mean=xs[train].mean(0), text_mean=D.mean(0), alpha=alpha)
-            for name in [m for m in methods if m in OPERATORS]:
-                feats = OPERATORS[name](xs, D[s], D[s], ctx)
-                if np.allclose(feats, xs):
-                    op_heads[(name, how)] = (head, ctx)
-                    continue
-                key = hashlib.sha1(np.ascontiguousarray(feats).tobytes()).hexdigest()  # same features, same head
-                if key not in fitted:
-                    fitted[key] = fit_head(feats, ys, seed, domains[s])
-                op_heads[(name, how)] = (fitted[key], ctx)
-            if "augment" in methods:
-                others = [d for d in range(len(domains)) if d != s]
-                moved = np.concatenate([l2_normalize(xs + D[d] - D[s]) for d in others])
-                op_heads[("augment", how)] = (fit_head(xs, ys, seed, domains[s], extra=(moved, np.tile(ys, len(others))),
-                                                       extra_index=np.tile(np.arange(len(ys)), len(others))), ctx)
+        op_heads = _method_heads(emb.x[src], emb.label[src], s, seed, domains, head, text, prompt_sets, methods, alpha)
         heads.update({(domains[s], seed, *key): h for key, (h, _) in op_heads.items() if h is not head})
-        for t in range(len(domains)):
-            if t == s:
-                continue
+        for t in (t for t in range(len(domains)) if t != s):
             tgt = emb.in_domain(domains[t])
             xt, yt = emb.x[tgt], emb.label[tgt]
+            pair = (domains[s], domains[t])
             if "none" in methods:
-                record(domains[s], domains[t], "none", NO_TEXT, seed, head.model.predict(xt) == yt)
+                record(*pair, "none", NO_TEXT, seed, head.model.predict(xt) == yt)
             if "zeroshot" in methods:
-                record(domains[s], domains[t], "zeroshot", NO_TEXT, seed, (xt @ text.classes.T).argmax(1) == yt)
+                record(*pair, "zeroshot", NO_TEXT, seed, (xt @ text.classes.T).argmax(1) == yt)
             if "zeroshot_domain" in methods:
-                record(domains[s], domains[t], "zeroshot_domain", "paper", seed,
-                       (xt @ text.domain_classes[t].T).argmax(1) == yt)
+                record(*pair, "zeroshot_domain", "paper", seed, (xt @ text.domain_classes[t].T).argmax(1) == yt)
             for (name, how), (h, ctx) in op_heads.items():
                 D = text.domain[how]
                 x_in = xt if name == "augment" else OPERATORS[name](xt, D[s], D[t], ctx)
-                record(domains[s], domains[t], name, how, seed, h.model.predict(x_in) == yt)
+                record(*pair, name, how, seed, h.model.predict(x_in) == yt)
     table = pd.DataFrame(rows, columns=["source", "target", "method", "prompt_set", "seed", "accuracy", "n"])
     return Results(table, {k: np.stack(v) for k, v in correct.items()}, heads)

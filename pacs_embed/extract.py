@@ -12,6 +12,7 @@ an uninterrupted run. The HDF5 file is written as ``<out>.partial`` and renamed 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import shutil
@@ -24,7 +25,6 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import __version__
 from . import cache as _cache
 from .datasets import compare, scan
 from .models import (DEFAULT_MODEL, choose_device, choose_dtype, dtype_name, encode_images, encode_text,
@@ -114,7 +114,6 @@ class Journal:
         return {int(p.stem.split("_")[1]): p for p in self.dir.glob("batch_*.npz")} if self.dir.is_dir() else {}
 
     def save(self, start: int, embedding: np.ndarray, ok: np.ndarray, reasons: list[str]) -> None:
-        import io
         buf = io.BytesIO()
         np.savez(buf, embedding=embedding, ok=ok, reasons=np.array(reasons, dtype=str))
         _atomic_write(self.dir / f"batch_{start:09d}.npz", buf.getvalue())

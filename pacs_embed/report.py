@@ -61,7 +61,7 @@ def report(cache, out="results", figures="figures", seeds=range(5), prompt_sets=
         paths[name] = out / f"{name}.csv"
         df.to_csv(paths[name], index=name.startswith("table1"))
     attrs = read_attrs(cache)
-    md = [f"# pacs_embed report", "",
+    md = ["# pacs_embed report", "",
           f"Cache `{cache}`: {attrs['model_id']} @ {attrs['revision']}, {len(emb.x)} images "
           f"({emb.n_failed} unreadable left out), {attrs['dtype']} on {attrs['device']}. "
           f"Seeds: {list(seeds)}; heads: logistic regression, C chosen on a 20% hold-out of the source domain. "
