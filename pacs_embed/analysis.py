@@ -6,7 +6,7 @@ Usage::
     emb = pa.load(cache); pa.table1(cache, emb)
 """
 from . import plots  # noqa: F401
-from .embeddings import Embeddings, l2_normalize, load  # noqa: F401
+from .embeddings import Embeddings, dataset_status, l2_normalize, load  # noqa: F401
 from .evaluate import evaluate, text_side  # noqa: F401
 from .operators import OPERATORS, Context, delta, register  # noqa: F401
 from .prompts import DOMAIN_PROMPT_SETS, check_model, domain_prompt_lists, load_prompt_set, prompt_embeddings  # noqa: F401

@@ -36,7 +36,7 @@ class Dataset:
     domains: list[str]
     classes: list[str]
     records: list[Record]
-    ignored: list[str] = field(default_factory=list)   # non-image files found in class folders
+    ignored: list[str] = field(default_factory=list)   # files skipped: not images, or outside class folders
 
     @property
     def name(self) -> str:
@@ -75,6 +75,8 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
     class_index = {c: i for i, c in enumerate(classes)}
     found, ignored = [], []
     for di, d in enumerate(domain_dirs):
+        ignored += [f.relative_to(root).as_posix() for f in sorted(d.iterdir())
+                    if f.is_file() and not f.name.startswith(".")]  # outside any class folder
         for c in _visible_dirs(d):
             for f in sorted(c.iterdir(), key=lambda p: p.name):
                 if f.name.startswith(".") or not f.is_file():

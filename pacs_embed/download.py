@@ -87,7 +87,9 @@ def convert_parquet(files, dest, classes=PACS_CLASSES, expected: dict[str, int] 
                 raise DownloadError(f"{f}: parquet file lacks column(s) {sorted(missing)}")
             for batch in pf.iter_batches(batch_size=256, columns=["image", "domain", "label"]):
                 for item in batch.to_pylist():
-                    data = item["image"]["bytes"]
+                    data = (item["image"] or {}).get("bytes")
+                    if not data:
+                        raise DownloadError(f"{f}: row {row} has no image bytes")
                     domain, label = str(item["domain"]), int(item["label"])
                     if not 0 <= label < len(classes):
                         raise DownloadError(f"{f}: row {row} has label {label}, outside 0..{len(classes) - 1}")

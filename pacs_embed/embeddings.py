@@ -7,12 +7,13 @@ Usage::
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .cache import read_images
+from .cache import check_dataset, read_attrs, read_images
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -41,12 +42,31 @@ class Embeddings:
         return np.flatnonzero(self.domain == self.domains.index(name))
 
 
-def load(cache, normalize: bool = True) -> Embeddings:
+class StaleCacheWarning(UserWarning):
+    """The dataset files changed since the cache was made."""
+
+
+def dataset_status(cache) -> str:
+    """'unchanged', 'CHANGED since extraction: ...', or why it could not be checked."""
+    root = read_attrs(cache)["dataset_root"]
+    if not Path(root).is_dir():
+        return f"not checked (dataset folder {root} is not on this machine)"
+    changes = check_dataset(cache, root)
+    return f"CHANGED since extraction:\n{changes.describe()}" if changes else "unchanged"
+
+
+def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
     """Read a cache's image embeddings; ``normalize`` L2-normalises each row (as CLIP's cosine does).
 
-    Images that failed extraction are left out, and counted in ``n_failed``.
+    Images that failed extraction are left out, and counted in ``n_failed``. With ``check``, the
+    dataset files (where present) are compared with those extracted, and a StaleCacheWarning says
+    exactly what changed.
     """
     a = read_images(cache)
+    if check:
+        status = dataset_status(cache)
+        if status.startswith("CHANGED"):
+            warnings.warn(f"{cache}: dataset {status}\nRe-run `pacs-embed extract`.", StaleCacheWarning, stacklevel=2)
     ok = a["ok"]
     x = a["embedding"][ok]
     return Embeddings(l2_normalize(x) if normalize else x, a["label"][ok], a["domain"][ok], a["domains"],

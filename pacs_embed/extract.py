@@ -168,8 +168,9 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
     old = _read_old(out)
     known = _cache.stored_records(out) if old else None
     ds = scan(root, known=known, progress=progress)
-    for p in ds.ignored:
-        print(f"note: not an image extension, skipped: {p}")
+    if ds.ignored:
+        print(f"note: {len(ds.ignored)} files skipped (not .jpg/.jpeg/.png, or not in a <domain>/<class>/ folder): "
+              + ", ".join(ds.ignored[:10]) + (" ..." if len(ds.ignored) > 10 else ""))
     manifest = ds.manifest_sha256()
     settings = {"model_id": spec.model_id, "revision": spec.revision, "dtype": dtype_name(dt),
                 "processor_class": type(processor).__name__,

@@ -68,3 +68,12 @@ def test_offline_download_fails_fast_saying_how_to_place_the_data(monkeypatch, t
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(DownloadError, match="by hand"):
         download_pacs(tmp_path / "PACS")
+
+
+def test_a_row_without_image_bytes_is_a_clear_error(tmp_path):
+    table = pa.table({"image": pa.array([{"bytes": None, "path": "a.jpg"}],
+                                        pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                      "domain": ["photo"], "label": [0]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    with pytest.raises(DownloadError, match="row 0 has no image bytes"):
+        convert_parquet([tmp_path / "t.parquet"], tmp_path / "out", expected=None)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -206,3 +207,27 @@ def test_each_image_goes_through_the_model_exactly_once(small_dataset, tiny_clip
     s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", batch_size=5, workers=2,
                 progress=False)
     assert sum(seen) == s.n_images == 56 and max(seen) == 5
+
+
+def test_files_that_are_not_images_in_class_folders_are_named_not_dropped_silently(small_dataset, tiny_clip,
+                                                                                  tmp_path, capsys):
+    (small_dataset / "photo" / "dog" / "notes.txt").write_text("hello")
+    (small_dataset / "photo" / "stray.jpg").write_bytes(b"")
+    s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", progress=False)
+    out = capsys.readouterr().out
+    assert "2 files skipped" in out and "photo/dog/notes.txt" in out and "photo/stray.jpg" in out
+    assert s.n_images == 56
+
+
+def test_loading_a_stale_cache_warns_with_what_changed(small_dataset, tiny_clip, tmp_path):
+    from pacs_embed.embeddings import StaleCacheWarning, load
+    out = tmp_path / "c.h5"
+    extract(small_dataset, str(tiny_clip), out, dtype="float32", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleCacheWarning)
+        load(out)  # unchanged: no warning
+    victim = sorted((small_dataset / "sketch" / "house").iterdir())[0]
+    victim.unlink()
+    with pytest.warns(StaleCacheWarning, match=victim.name):
+        emb = load(out)
+    assert len(emb.x) == 56  # still usable
