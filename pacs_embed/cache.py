@@ -159,10 +159,20 @@ def read_prompts(path) -> dict[str, np.ndarray]:
         return dict(zip(f["prompts/text"].asstr()[:], f["prompts/embedding"][:]))
 
 
+def same_model(attrs, model_id: str, revision: str) -> bool:
+    """Whether (model_id, revision) is the model a cache was made with.
+
+    Local folders are identified by the hash of their weights (``sha256:...``), wherever they lie now.
+    """
+    if str(revision).startswith("sha256:"):
+        return attrs["revision"] == revision
+    return (attrs["model_id"], attrs["revision"]) == (model_id, revision)
+
+
 def append_prompts(path, texts: list[str], vectors: np.ndarray, model_id: str, revision: str) -> None:
     """Append prompt embeddings; refuses vectors from another model or revision."""
     with locked(path), _open(path, "a") as f:
-        if (f.attrs["model_id"], f.attrs["revision"]) != (model_id, revision):
+        if not same_model(f.attrs, model_id, revision):
             raise CacheError(f"{str(path)!r} holds embeddings of {f.attrs['model_id']} @ {f.attrs['revision']}; "
                              f"refusing to add prompts encoded by {model_id} @ {revision}.")
         have = set(f["prompts/text"].asstr()[:])

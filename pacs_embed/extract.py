@@ -177,8 +177,7 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
                 "manifest_sha256": manifest, "n_images": len(ds.records)}
     carried_prompts = {}
     if old:
-        same_model = (old["model_id"], old["revision"]) == (spec.model_id, spec.revision)
-        carried_prompts = _cache.read_prompts(out) if same_model else {}
+        carried_prompts = _cache.read_prompts(out) if _cache.same_model(old, spec.model_id, spec.revision) else {}
         differs = [k for k in settings if old.get(k) != settings[k]]
         if not differs and not force:
             new_prompts = [p for p in default_prompts(ds.domains, ds.classes, prompt_set) if p not in carried_prompts]

@@ -42,6 +42,9 @@ def resolve(model: str, revision: str | None = None) -> ModelSpec:
         if not (local / "config.json").is_file():
             raise ModelError(f"model folder {str(local)!r} has no config.json; is it a Hugging Face checkpoint?")
         return ModelSpec(str(local.resolve()), str(local.resolve()), "sha256:" + _weights_sha256(local))
+    if model.startswith(("/", ".", "~")):
+        raise ModelError(f"model folder {model!r} does not exist. If it moved, pass its new location "
+                         f"(a folder with the same weights is accepted).")
     from huggingface_hub import snapshot_download
     try:
         folder = snapshot_download(model, revision=revision, allow_patterns=[

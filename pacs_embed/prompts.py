@@ -74,7 +74,7 @@ def _spec_for(path, model) -> ModelSpec:
     attrs = _cache.read_attrs(path)
     spec = resolve(model or attrs["model_id"], revision=None if model or attrs["revision"].startswith("sha256:")
                    else attrs["revision"])
-    if (spec.model_id, spec.revision) != (attrs["model_id"], attrs["revision"]):
+    if not _cache.same_model(attrs, spec.model_id, spec.revision):
         raise _cache.CacheError(
             f"{str(path)!r} was made with {attrs['model_id']} @ {attrs['revision']}, but the model given resolves "
             f"to {spec.model_id} @ {spec.revision}; embeddings of different models or revisions do not mix.")

@@ -46,3 +46,8 @@ def test_a_file_that_is_not_a_cache_is_a_clear_error(tmp_path):
     bogus.write_text("hello")
     r = run("info", str(bogus))
     assert r.returncode == 2 and "x.h5" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_missing_model_folder_is_a_clear_error(small_dataset, tmp_path):
+    r = run("extract", "--data", str(small_dataset), "--model", str(tmp_path / "gone"))
+    assert r.returncode == 2 and "gone" in r.stderr and "does not exist" in r.stderr

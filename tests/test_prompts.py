@@ -92,3 +92,9 @@ def test_encoding_prompts_never_loads_the_vision_model(cache_copy, monkeypatch):
     monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", refuse)
     prompts_module._text_tower.cache_clear()
     assert prompt_embeddings(cache_copy, ["a never seen prompt"]).shape == (1, 16)
+
+
+def test_a_local_model_moved_elsewhere_is_still_recognised_by_its_weights(cache_copy, tiny_clip, tmp_path):
+    import shutil
+    moved = shutil.copytree(tiny_clip, tmp_path / "moved-model")
+    assert prompt_embeddings(cache_copy, ["a brand new prompt"], model=str(moved)).shape == (1, 16)
