@@ -49,3 +49,14 @@ def table1(cache, emb: Embeddings | None = None, prompt_set: dict | None = None)
     cols = [d for d in paper.columns if d in ours.columns]
     ours = ours.loc[rows + [p for p in ours.index if p not in rows], cols + [d for d in ours.columns if d not in cols]]
     return {"reproduced": ours, "paper": paper.loc[rows, cols], "difference": ours.loc[rows, cols] - paper.loc[rows, cols]}
+
+
+def description_similarity(text, emb: Embeddings) -> pd.DataFrame:
+    """Sim(description of domain A, images of domain B) for every domain-prompt set of a TextSide.
+
+    Rows: (prompt set, described domain); columns: image domain.
+    """
+    blocks = {how: pd.DataFrame(similarity_matrix(vectors, emb.x, emb.domain, len(emb.domains)),
+                                index=pd.Index(emb.domains, name="described"), columns=emb.domains)
+              for how, vectors in text.domain.items()}
+    return pd.concat(blocks, names=["prompt_set"])

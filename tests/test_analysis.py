@@ -8,7 +8,7 @@ from pacs_embed.embeddings import Embeddings, l2_normalize
 from pacs_embed.evaluate import TextSide, evaluate
 from pacs_embed.heads import fit_head, split
 from pacs_embed.operators import OPERATORS, Context, delta, register
-from pacs_embed.similarity import similarity_matrix
+from pacs_embed.similarity import description_similarity, similarity_matrix
 from pacs_embed.stats import gains, method_means, paired_bootstrap, summary
 
 N_CLASSES, N_DOMAINS, DIM = 7, 4, 64
@@ -156,3 +156,10 @@ def test_paired_bootstrap_of_identical_methods_is_zero():
     better = hits | True
     gain, lo, hi = paired_bootstrap(better, hits)
     assert lo > 0 and np.isclose(gain, 1 - hits.mean())
+
+
+def test_each_domain_description_matches_its_own_images_best_on_synthetic_data():
+    emb, text = synthetic()
+    sims = description_similarity(text, emb).loc["paper"]
+    assert list(sims.index) == emb.domains and list(sims.columns) == emb.domains
+    assert (sims.values.argmax(axis=1) == np.arange(N_DOMAINS)).all()

@@ -65,5 +65,8 @@ def test_prompts_and_operators_notebook_encodes_new_prompts_on_the_fly(params, t
                        my_prompts=["a photo", "a pixel-art sprite"], n_nouns=5)
     assert set(rec["my_prompts"]["sketch"]) == {"a photo", "a pixel-art sprite"}
     assert "a pixel-art sprite" in read_prompts(cache_copy) and "a cartoon of a goose" in read_prompts(cache_copy)
+    described = {(r["prompt_set"], r["described"]) for r in rec["descriptions"]}
+    assert described == {(how, d) for how in ["paper", "ensemble", "nouns"]
+                         for d in ["art_painting", "cartoon", "photo", "sketch"]}
     methods = {(m["method"], m["prompt_set"]) for m in rec["methods"]}
     assert {("half_translate", "nouns"), ("augment", "ensemble"), ("center", "paper")} <= methods
