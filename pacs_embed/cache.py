@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -50,16 +51,28 @@ def default_path(dataset_name: str, model_id: str, folder="data/embeddings") -> 
     return Path(folder) / dataset_name / f"{name}.h5"
 
 
+_HELD: set[str] = set()  # locks this process holds (flock is not re-entrant across open files)
+
+
 @contextlib.contextmanager
-def locked(path):
-    """An exclusive advisory lock beside ``path`` (one writer at a time)."""
+def locked(path, wait: bool = True):
+    """An exclusive advisory lock beside ``path`` (one writer at a time); ``wait=False`` fails at once."""
     lock = Path(str(path) + ".lock")
+    key = str(lock.resolve())
+    if key in _HELD:
+        yield
+        return
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise CacheError(f"another process is writing {str(path)!r} (lock {lock}); wait for it to finish") from None
+        _HELD.add(key)
         try:
             yield
         finally:
+            _HELD.discard(key)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -104,10 +117,14 @@ def _open(path, mode="r"):
     path = Path(path)
     if not path.is_file():
         raise CacheError(f"no cache at {str(path)!r}; make it with `pacs-embed extract` (see --out).")
-    try:
-        f = h5py.File(path, mode)
-    except OSError as e:
-        raise CacheError(f"cannot open cache {str(path)!r}: {e}") from e
+    for attempt in range(50):  # another process may hold HDF5's own file lock for a moment
+        try:
+            f = h5py.File(path, mode)
+            break
+        except OSError as e:
+            if "lock" not in str(e).lower() or attempt == 49:
+                raise CacheError(f"cannot open cache {str(path)!r}: {e}") from e
+            time.sleep(0.2)
     version = f.attrs.get("format_version")
     if version != FORMAT_VERSION:
         f.close()

@@ -153,7 +153,8 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
     """Embed every image of a DomainBed-layout folder and the default prompts into one HDF5 cache.
 
     Parameters mirror ``pacs-embed extract --help``. Returns a Summary (print it).
-    Raises ExtractionError under ``strict`` when any image cannot be read (after saving the others).
+    Raises ExtractionError under ``strict`` when any image cannot be read (after saving the others),
+    and CacheError if another process is already writing ``out``.
     """
     t0 = time.perf_counter()
     root = Path(data)
@@ -161,10 +162,17 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
     if not root.is_dir():  # fail before touching the model
         scan(root)
     spec = resolve(model, revision)
+    out = Path(out) if out else _cache.default_path(root.resolve().name, spec.model_id)
+    with _cache.locked(out, wait=False):
+        return _extract(root, spec, out, prompt_set, t0, device=device, dtype=dtype, batch_size=batch_size,
+                        workers=workers, strict=strict, force=force, restart=restart, progress=progress)
+
+
+def _extract(root, spec, out, prompt_set, t0, *, device, dtype, batch_size, workers, strict, force, restart,
+             progress) -> Summary:
     dev = choose_device(device)
     dt = choose_dtype(dev, dtype)
     processor = load_processor(spec)
-    out = Path(out) if out else _cache.default_path(root.resolve().name, spec.model_id)
     old = _read_old(out)
     known = _cache.stored_records(out) if old else None
     ds = scan(root, known=known, progress=progress)

@@ -231,3 +231,13 @@ def test_loading_a_stale_cache_warns_with_what_changed(small_dataset, tiny_clip,
     with pytest.warns(StaleCacheWarning, match=victim.name):
         emb = load(out)
     assert len(emb.x) == 56  # still usable
+
+
+def test_a_second_writer_of_the_same_cache_is_refused(small_dataset, tiny_clip, tmp_path):
+    import fcntl
+    out = tmp_path / "c.h5"
+    with open(str(out) + ".lock", "w") as other:  # as another process's lock would
+        fcntl.flock(other, fcntl.LOCK_EX)
+        r = subprocess.run([sys.executable, "-m", "pacs_embed", "extract", "--data", str(small_dataset),
+                            "--model", str(tiny_clip), "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "another process is writing" in r.stderr
