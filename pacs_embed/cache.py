@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -187,22 +188,34 @@ def same_model(attrs, model_id: str, revision: str) -> bool:
 
 
 def append_prompts(path, texts: list[str], vectors: np.ndarray, model_id: str, revision: str) -> None:
-    """Append prompt embeddings; refuses vectors from another model or revision."""
-    with locked(path), _open(path, "a") as f:
-        if not same_model(f.attrs, model_id, revision):
-            raise CacheError(f"{str(path)!r} holds embeddings of {f.attrs['model_id']} @ {f.attrs['revision']}; "
-                             f"refusing to add prompts encoded by {model_id} @ {revision}.")
-        have = set(f["prompts/text"].asstr()[:])
+    """Append prompt embeddings; refuses vectors from another model or revision.
+
+    Copy-on-write: the append goes to ``<path>.partial``, renamed over ``path`` when done, so a crash
+    mid-append never damages the cache (the image embeddings are the expensive part).
+    """
+    path = Path(path)
+    with locked(path):
+        with _open(path) as f:
+            if not same_model(f.attrs, model_id, revision):
+                raise CacheError(f"{str(path)!r} holds embeddings of {f.attrs['model_id']} @ {f.attrs['revision']}; "
+                                 f"refusing to add prompts encoded by {model_id} @ {revision}.")
+            have = set(f["prompts/text"].asstr()[:])
         keep = [i for i, t in enumerate(texts) if t not in have]
         if not keep:
             return
-        t, e = f["prompts/text"], f["prompts/embedding"]
-        n = t.shape[0]
-        t.resize((n + len(keep),))
-        e.resize((n + len(keep), e.shape[1]))
-        t[n:] = np.array([texts[i] for i in keep], dtype=object)
-        e[n:] = vectors[keep].astype(np.float32)
-        f.flush()
+        partial = path.with_name(path.name + ".partial")
+        shutil.copyfile(path, partial)
+        try:
+            with h5py.File(partial, "a") as f:
+                t, e = f["prompts/text"], f["prompts/embedding"]
+                n = t.shape[0]
+                t.resize((n + len(keep),))
+                e.resize((n + len(keep), e.shape[1]))
+                t[n:] = np.array([texts[i] for i in keep], dtype=object)
+                e[n:] = vectors[keep].astype(np.float32)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def describe(path) -> str:

@@ -98,3 +98,14 @@ def test_a_local_model_moved_elsewhere_is_still_recognised_by_its_weights(cache_
     import shutil
     moved = shutil.copytree(tiny_clip, tmp_path / "moved-model")
     assert prompt_embeddings(cache_copy, ["a brand new prompt"], model=str(moved)).shape == (1, 16)
+
+
+def test_a_failed_append_leaves_the_cache_as_it_was(cache_copy):
+    from pacs_embed.cache import append_prompts, read_attrs
+    before = cache_copy.read_bytes()
+    attrs = read_attrs(cache_copy)
+    wrong_width = np.zeros((1, 17), np.float32)
+    with pytest.raises((TypeError, ValueError)):
+        append_prompts(cache_copy, ["a broken prompt"], wrong_width, attrs["model_id"], attrs["revision"])
+    assert cache_copy.read_bytes() == before
+    assert not cache_copy.with_name(cache_copy.name + ".partial").exists()
