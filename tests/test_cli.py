@@ -51,3 +51,22 @@ def test_a_file_that_is_not_a_cache_is_a_clear_error(tmp_path):
 def test_a_missing_model_folder_is_a_clear_error(small_dataset, tmp_path):
     r = run("extract", "--data", str(small_dataset), "--model", str(tmp_path / "gone"))
     assert r.returncode == 2 and "gone" in r.stderr and "does not exist" in r.stderr
+
+
+def test_a_wrong_dtype_is_a_clear_error(small_dataset, tiny_clip):
+    r = run("extract", "--data", str(small_dataset), "--model", str(tiny_clip), "--dtype", "float8")
+    assert r.returncode == 2 and "--dtype 'float8'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_download_converts_local_parquet_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+    import io
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, "PNG")
+    pq.write_table(pa.table({"image": [{"bytes": buf.getvalue(), "path": "s.png"}], "domain": ["sketch"],
+                             "label": [3]}), tmp_path / "x.parquet")
+    r = run("download", "--parquet", str(tmp_path / "x.parquet"), "--dest", str(tmp_path / "P"), "--no-check")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "P" / "sketch" / "guitar" / "s.png").read_bytes() == buf.getvalue()
