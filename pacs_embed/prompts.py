@@ -42,11 +42,14 @@ def class_prompts(classes, prompt_set=None) -> list[str]:
     return [template.replace("{class}", readable(c)) for c in classes]
 
 
+def _of(prompt_set: dict, domain_text: str, thing: str) -> str:
+    template = prompt_set.get("domain_class_template", "{domain} of a {class}")
+    return template.replace("{domain}", domain_text).replace("{class}", readable(thing))
+
+
 def domain_class_prompts(domain: str, classes, prompt_set=None) -> list[str]:
     prompt_set = prompt_set or load_prompt_set()
-    template = prompt_set.get("domain_class_template", "{domain} of a {class}")
-    d = domain_prompt(domain, prompt_set)
-    return [template.replace("{domain}", d).replace("{class}", readable(c)) for c in classes]
+    return [_of(prompt_set, domain_prompt(domain, prompt_set), c) for c in classes]
 
 
 def noun_prompts(domain: str, prompt_set=None, n: int | None = None) -> list[str]:
@@ -123,9 +126,7 @@ def _nouns(domain, prompt_set, n):
 
 
 def _nouns_ensemble(domain, prompt_set, n):
-    phrasings = _ensemble(domain, prompt_set, n)
-    nouns = prompt_set.get("nouns", [])[:n]
-    return [f"{p} of a {readable(noun)}" for p in phrasings for noun in nouns]
+    return [_of(prompt_set, p, noun) for p in _ensemble(domain, prompt_set, n) for noun in prompt_set.get("nouns", [])[:n]]
 
 
 # How a domain is described in text: name -> f(domain, prompt_set, n_nouns) -> prompts to average.

@@ -109,3 +109,15 @@ def test_a_failed_append_leaves_the_cache_as_it_was(cache_copy):
         append_prompts(cache_copy, ["a broken prompt"], wrong_width, attrs["model_id"], attrs["revision"])
     assert cache_copy.read_bytes() == before
     assert not cache_copy.with_name(cache_copy.name + ".partial").exists()
+
+
+def test_domain_prompt_sets_are_built_from_the_data_file():
+    from pacs_embed.prompts import domain_prompt_lists
+    ps = load_prompt_set()
+    assert domain_prompt_lists(["cartoon"], "paper", ps) == {"cartoon": ["a cartoon"]}
+    assert domain_prompt_lists(["sketch"], "ensemble", ps)["sketch"][1] == "a sketch"
+    both = domain_prompt_lists(["photo"], "nouns_ensemble", ps, n_nouns=2)["photo"]
+    assert both[:3] == ["a photo of a goose", "a photo of a goldfish", "a photograph of a goose"]
+    assert domain_prompt_lists(["my_new_domain"], "paper", ps) == {"my_new_domain": ["a my new domain"]}
+    with pytest.raises(KeyError, match="unknown domain prompt set"):
+        domain_prompt_lists(["photo"], "nope", ps)
