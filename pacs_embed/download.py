@@ -7,11 +7,12 @@ Usage::
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
+
+from .files import atomic_write
 
 PACS_REPO = "flwrlabs/pacs"
 PACS_CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
@@ -110,10 +111,5 @@ def convert_parquet(files, dest, classes=PACS_CLASSES, expected: dict[str, int] 
 
 
 def _write_once(path: Path, data: bytes) -> None:
-    if path.is_file() and path.stat().st_size == len(data):
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
+    if not (path.is_file() and path.stat().st_size == len(data)):
+        atomic_write(path, data)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from . import cache as _cache
 from .datasets import compare, scan
+from .files import atomic_write
 from .models import (DEFAULT_MODEL, choose_device, choose_dtype, dtype_name, encode_images, encode_text,
                      load_image_tower, load_processor, load_text_tower, processor_settings, resolve)
 from .prompts import default_prompts, load_prompt_set
@@ -108,7 +109,7 @@ class Journal:
 
     def start(self, meta: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.dir / "meta.json", json.dumps(meta, indent=1).encode())
+        atomic_write(self.dir / "meta.json", json.dumps(meta, indent=1).encode(), durable=True)
 
     def done(self) -> dict[int, Path]:
         return {int(p.stem.split("_")[1]): p for p in self.dir.glob("batch_*.npz")} if self.dir.is_dir() else {}
@@ -116,19 +117,10 @@ class Journal:
     def save(self, start: int, embedding: np.ndarray, ok: np.ndarray, reasons: list[str]) -> None:
         buf = io.BytesIO()
         np.savez(buf, embedding=embedding, ok=ok, reasons=np.array(reasons, dtype=str))
-        _atomic_write(self.dir / f"batch_{start:09d}.npz", buf.getvalue())
+        atomic_write(self.dir / f"batch_{start:09d}.npz", buf.getvalue(), durable=True)
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_old(out: Path) -> dict | None:

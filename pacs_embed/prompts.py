@@ -101,6 +101,8 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
     prompts = list(prompts)
     if any(not isinstance(p, str) or not p.strip() for p in prompts):
         raise ValueError("prompts must be non-empty strings")
+    if not prompts:
+        return np.zeros((0, _cache.read_attrs(path)["embed_dim"]), np.float32)
     have = _cache.read_prompts(path)
     missing = [p for p in dict.fromkeys(prompts) if p not in have]
     if missing or model:
@@ -109,8 +111,7 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
         vectors = encode_text(_text_tower(spec, device), missing)
         _cache.append_prompts(path, missing, vectors, spec.model_id, spec.revision)
         have.update(zip(missing, vectors))
-    dim = _cache.read_attrs(path)["embed_dim"]
-    return np.stack([have[p] for p in prompts]).astype(np.float32) if prompts else np.zeros((0, dim), np.float32)
+    return np.stack([have[p] for p in prompts]).astype(np.float32)
 
 
 def _paper(domain, prompt_set, n):

@@ -16,6 +16,7 @@ from . import plots
 from .cache import read_attrs
 from .embeddings import load
 from .evaluate import evaluate, text_side
+from .files import atomic_write
 from .similarity import table1
 from .stats import gains, method_means, summary
 
@@ -38,10 +39,7 @@ def record(path, **values) -> None:
     path = Path(path)
     data = json.loads(path.read_text()) if path.is_file() else {}
     data.update(values)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=1, default=float).encode())
 
 
 def report(cache, out="results", figures="figures", seeds=range(5), prompt_sets=PROMPT_SETS, n_nouns: int | None = 100,

@@ -54,3 +54,20 @@ def small_dataset(pacs_mini, tmp_path) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dest)
     return root
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """spy("pacs_embed.prompts", "encode_text") -> list that receives the 2nd argument of every call."""
+    import importlib
+
+    def install(module_name, attr):
+        module = importlib.import_module(module_name)  # not the package attribute: `extract` is re-exported
+        real, calls = getattr(module, attr), []
+
+        def wrapper(first, second, *args, **kwargs):
+            calls.append(second)
+            return real(first, second, *args, **kwargs)
+        monkeypatch.setattr(module, attr, wrapper)
+        return calls
+    return install

@@ -194,18 +194,11 @@ def test_a_new_prompt_file_on_an_up_to_date_cache_encodes_only_its_prompts(cache
     assert "a charcoal sketch of a dog" in read_prompts(cache_copy)
 
 
-def test_each_image_goes_through_the_model_exactly_once(small_dataset, tiny_clip, tmp_path, monkeypatch):
-    import importlib
-    ex = importlib.import_module("pacs_embed.extract")
-    seen = []
-    real = ex.encode_images
-
-    def spy(model, pixels):
-        seen.append(len(pixels))
-        return real(model, pixels)
-    monkeypatch.setattr(ex, "encode_images", spy)
+def test_each_image_goes_through_the_model_exactly_once(small_dataset, tiny_clip, tmp_path, spy):
+    batches = spy("pacs_embed.extract", "encode_images")
     s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", batch_size=5, workers=2,
                 progress=False)
+    seen = [len(pixels) for pixels in batches]
     assert sum(seen) == s.n_images == 56 and max(seen) == 5
 
 

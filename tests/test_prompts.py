@@ -15,16 +15,9 @@ prompts_module = importlib.import_module("pacs_embed.prompts")
 
 
 @pytest.fixture
-def encoded(monkeypatch):
+def encoded(spy):
     """Records every batch of prompts sent to the text tower."""
-    calls = []
-    real = prompts_module.encode_text
-
-    def spy(tower, prompts):
-        calls.append(list(prompts))
-        return real(tower, prompts)
-    monkeypatch.setattr(prompts_module, "encode_text", spy)
-    return calls
+    return spy("pacs_embed.prompts", "encode_text")
 
 
 def test_only_missing_prompts_are_encoded_and_appended(cache_copy, encoded):
