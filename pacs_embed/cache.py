@@ -35,6 +35,7 @@ import numpy as np
 
 from . import __version__
 from .datasets import Changes, Record, compare, scan
+from .errors import PacsEmbedError
 
 FORMAT_VERSION = 1
 EMBEDDING_NOTE = ("raw projected CLIP embeddings (output of the visual/text projection), float32, "
@@ -42,7 +43,7 @@ EMBEDDING_NOTE = ("raw projected CLIP embeddings (output of the visual/text proj
 STR = h5py.string_dtype()
 
 
-class CacheError(RuntimeError):
+class CacheError(PacsEmbedError, RuntimeError):
     pass
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .models import DEFAULT_MODEL
+from . import DEFAULT_MODEL
+from .errors import PacsEmbedError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,10 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="results", help="folder for the tables (default: results)")
     r.add_argument("--figures", default="figures", help="folder for the figures (default: figures)")
     r.add_argument("--seeds", type=int, default=5, help="number of seeds of the source split (default: 5)")
-    r.add_argument("--prompt-sets", nargs="+", default=["paper", "ensemble", "nouns"],
-                   help="domain descriptions to compare (default: paper ensemble nouns)")
-    r.add_argument("--n-nouns", type=int, default=100, help="generic nouns for the 'nouns' prompt set (default: 100)")
+    r.add_argument("--descriptions", nargs="+", default=["paper", "ensemble", "nouns"],
+                   help="how domains are described: paper, ensemble, nouns, nouns_ensemble (default: paper ensemble nouns)")
+    r.add_argument("--domain-prompt", action="append", default=[], metavar='DOMAIN="PROMPT"',
+                   help='describe DOMAIN by PROMPT in every experiment, e.g. --domain-prompt cartoon="a comic strip"; '
+                        "repeat it (also for one domain: its prompts are averaged)")
+    r.add_argument("--methods", nargs="+", help="methods to run (default: every default method)")
+    r.add_argument("--n-nouns", type=int, default=100, help="generic nouns for the 'nouns' description (default: 100)")
     r.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    r.add_argument("--no-head-cache", action="store_true",
+                   help="refit every head (default: reuse heads cached in <cache>.heads/ whose training data is unchanged)")
     r.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("prompts", help="encode prompts into a cache (only the missing ones)")
@@ -58,6 +65,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("prompt", nargs="+")
     t.add_argument("--device")
     return p
+
+
+def parse_domain_prompts(items: list[str]) -> dict[str, list[str]]:
+    """['cartoon=a comic strip', 'cartoon=a comic'] -> {'cartoon': ['a comic strip', 'a comic']}."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        domain, sep, prompt = item.partition("=")
+        if not sep or not domain.strip() or not prompt.strip():
+            raise ValueError(f'--domain-prompt {item!r}: write DOMAIN="PROMPT", e.g. --domain-prompt cartoon="a comic strip"')
+        out.setdefault(domain.strip(), []).append(prompt.strip())
+    return out
 
 
 def _run(args) -> int:
@@ -69,7 +87,7 @@ def _run(args) -> int:
             dest = download_pacs(args.dest, check_counts=not args.no_check)
         print(f"PACS is in {dest}")
     elif args.command == "extract":
-        from .extract import extract
+        from .extraction import extract
         summary = extract(args.data, args.model, args.out, revision=args.revision, device=args.device,
                           dtype=args.dtype, batch_size=args.batch_size, workers=args.workers, strict=args.strict,
                           force=args.force, restart=args.restart, prompts_file=args.prompts,
@@ -85,9 +103,11 @@ def _run(args) -> int:
         else:
             print("dataset    unchanged" if not changes else f"dataset    CHANGED since extraction:\n{changes.describe()}")
     elif args.command == "report":
-        from .report import report
-        paths = report(args.cache, args.out, args.figures, seeds=range(args.seeds), prompt_sets=args.prompt_sets,
-                       n_nouns=args.n_nouns, n_boot=args.bootstrap, progress=not args.no_progress)
+        from .analysis import report
+        paths = report(args.cache, args.out, args.figures, seeds=range(args.seeds), descriptions=args.descriptions,
+                       domain_prompts=parse_domain_prompts(args.domain_prompt), methods=args.methods,
+                       n_nouns=args.n_nouns, n_boot=args.bootstrap, head_cache=not args.no_head_cache,
+                       progress=not args.no_progress)
         print("\n".join(f"{name:22s} {path}" for name, path in paths.items()))
     elif args.command == "prompts":
         from .prompts import prompt_embeddings
@@ -98,16 +118,12 @@ def _run(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from .cache import CacheError
-    from .datasets import DatasetError
-    from .download import DownloadError
-    from .extract import ExtractionError
-    from .models import ModelError
     try:
         return _run(args)
     except KeyboardInterrupt:
         print("\ninterrupted. Finished batches are kept; run the same command again to resume.", file=sys.stderr)
         return 130
-    except (CacheError, DatasetError, DownloadError, ExtractionError, ModelError, ValueError, KeyError) as e:
-        print(f"pacs-embed {args.command}: error: {e}", file=sys.stderr)
+    except (PacsEmbedError, ValueError, KeyError, TypeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"pacs-embed {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .errors import PacsEmbedError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class DatasetError(ValueError):
+class DatasetError(PacsEmbedError, ValueError):
     """The data folder is missing or not in the ``<domain>/<class>/<image>`` layout."""
 
 

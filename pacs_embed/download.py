@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from .files import atomic_write
+from .errors import PacsEmbedError
 
 PACS_REPO = "flwrlabs/pacs"
 PACS_CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
@@ -25,7 +26,7 @@ MANUAL_HELP = (
     "with internet and run `pacs-embed download --parquet FILE.parquet ...`.")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(PacsEmbedError, RuntimeError):
     pass
 
 

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from . import DEFAULT_MODEL  # noqa: F401 (re-exported)
+from .errors import PacsEmbedError
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class ModelError(RuntimeError):
+class ModelError(PacsEmbedError, RuntimeError):
     pass
 
 

@@ -1,4 +1,7 @@
-"""Prompt sets (kept as data in ``data/prompts.json``) and lazy prompt encoding through the cache.
+"""Prompt templates (kept as data in ``data/prompts.json``) and prompt encoding through the cache.
+
+Reading prompts that the cache holds needs no torch; only encoding a missing prompt loads the
+text tower (``models``, torch and transformers are imported then, not before).
 
 Usage::
 
@@ -14,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from . import cache as _cache
-from .models import ModelSpec, encode_text, load_text_tower, resolve
 
 
-def load_prompt_set(file=None) -> dict:
-    """The prompt set in ``file`` (JSON), or the packaged PACS one."""
+def load_templates(file=None) -> dict:
+    """The prompt templates in ``file`` (JSON: domains, class_template, domain_class_template, ensembles,
+    nouns), or the packaged PACS ones."""
     if file is None:
         return json.loads(resources.files("pacs_embed").joinpath("data/prompts.json").read_text())
     try:
@@ -31,49 +34,40 @@ def readable(name: str) -> str:
     return name.replace("_", " ")
 
 
-def domain_prompt(domain: str, prompt_set: dict | None = None) -> str:
+def domain_prompt(domain: str, templates: dict | None = None) -> str:
     """The set's prompt for a domain folder name, else 'a <domain name>'."""
-    prompt_set = prompt_set or load_prompt_set()
-    return prompt_set.get("domains", {}).get(domain) or f"a {readable(domain)}"
+    templates = templates or load_templates()
+    return templates.get("domains", {}).get(domain) or f"a {readable(domain)}"
 
 
-def class_prompts(classes, prompt_set=None) -> list[str]:
-    template = (prompt_set or load_prompt_set()).get("class_template", "a photo of a {class}")
+def class_prompts(classes, templates=None) -> list[str]:
+    template = (templates or load_templates()).get("class_template", "a photo of a {class}")
     return [template.replace("{class}", readable(c)) for c in classes]
 
 
-def _of(prompt_set: dict, domain_text: str, thing: str) -> str:
-    template = prompt_set.get("domain_class_template", "{domain} of a {class}")
-    return template.replace("{domain}", domain_text).replace("{class}", readable(thing))
+def domain_class_prompts(domain_text: str, classes, templates=None) -> list[str]:
+    """'{domain text} of a {class}' (the templates' ``domain_class_template``) for each class or noun."""
+    template = (templates or load_templates()).get("domain_class_template", "{domain} of a {class}")
+    return [template.replace("{domain}", domain_text).replace("{class}", readable(c)) for c in classes]
 
 
-def domain_class_prompts(domain: str, classes, prompt_set=None) -> list[str]:
-    prompt_set = prompt_set or load_prompt_set()
-    return [_of(prompt_set, domain_prompt(domain, prompt_set), c) for c in classes]
-
-
-def noun_prompts(domain: str, prompt_set=None, n: int | None = None) -> list[str]:
-    """'{domain prompt} of a {noun}' for the set's first ``n`` generic nouns (class-averaged domains)."""
-    prompt_set = prompt_set or load_prompt_set()
-    nouns = prompt_set.get("nouns", [])[:n]
-    return domain_class_prompts(domain, nouns, prompt_set)
-
-
-def default_prompts(domains, classes, prompt_set=None) -> list[str]:
+def default_prompts(domains, classes, templates=None) -> list[str]:
     """What extraction encodes: domain prompts, class prompts, domain x class prompts (no duplicates)."""
-    prompt_set = prompt_set or load_prompt_set()
-    out = [domain_prompt(d, prompt_set) for d in domains] + class_prompts(classes, prompt_set)
+    templates = templates or load_templates()
+    out = [domain_prompt(d, templates) for d in domains] + class_prompts(classes, templates)
     for d in domains:
-        out += domain_class_prompts(d, classes, prompt_set)
+        out += domain_class_prompts(domain_prompt(d, templates), classes, templates)
     return list(dict.fromkeys(out))
 
 
 @functools.lru_cache(maxsize=4)
-def _text_tower(spec: ModelSpec, device):
+def _text_tower(spec, device):
+    from .models import load_text_tower
     return load_text_tower(spec, device)
 
 
-def _spec_for(path, model) -> ModelSpec:
+def _spec_for(path, model):
+    from .models import resolve
     attrs = _cache.read_attrs(path)
     spec = resolve(model or attrs["model_id"], revision=None if model or attrs["revision"].startswith("sha256:")
                    else attrs["revision"])
@@ -84,8 +78,9 @@ def _spec_for(path, model) -> ModelSpec:
     return spec
 
 
-def check_model(path, model: str | None = None) -> dict:
-    """The cache's provenance; raises CacheError if ``model`` (when given) is not the cache's model and revision."""
+def provenance(path, model: str | None = None) -> dict:
+    """The cache's attributes (model, revision, dtype, ...); raises CacheError if ``model`` (when given)
+    is not the cache's model and revision."""
     if model:
         _spec_for(path, model)
     return _cache.read_attrs(path)
@@ -98,6 +93,8 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
     model and revision; ``device`` for the text tower (default: CUDA if present, else CPU).
     Returns a (len(prompts), D) float32 array.
     """
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError(f"prompts must be a list of strings, not one string ({prompts!r}); write [{prompts!r}]")
     prompts = list(prompts)
     if any(not isinstance(p, str) or not p.strip() for p in prompts):
         raise ValueError("prompts must be non-empty strings")
@@ -108,40 +105,8 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
     if missing or model:
         spec = _spec_for(path, model)
     if missing:
+        from .models import encode_text
         vectors = encode_text(_text_tower(spec, device), missing)
         _cache.append_prompts(path, missing, vectors, spec.model_id, spec.revision)
         have.update(zip(missing, vectors))
     return np.stack([have[p] for p in prompts]).astype(np.float32)
-
-
-def _paper(domain, prompt_set, n):
-    return [domain_prompt(domain, prompt_set)]
-
-
-def _ensemble(domain, prompt_set, n):
-    return prompt_set.get("ensembles", {}).get(domain) or [domain_prompt(domain, prompt_set)]
-
-
-def _nouns(domain, prompt_set, n):
-    return noun_prompts(domain, prompt_set, n)
-
-
-def _nouns_ensemble(domain, prompt_set, n):
-    return [_of(prompt_set, p, noun) for p in _ensemble(domain, prompt_set, n) for noun in prompt_set.get("nouns", [])[:n]]
-
-
-# How a domain is described in text: name -> f(domain, prompt_set, n_nouns) -> prompts to average.
-DOMAIN_PROMPT_SETS = {
-    "paper": _paper,                    # the paper's single prompt ("a cartoon")
-    "ensemble": _ensemble,              # several phrasings of the domain
-    "nouns": _nouns,                    # "{domain prompt} of a {noun}" over N generic nouns (open question 1)
-    "nouns_ensemble": _nouns_ensemble,  # every phrasing x every noun
-}
-
-
-def domain_prompt_lists(domains, how: str = "paper", prompt_set=None, n_nouns: int | None = None) -> dict[str, list[str]]:
-    """{domain: prompts whose mean embedding describes it}, for ``how`` in DOMAIN_PROMPT_SETS."""
-    if how not in DOMAIN_PROMPT_SETS:
-        raise KeyError(f"unknown domain prompt set {how!r}; choose from {sorted(DOMAIN_PROMPT_SETS)}")
-    prompt_set = prompt_set or load_prompt_set()
-    return {d: DOMAIN_PROMPT_SETS[how](d, prompt_set, n_nouns) for d in domains}

@@ -62,7 +62,7 @@ def spy(monkeypatch):
     import importlib
 
     def install(module_name, attr):
-        module = importlib.import_module(module_name)  # not the package attribute: `extract` is re-exported
+        module = importlib.import_module(module_name)
         real, calls = getattr(module, attr), []
 
         def wrapper(first, second, *args, **kwargs):

@@ -4,7 +4,7 @@ import time
 
 import importlib
 
-ex = importlib.import_module("pacs_embed.extract")  # the package re-exports a function of that name
+ex = importlib.import_module("pacs_embed.extraction")
 from pacs_embed.cli import main
 
 _encode = ex.encode_images

@@ -19,7 +19,7 @@ from transformers import AutoImageProcessor, CLIPModel
 from pacs_embed import extract
 from pacs_embed.cache import check_dataset, read_attrs, read_failures, read_images, read_prompts
 from pacs_embed.cli import main
-from pacs_embed.extract import ExtractionError
+from pacs_embed.extraction import ExtractionError
 from pacs_embed.prompts import default_prompts
 
 TESTS = Path(__file__).parent
@@ -195,7 +195,7 @@ def test_a_new_prompt_file_on_an_up_to_date_cache_encodes_only_its_prompts(cache
 
 
 def test_each_image_goes_through_the_model_exactly_once(small_dataset, tiny_clip, tmp_path, spy):
-    batches = spy("pacs_embed.extract", "encode_images")
+    batches = spy("pacs_embed.extraction", "encode_images")
     s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", batch_size=5, workers=2,
                 progress=False)
     seen = [len(pixels) for pixels in batches]
@@ -213,7 +213,7 @@ def test_files_that_are_not_images_in_class_folders_are_named_not_dropped_silent
 
 
 def test_loading_a_stale_cache_warns_with_what_changed(small_dataset, tiny_clip, tmp_path):
-    from pacs_embed.embeddings import StaleCacheWarning, load
+    from pacs_embed.analysis.embeddings import StaleCacheWarning, load
     out = tmp_path / "c.h5"
     extract(small_dataset, str(tiny_clip), out, dtype="float32", progress=False)
     with warnings.catch_warnings():

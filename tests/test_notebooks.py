@@ -23,7 +23,7 @@ def run_notebook(name, tmp_path, **parameters):
 
 @pytest.fixture
 def params(cache_copy, tmp_path):
-    return dict(cache=str(cache_copy), seeds=2, figures=str(tmp_path / "figures"), record_to=str(tmp_path / "rec.json"))
+    return dict(cache=str(cache_copy), figures=str(tmp_path / "figures"), record_to=str(tmp_path / "rec.json"))
 
 
 def test_notebooks_are_committed_without_outputs():
@@ -45,14 +45,14 @@ def test_table1_notebook(params, tmp_path, cache_copy):
 
 
 def test_logistic_heads_notebook(params, tmp_path):
-    rec = run_notebook("02_logistic_heads.ipynb", tmp_path, **params)["heads"]
+    rec = run_notebook("02_logistic_heads.ipynb", tmp_path, **params, seeds=2)["heads"]
     assert len(rec) == 4 * 3 + 4  # every pair, and in-domain per source
     assert all(r["seeds"] == 2 and 0 <= r["mean"] <= 1 for r in rec)
     assert {r["method"] for r in rec} == {"none", "in_domain"}
 
 
 def test_translated_inference_notebook(params, tmp_path):
-    rec = run_notebook("03_translated_inference.ipynb", tmp_path, **params)
+    rec = run_notebook("03_translated_inference.ipynb", tmp_path, **params, seeds=2)
     assert {m["method"] for m in rec["methods"]} == {"none", "translate", "translate_renorm", "zeroshot", "zeroshot_domain"}
     assert len(rec["gains"]) == 12 * 4 and all(g["ci_low"] <= g["gain"] <= g["ci_high"] for g in rec["gains"])
     for fig in ["translated_gains", "translated_accuracy", "projection"]:
@@ -61,12 +61,16 @@ def test_translated_inference_notebook(params, tmp_path):
 
 def test_prompts_and_operators_notebook_encodes_new_prompts_on_the_fly(params, tmp_path, cache_copy):
     assert "a pixel-art sprite" not in read_prompts(cache_copy)
-    rec = run_notebook("04_prompts_and_operators.ipynb", tmp_path, **params,
-                       my_prompts=["a photo", "a pixel-art sprite"], n_nouns=5)
+    rec = run_notebook("04_prompts_and_operators.ipynb", tmp_path, **params, seeds=2,
+                       my_prompts=["a photo", "a pixel-art sprite"], n_nouns=5,
+                       domain_prompts={"cartoon": ["a comic strip", "a comic"]})
     assert set(rec["my_prompts"]["sketch"]) == {"a photo", "a pixel-art sprite"}
-    assert "a pixel-art sprite" in read_prompts(cache_copy) and "a cartoon of a goose" in read_prompts(cache_copy)
-    described = {(r["prompt_set"], r["described"]) for r in rec["descriptions"]}
+    prompts = read_prompts(cache_copy)
+    assert "a pixel-art sprite" in prompts and "a comic strip of a goose" in prompts and "a comic of a dog" in prompts
+    assert rec["described"]["cartoon"] == ["a comic strip", "a comic"] and rec["described"]["photo"] == ["a photo"]
+    described = {(r["description"], r["described"]) for r in rec["descriptions"]}
     assert described == {(how, d) for how in ["paper", "ensemble", "nouns"]
                          for d in ["art_painting", "cartoon", "photo", "sketch"]}
-    methods = {(m["method"], m["prompt_set"]) for m in rec["methods"]}
-    assert {("half_translate", "nouns"), ("augment", "ensemble"), ("center", "paper")} <= methods
+    methods = {(m["method"], m["description"]) for m in rec["methods"]}
+    assert {("half_translate", "nouns"), ("translated_centroids", "paper"), ("augment", "ensemble"),
+            ("center", "paper"), ("none", "-")} <= methods

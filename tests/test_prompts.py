@@ -8,7 +8,7 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from pacs_embed import extract, prompt_embeddings
 from pacs_embed.cache import CacheError, read_prompts
-from pacs_embed.prompts import load_prompt_set, noun_prompts
+from pacs_embed.prompts import domain_class_prompts, load_templates
 from tiny_clip import make_clip
 
 prompts_module = importlib.import_module("pacs_embed.prompts")
@@ -17,7 +17,7 @@ prompts_module = importlib.import_module("pacs_embed.prompts")
 @pytest.fixture
 def encoded(spy):
     """Records every batch of prompts sent to the text tower."""
-    return spy("pacs_embed.prompts", "encode_text")
+    return spy("pacs_embed.models", "encode_text")
 
 
 def test_only_missing_prompts_are_encoded_and_appended(cache_copy, encoded):
@@ -65,10 +65,10 @@ def test_weights_changed_in_place_are_refused(small_dataset, tmp_path):
 
 
 def test_generic_nouns_are_not_pacs_classes():
-    ps = load_prompt_set()
+    ps = load_templates()
     assert len(ps["nouns"]) == 100 and len(set(ps["nouns"])) == 100
     assert not set(ps["nouns"]) & {"dog", "elephant", "giraffe", "guitar", "horse", "house", "person"}
-    assert noun_prompts("cartoon", ps, n=2) == ["a cartoon of a goose", "a cartoon of a goldfish"]
+    assert domain_class_prompts("a cartoon", ps["nouns"][:2], ps) == ["a cartoon of a goose", "a cartoon of a goldfish"]
 
 
 def test_empty_prompt_is_a_clear_error(cache_copy):
@@ -104,13 +104,30 @@ def test_a_failed_append_leaves_the_cache_as_it_was(cache_copy):
     assert not cache_copy.with_name(cache_copy.name + ".partial").exists()
 
 
-def test_domain_prompt_sets_are_built_from_the_data_file():
-    from pacs_embed.prompts import domain_prompt_lists
-    ps = load_prompt_set()
-    assert domain_prompt_lists(["cartoon"], "paper", ps) == {"cartoon": ["a cartoon"]}
-    assert domain_prompt_lists(["sketch"], "ensemble", ps)["sketch"][1] == "a sketch"
-    both = domain_prompt_lists(["photo"], "nouns_ensemble", ps, n_nouns=2)["photo"]
-    assert both[:3] == ["a photo of a goose", "a photo of a goldfish", "a photograph of a goose"]
-    assert domain_prompt_lists(["my_new_domain"], "paper", ps) == {"my_new_domain": ["a my new domain"]}
-    with pytest.raises(KeyError, match="unknown domain prompt set"):
-        domain_prompt_lists(["photo"], "nope", ps)
+def test_domain_descriptions_are_built_from_the_data_file():
+    from pacs_embed.analysis.text import describe
+    ps = load_templates()
+    assert describe("cartoon", "paper", ps).prompts == ["a cartoon"]
+    assert describe("sketch", "ensemble", ps).prompts[1] == "a sketch"
+    both = describe("photo", "nouns_ensemble", ps, n_nouns=2)
+    assert both.prompts[:3] == ["a photo of a goose", "a photo of a goldfish", "a photograph of a goose"]
+    assert both.phrasings == ps["ensembles"]["photo"]
+    assert describe("my_new_domain", "paper", ps).prompts == ["a my new domain"]
+    with pytest.raises(KeyError, match="unknown description"):
+        describe("photo", "nope", ps)
+
+
+def test_your_domain_prompts_replace_the_packaged_ones_in_every_description():
+    from pacs_embed.analysis.text import describe
+    ps, mine = load_templates(), {"cartoon": ["a comic strip"]}
+    assert describe("cartoon", "paper", ps, mine).prompts == ["a comic strip"]
+    assert describe("cartoon", "ensemble", ps, mine).prompts == ["a comic strip"]
+    assert describe("cartoon", "nouns", ps, mine, n_nouns=1).prompts == ["a comic strip of a goose"]
+    assert describe("photo", "paper", ps, mine).prompts == ["a photo"]  # domains not named keep theirs
+
+
+def test_a_bare_string_is_never_split_into_letters(cache_copy):
+    from pacs_embed.cache import read_prompts
+    with pytest.raises(TypeError, match="list of strings"):
+        prompt_embeddings(cache_copy, "watercolor")
+    assert "w" not in read_prompts(cache_copy)

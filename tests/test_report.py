@@ -9,8 +9,8 @@ def test_report_writes_the_table_and_every_figure(cache_copy, tmp_path, capsys):
     assert main(["report", str(cache_copy), "--out", str(out), "--figures", str(figs), "--seeds", "2",
                  "--n-nouns", "5", "--bootstrap", "200", "--no-progress"]) == 0
     table = pd.read_csv(out / "results.csv")
-    assert list(table.columns) == ["source", "target", "method", "prompt_set", "seed", "accuracy", "n"]
-    assert set(table.prompt_set) == {"-", "paper", "ensemble", "nouns"}
+    assert list(table.columns) == ["source", "target", "method", "description", "seed", "accuracy", "n"]
+    assert set(table.description) == {"-", "paper", "ensemble", "nouns"}
     assert table.accuracy.between(0, 1).all() and set(table.seed) == {0, 1}
     report = (out / "report.md").read_text()
     assert "## Table 1" in report and "±" in report and "| a cartoon |" in report

@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-KEYS = ["source", "target", "method", "prompt_set"]
+from .text import NO_DESCRIPTION
+
+KEYS = ["source", "target", "method", "description"]
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy mean, std (ddof=1) and number of seeds per (source, target, method, prompt_set)."""
+    """Accuracy mean, std (ddof=1) and number of seeds per (source, target, method, description)."""
     g = table.groupby(KEYS, sort=False)["accuracy"]
     out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "seeds": g.size()}).reset_index()
     out["accuracy"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(out["mean"], out["std"])]
@@ -22,10 +24,10 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def method_means(table: pd.DataFrame) -> pd.DataFrame:
-    """Cross-domain accuracy per method and prompt set, averaged over pairs: mean ± std over seeds."""
+    """Cross-domain accuracy per method and description, averaged over pairs: mean ± std over seeds."""
     cross = table[table["source"] != table["target"]]
-    per_seed = cross.groupby(["method", "prompt_set", "seed"])["accuracy"].mean()
-    g = per_seed.groupby(["method", "prompt_set"])
+    per_seed = cross.groupby(["method", "description", "seed"])["accuracy"].mean()
+    g = per_seed.groupby(["method", "description"])
     out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0)}).reset_index()
     out["accuracy"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(out["mean"], out["std"])]
     return out.sort_values("mean", ascending=False, ignore_index=True)
@@ -35,7 +37,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int
     """Gain mean(a − b) and its CI, resampling images (columns); a, b: (n_seeds, n) 0/1 on the same images."""
     d = (np.asarray(a, float) - np.asarray(b, float)).mean(axis=0)
     rng = np.random.default_rng(seed)
-    boots = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
+    boots = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)]) if len(d) else np.zeros(1)
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(d.mean()), float(lo), float(hi)
 
@@ -44,20 +46,20 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0) ->
     """Per pair and method: gain over ``baseline`` (same seeds, same images) with a paired bootstrap 95% CI."""
     rows = []
     for (s, t, method, how), hits in results.correct.items():
-        base = results.correct.get((s, t, baseline, "-"))
+        base = results.correct.get((s, t, baseline, NO_DESCRIPTION))
         if method == baseline or base is None:
             continue
         if hits.shape != base.shape:  # seed-independent methods are recorded once per seed too
             raise ValueError(f"{method} and {baseline} were scored on different images for {s} -> {t}")
         g, lo, hi = paired_bootstrap(hits, base, n_boot, seed)
         rows.append((s, t, method, how, g, lo, hi))
-    return pd.DataFrame(rows, columns=["source", "target", "method", "prompt_set", "gain", "ci_low", "ci_high"])
+    return pd.DataFrame(rows, columns=["source", "target", "method", "description", "gain", "ci_low", "ci_high"])
 
 
-def grid(table: pd.DataFrame, method: str, prompt_set: str = "-") -> pd.DataFrame:
+def grid(table: pd.DataFrame, method: str, description: str = NO_DESCRIPTION) -> pd.DataFrame:
     """Source x target 'mean ± std' for one method (diagonal: in-domain hold-out accuracy)."""
     s = summary(table)
-    keep = ((s.method == method) & (s.prompt_set == prompt_set)) | (s.method == "in_domain")
+    keep = ((s.method == method) & (s.description == description)) | (s.method == "in_domain")
     g = s[keep].pivot(index="source", columns="target", values="accuracy")
     order = list(dict.fromkeys(table.source))
     return g.reindex(index=order, columns=order).fillna("")

@@ -15,7 +15,8 @@ import pandas as pd
 import seaborn as sns
 
 from .embeddings import Embeddings
-from .operators import delta
+from .methods import delta
+from .text import NO_DESCRIPTION
 
 
 def save(fig, folder, name: str) -> list[Path]:
@@ -46,9 +47,9 @@ def table1_heatmap(tables: dict[str, pd.DataFrame]):
     return fig
 
 
-def accuracy_grid(table: pd.DataFrame, prompt_set: str = "paper", methods=None):
+def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None):
     """Source x target mean accuracy per method (diagonal: in-domain hold-out accuracy)."""
-    t = table[(table.prompt_set.isin([prompt_set, "-"]))]
+    t = table[(table.description.isin([description, NO_DESCRIPTION]))]
     methods = methods or [m for m in dict.fromkeys(t.method) if m != "in_domain"]
     domains = list(dict.fromkeys(table.source))
     diag = table[table.method == "in_domain"].groupby("source").accuracy.mean()
@@ -61,15 +62,16 @@ def accuracy_grid(table: pd.DataFrame, prompt_set: str = "paper", methods=None):
         ax.set_title(m)
         ax.set_ylabel("source" if ax is axes[0][0] else "")
         ax.set_xlabel("target")
-    fig.suptitle(f"accuracy (mean over seeds), domain prompts: {prompt_set}")
+    fig.suptitle(f"accuracy (mean over seeds), domain descriptions: {description}")
     fig.tight_layout()
     return fig
 
 
-def gains_plot(gains: pd.DataFrame, prompt_set: str | None = None):
+def gains_plot(gains: pd.DataFrame, description: str | None = None):
     """Gain over no translation per source -> target pair, with paired-bootstrap 95% CIs."""
-    g = gains if prompt_set is None else gains[gains.prompt_set.isin([prompt_set, "-"])]
-    g = g.assign(pair=g.source + " → " + g.target, label=g.method + np.where(g.prompt_set == "-", "", " / " + g.prompt_set))
+    g = gains if description is None else gains[gains.description.isin([description, NO_DESCRIPTION])]
+    g = g.assign(pair=g.source + " → " + g.target,
+                 label=g.method + np.where(g.description == NO_DESCRIPTION, "", " / " + g.description))
     labels = list(dict.fromkeys(g.label))
     pairs = list(dict.fromkeys(g.pair))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pairs) + 2), 4.5))

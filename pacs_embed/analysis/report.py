@@ -2,7 +2,8 @@
 
 Usage::
 
-    paths = report("data/embeddings/PACS/openai__clip-vit-base-patch32.h5", out="results", figures="figures")
+    paths = report("data/embeddings/PACS/openai__clip-vit-base-patch32.h5", out="results", figures="figures",
+                   domain_prompts={"cartoon": "a comic strip"})
 """
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots
-from .cache import read_attrs
+from ..cache import read_attrs
+from ..files import atomic_write
 from .embeddings import load
-from .evaluate import evaluate, text_side
-from .files import atomic_write
+from .evaluate import evaluate
 from .similarity import table1
 from .stats import gains, method_means, summary
+from .text import text_side
 
-PROMPT_SETS = ("paper", "ensemble", "nouns")
+DEFAULT_DESCRIPTIONS = ("paper", "ensemble", "nouns")
 
 
 def markdown(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
@@ -42,16 +43,19 @@ def record(path, **values) -> None:
     atomic_write(path, json.dumps(data, indent=1, default=float).encode())
 
 
-def report(cache, out="results", figures="figures", seeds=range(5), prompt_sets=PROMPT_SETS, n_nouns: int | None = 100,
-           n_boot: int = 1000, progress: bool = True) -> dict[str, Path]:
-    """Evaluate everything on ``cache`` and write tables (CSV + Markdown) and figures (PNG + PDF)."""
+def report(cache, out="results", figures="figures", seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS,
+           domain_prompts: dict | None = None, methods=None, n_nouns: int | None = 100, n_boot: int = 1000,
+           head_cache=True, progress: bool = True) -> dict[str, Path]:
+    """Evaluate every method on ``cache`` and write tables (CSV + Markdown) and figures (PNG + PDF)."""
+    import importlib
+    plots = importlib.import_module(".plots", __package__)
     plots.use_headless_backend()
     out, figures = Path(out), Path(figures)
     out.mkdir(parents=True, exist_ok=True)
     emb = load(cache)
-    t1 = table1(cache, emb)
-    text = text_side(cache, emb.domains, emb.classes, prompt_sets, n_nouns)
-    res = evaluate(cache, seeds=seeds, prompt_sets=prompt_sets, emb=emb, text=text, progress=progress)
+    t1 = table1(emb, domain_prompts)
+    text = text_side(emb, tuple(descriptions), domain_prompts, n_nouns)
+    res = evaluate(emb, methods, seeds=seeds, text=text, head_cache=head_cache, progress=progress)
     summ, gain, means = summary(res.table), gains(res, n_boot=n_boot), method_means(res.table)
     paths = {}
     for name, df in [("results", res.table), ("summary", summ), ("gains", gain), ("methods", means),
@@ -59,23 +63,27 @@ def report(cache, out="results", figures="figures", seeds=range(5), prompt_sets=
         paths[name] = out / f"{name}.csv"
         df.to_csv(paths[name], index=name.startswith("table1"))
     attrs = read_attrs(cache)
+    described = "; ".join(f"{d.domain}: " + " | ".join(d.prompts) for d in text.descriptions.get("paper", []))
     md = ["# pacs_embed report", "",
           f"Cache `{cache}`: {attrs['model_id']} @ {attrs['revision']}, {len(emb.x)} images "
           f"({emb.n_failed} unreadable left out), {attrs['dtype']} on {attrs['device']}. "
           f"Seeds: {list(seeds)}; heads: logistic regression, C chosen on a 20% hold-out of the source domain. "
           f"Image and text embeddings L2-normalised; Δ = t_src − t_tgt of unit text vectors.", "",
+          f"Domain prompts (`paper` description): {described}.", "",
           "## Table 1: Sim(prompt, domain)", "", markdown(t1["reproduced"]), "",
           "Paper:", "", markdown(t1["paper"]), "", "Difference (this − paper):", "", markdown(t1["difference"]), "",
           "## Cross-domain accuracy per method (mean ± std over seeds, averaged over pairs)", "",
-          markdown(means[["method", "prompt_set", "accuracy"]]), "",
+          markdown(means[["method", "description", "accuracy"]]), "",
           "## Gain over no translation (paired bootstrap 95% CI)", "",
-          markdown(gain), "", "## Every pair", "", markdown(summ[["source", "target", "method", "prompt_set", "accuracy", "seeds"]])]
+          markdown(gain), "", "## Every pair", "",
+          markdown(summ[["source", "target", "method", "description", "accuracy", "seeds"]])]
     paths["markdown"] = out / "report.md"
-    paths["markdown"].write_text("\n".join(md) + "\n")
+    atomic_write(paths["markdown"], ("\n".join(md) + "\n").encode())
+    first = descriptions[0]
     figs = {"table1": plots.table1_heatmap(t1),
-            "accuracy_grid": plots.accuracy_grid(res.table, "paper"),
-            "gains": plots.gains_plot(gain, "paper"),
-            "projection": plots.projection(emb, text.domain["paper"], source="photo" if "photo" in emb.domains else None)}
+            "accuracy_grid": plots.accuracy_grid(res.table, first),
+            "gains": plots.gains_plot(gain, first),
+            "projection": plots.projection(emb, text.vectors(first), source="photo" if "photo" in emb.domains else None)}
     import matplotlib.pyplot as plt
     for name, fig in figs.items():
         paths[f"figure_{name}"] = plots.save(fig, figures, name)[0]

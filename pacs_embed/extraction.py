@@ -30,10 +30,11 @@ from .datasets import compare, scan
 from .files import atomic_write
 from .models import (DEFAULT_MODEL, choose_device, choose_dtype, dtype_name, encode_images, encode_text,
                      load_image_tower, load_processor, load_text_tower, processor_settings, resolve)
-from .prompts import default_prompts, load_prompt_set
+from .prompts import default_prompts, load_templates
+from .errors import PacsEmbedError
 
 
-class ExtractionError(RuntimeError):
+class ExtractionError(PacsEmbedError, RuntimeError):
     pass
 
 
@@ -150,17 +151,17 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
     """
     t0 = time.perf_counter()
     root = Path(data)
-    prompt_set = load_prompt_set(prompts_file)
+    templates = load_templates(prompts_file)
     if not root.is_dir():  # fail before touching the model
         scan(root)
     spec = resolve(model, revision)
     out = Path(out) if out else _cache.default_path(root.resolve().name, spec.model_id)
     with _cache.locked(out, wait=False):
-        return _extract(root, spec, out, prompt_set, t0, device=device, dtype=dtype, batch_size=batch_size,
+        return _extract(root, spec, out, templates, t0, device=device, dtype=dtype, batch_size=batch_size,
                         workers=workers, strict=strict, force=force, restart=restart, progress=progress)
 
 
-def _extract(root, spec, out, prompt_set, t0, *, device, dtype, batch_size, workers, strict, force, restart,
+def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, workers, strict, force, restart,
              progress) -> Summary:
     dev = choose_device(device)
     dt = choose_dtype(dev, dtype)
@@ -180,7 +181,7 @@ def _extract(root, spec, out, prompt_set, t0, *, device, dtype, batch_size, work
         carried_prompts = _cache.read_prompts(out) if _cache.same_model(old, spec.model_id, spec.revision) else {}
         differs = [k for k in settings if old.get(k) != settings[k]]
         if not differs and not force:
-            new_prompts = [p for p in default_prompts(ds.domains, ds.classes, prompt_set) if p not in carried_prompts]
+            new_prompts = [p for p in default_prompts(ds.domains, ds.classes, templates) if p not in carried_prompts]
             if new_prompts:  # e.g. a new --prompts file: text only, images stay as they are
                 _cache.append_prompts(out, new_prompts, encode_text(load_text_tower(spec, dev), new_prompts),
                                       spec.model_id, spec.revision)
@@ -238,11 +239,11 @@ def _extract(root, spec, out, prompt_set, t0, *, device, dtype, batch_size, work
                              [errors.get(i, "") for i in indices])
                 bar.update(len(indices))
         del image_model
-    return _finish(out, journal, ds, spec, processor, dev, dt, batch_size, prompt_set, carried_prompts,
+    return _finish(out, journal, ds, spec, processor, dev, dt, batch_size, templates, carried_prompts,
                    strict, t0, resumed)
 
 
-def _finish(out, journal, ds, spec, processor, dev, dt, batch_size, prompt_set, carried_prompts, strict, t0,
+def _finish(out, journal, ds, spec, processor, dev, dt, batch_size, templates, carried_prompts, strict, t0,
             resumed) -> Summary:
     shards = journal.done()
     parts = [np.load(shards[s]) for s in sorted(shards)]
@@ -257,7 +258,7 @@ def _finish(out, journal, ds, spec, processor, dev, dt, batch_size, prompt_set, 
         raise ExtractionError("unreadable images (--strict):\n" + "\n".join(f"  {p}: {r}" for p, r in failures)
                               + f"\nThe {int(ok.sum())} readable images are kept in {journal.dir}; fix or remove "
                                 f"these files, or re-run without --strict to record them as failures.")
-    prompts = default_prompts(ds.domains, ds.classes, prompt_set)
+    prompts = default_prompts(ds.domains, ds.classes, templates)
     prompts += [p for p in carried_prompts if p not in prompts]
     missing = [p for p in prompts if p not in carried_prompts]
     vectors = dict(carried_prompts)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import check_dataset, read_attrs, read_images
+from ..cache import check_dataset, read_attrs, read_images
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -1,0 +1,123 @@
+"""Full-size (PACS-scale) caches for the analysis benchmarks: 9,991 images x 512 dims, PACS's domain counts.
+
+Two kinds, both made here on any machine (no Hub, no PACS download):
+
+- ``random_cache``: random unit vectors shaped like PACS (class + domain directions + noise), written
+  straight into the cache format with random prompt vectors (every prompt the default report needs).
+- ``clip_cache``: a random-weight CLIP with the real ViT-B/32 shape run by ``pacs-embed extract`` over
+  9,991 real images made from the 224 pacs-mini images (seeded random crops and flips). Random CLIP
+  features are the slow, badly conditioned case for logistic regression. Extracting them takes
+  ~15-20 min on a 2-core CPU, once: the cache is kept in ``data/bench/``.
+
+    .venv/bin/python benchmarks/pacs_scale.py          # builds both into data/bench/ (if missing)
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+BENCH = ROOT / "data" / "bench"
+PACS_MINI = ROOT.parent / "shared" / "data" / "pacs-mini"
+COUNTS = {"art_painting": 2048, "cartoon": 2344, "photo": 1670, "sketch": 3929}   # PACS, 9,991 images
+CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
+
+
+def _every_report_prompt(domains, classes) -> list[str]:
+    from pacs_embed.prompts import class_prompts, default_prompts, domain_class_prompts, load_templates
+    from pacs_embed.analysis.text import DESCRIPTIONS, describe
+    t = load_templates()
+    out = default_prompts(domains, classes, t)
+    for how in DESCRIPTIONS:
+        for d in domains:
+            desc = describe(d, how, t, None)
+            out += desc.prompts + [p for phr in desc.phrasings for p in domain_class_prompts(phr, classes, t)]
+    return list(dict.fromkeys(out + class_prompts(classes, t)))
+
+
+def random_cache(path=BENCH / "random.h5", dim: int = 512, seed: int = 0) -> Path:
+    """PACS-shaped random vectors (class + domain + noise), with random vectors for every report prompt."""
+    from pacs_embed import cache
+    from pacs_embed.datasets import Record
+    path = Path(path)
+    if path.is_file():
+        return path
+    rng = np.random.default_rng(seed)
+    cls, dom = rng.standard_normal((7, dim)), rng.standard_normal((4, dim))
+    x, records = [], []
+    for d, (name, n) in enumerate(COUNTS.items()):
+        lab = np.arange(n) % 7
+        x.append(cls[lab] + 0.7 * dom[d] + 1.5 * rng.standard_normal((n, dim)))
+        records += [Record(f"{name}/{CLASSES[k]}/{i:05d}.jpg", d, int(k), 0, 0, "0" * 64) for i, k in enumerate(lab)]
+    x = np.concatenate(x).astype(np.float32)
+    prompts = _every_report_prompt(list(COUNTS), CLASSES)
+    pv = np.stack([np.random.default_rng(int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "little"))
+                   .standard_normal(dim) for p in prompts]).astype(np.float32)
+    attrs = dict(model_id="synthetic/random-vectors", revision="none", processor_class="none", processor_settings="{}",
+                 dtype="float32", device="none", batch_size=0, torch_version="none", transformers_version="none",
+                 created="-", dataset_root=str(BENCH / "no-such-folder"), dataset_name="PACS-random",
+                 manifest_sha256="-", n_failed=0)
+    cache.write(path, attrs, list(COUNTS), CLASSES, records, x, np.ones(len(x), bool), [], prompts, pv)
+    return path
+
+
+def _images(folder: Path, seed: int = 0) -> Path:
+    """9,991 real-image files, PACS's counts, from pacs-mini by seeded random crops and flips."""
+    from PIL import Image, ImageOps
+    done = folder / ".complete"
+    if done.is_file():
+        return folder
+    rng = np.random.default_rng(seed)
+    for domain, n in COUNTS.items():
+        for i in range(n):
+            cls = CLASSES[i % 7]
+            files = sorted((PACS_MINI / domain / cls).iterdir())
+            src = files[rng.integers(len(files))]
+            with Image.open(src) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                s = rng.uniform(0.55, 1.0)
+                cw, ch = int(w * s), int(h * s)
+                x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+                im = im.crop((x0, y0, x0 + cw, y0 + ch)).resize((227, 227))
+                if rng.random() < 0.5:
+                    im = ImageOps.mirror(im)
+                out = folder / domain / cls / f"{i:05d}.jpg"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                im.save(out, quality=90)
+    done.write_text("ok\n")
+    return folder
+
+
+def clip_cache(path=BENCH / "random-clip-vit-b-32.h5", layers: int | None = None) -> Path:
+    """``pacs-embed extract`` of a random-weight CLIP (real ViT-B/32 shape) over 9,991 real images."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    from tiny_clip import VIT_B_32, make_clip
+    from pacs_embed import extract
+    size = VIT_B_32 if layers is None else {**VIT_B_32, "vision": {**VIT_B_32["vision"], "num_hidden_layers": layers}}
+    model = BENCH / "random-clip-vit-b-32"
+    if not (model / "config.json").is_file():
+        make_clip(model, size)
+    extract(_images(BENCH / "pacs-like"), str(model), path, batch_size=64)
+    return path
+
+
+def encode_report_prompts(path) -> None:
+    """Encode every prompt the default report needs, so report timings measure the analysis only."""
+    from pacs_embed import prompt_embeddings
+    from pacs_embed.cache import read_images
+    a = read_images(path)
+    prompt_embeddings(path, _every_report_prompt(a["domains"], a["classes"]))
+
+
+if __name__ == "__main__":
+    print(random_cache())
+    p = clip_cache()
+    encode_report_prompts(p)
+    print(p)

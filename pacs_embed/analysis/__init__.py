@@ -1,0 +1,41 @@
+"""The analysis side: everything the notebooks and ``pacs-embed report`` call, from the cache alone.
+
+It imports numpy, scipy and pandas — not torch, transformers or PIL — unless a prompt missing from
+the cache must be encoded (then the text tower loads) or a figure is drawn (matplotlib uses Pillow).
+
+Usage::
+
+    from pacs_embed import analysis as pa
+    emb = pa.load(cache)
+    res = pa.evaluate(emb, domain_prompts={"cartoon": "a comic strip"})
+    pa.method_means(res.table)
+"""
+from ..prompts import load_templates, prompt_embeddings, provenance
+from .embeddings import Embeddings, dataset_status, l2_normalize, load
+from .evaluate import Results, evaluate
+from .heads import C_GRID, Head, HeadCache, fit_head, split
+from .methods import METHODS, Method, Source, delta, register
+from .report import markdown, record, report
+from .similarity import description_similarity, paper_table1, prompt_similarity, similarity_matrix, table1
+from .stats import gains, grid, method_means, summary
+from .text import DESCRIPTIONS, NO_DESCRIPTION, Description, TextSide, text_side
+
+__all__ = [
+    # the cache
+    "load", "Embeddings", "l2_normalize", "dataset_status", "provenance", "prompt_embeddings", "load_templates",
+    # the text side
+    "text_side", "TextSide", "Description", "DESCRIPTIONS", "NO_DESCRIPTION",
+    # methods and heads
+    "METHODS", "Method", "Source", "register", "delta", "fit_head", "Head", "HeadCache", "split", "C_GRID",
+    # evaluation, statistics, output
+    "evaluate", "Results", "summary", "method_means", "gains", "grid",
+    "table1", "paper_table1", "prompt_similarity", "description_similarity", "similarity_matrix",
+    "report", "record", "markdown", "plots",
+]
+
+
+def __getattr__(name):  # figures import matplotlib (and Pillow): only when asked for
+    if name == "plots":
+        import importlib
+        return importlib.import_module(".plots", __name__)
+    raise AttributeError(f"module 'pacs_embed.analysis' has no attribute {name!r}")

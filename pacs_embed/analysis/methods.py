@@ -1,0 +1,263 @@
+"""Every way of classifying target images, in one registry: baselines, test-time operators, train-time augmentation.
+
+The contract (the paper's open question 2 is "which method?", so any method plugs in here):
+
+1. ``fit(src)`` sees only what a method may legitimately see — a ``Source``: the source domain's
+   unit image embeddings and labels (``src.x``, ``src.y``) with their seeded 80/20 split
+   (``src.train``, ``src.holdout``), and the text side: every domain's description under the current
+   strategy (``src.descriptions``, ``src.description`` for the source), the class prompts
+   (``src.class_vectors``) and an encoder for new prompts (``src.encode``). ``src.fit_head(features)``
+   fits the standard logistic head (C chosen on the source hold-out; cached on disk).
+2. ``predict(x, source, target)`` labels target images ``x`` given the source and target
+   ``Description`` (``.vector`` is the unit text vector t; ``.class_vectors`` "{phrasing} of a {class}").
+
+A method never sees target images or labels before predicting (``tests/test_methods.py`` poisons
+the target domains and checks every registered method fits the same). ``evaluate`` fits each method
+once per (source, seed, description) and scores it on every other domain.
+
+Worked example — a test-time operator is one line, wrapped for you: the head is trained on
+``op(x_src, t_src, t_src)`` and applied to ``op(x_tgt, t_src, t_tgt)``::
+
+    @register("half_translate")
+    def half_translate(x, t_src, t_tgt):
+        return x + 0.5 * (t_src - t_tgt)
+
+and a learned method fits whatever it needs on the source::
+
+    @register("translated_centroids")
+    class TranslatedCentroids(Method):
+        '''Nearest source class centroid, after moving target images by Δ.'''
+        def fit(self, src):
+            tr = src.train
+            self.centroids = np.stack([src.x[tr][src.y[tr] == k].mean(0) for k in range(src.n_classes)])
+            return self
+        def predict(self, x, source, target):
+            return ((x + source.vector - target.vector) @ self.centroids.T).argmax(1)
+
+``uses_text = False`` marks a method whose results do not depend on the domain descriptions
+(reported once, with description "-"); ``seeded = False`` one that does not depend on the source
+split (fitted once per source); ``default = False`` one that runs only when named.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .embeddings import l2_normalize
+from .heads import C_GRID, Head, HeadCache, fit_head
+from .text import Description
+
+METHODS: dict[str, Callable[[], "Method"]] = {}
+
+
+@dataclass
+class Source:
+    """What a method may see when it is fitted: one source domain's data and the text side."""
+    x: np.ndarray                     # (n, D) unit image embeddings of every image of the source domain
+    y: np.ndarray                     # (n,) their labels
+    train: np.ndarray                 # indices (into x) of the seeded 80% that heads train on
+    holdout: np.ndarray               # indices of the 20% that chooses C
+    domain: str
+    seed: int
+    description: Description          # the source domain's description
+    descriptions: list[Description]   # every domain's description (same strategy), in the cache's domain order
+    class_vectors: np.ndarray         # (n_classes, D) unit "a photo of a {class}"
+    n_classes: int
+    encode: Callable | None = None    # prompts -> unit text vectors (new prompts are encoded and cached)
+    heads: HeadCache | None = None
+    Cs: tuple = C_GRID
+    solver: str = "fast"
+
+    def fit_head(self, features: np.ndarray, extra: np.ndarray | None = None,
+                 extra_from: np.ndarray | None = None) -> Head:
+        """The standard head on ``features`` (one row per source image, as ``x``): trained on the 80%,
+        C chosen on the 20%. ``extra`` rows (augmentation), each made from source row ``extra_from[i]``,
+        join training when their source row is a training row (never the hold-out's)."""
+        features = np.asarray(features, np.float32)
+        if len(features) != len(self.y):
+            raise ValueError(f"fit_head wants one row per source image ({len(self.y)}), got {len(features)}")
+        train, y = self.train, self.y
+        if extra is not None:
+            keep = np.isin(extra_from, self.train)
+            train = np.concatenate([train, len(y) + np.arange(int(keep.sum()))])
+            features = np.concatenate([features, np.asarray(extra, np.float32)[keep]])
+            y = np.concatenate([y, self.y[extra_from[keep]]])
+        return fit_head(features, y, train, self.holdout, self.Cs, self.heads, self.solver)
+
+
+class Method:
+    """Base class: ``fit(src) -> self`` on the source, then ``predict(x, source, target) -> labels``."""
+    uses_text = True      # results depend on the domain descriptions (fitted and reported per description)
+    seeded = True         # results depend on the source split
+    default = True        # part of every evaluation unless methods are named
+
+    def fit(self, src: Source) -> "Method":
+        return self
+
+    def predict(self, x: np.ndarray, source: Description, target: Description) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Operator(Method):
+    """A test-time operator ``op(x, t_src, t_tgt) -> x'``: head trained on op(x_src, t_src, t_src)."""
+
+    def __init__(self, op):
+        self.op = op
+
+    def fit(self, src):
+        t = src.description.vector
+        self.head = src.fit_head(self.op(src.x, t, t))
+        return self
+
+    def predict(self, x, source, target):
+        return self.head.predict(self.op(x, source.vector, target.vector))
+
+
+def register(name: str):
+    """Decorator: add a method under ``name`` — a ``Method`` subclass, or an operator function
+    ``op(x, t_src, t_tgt) -> x'``. Registering a name again replaces the method."""
+    def add(obj):
+        if inspect.isclass(obj) and issubclass(obj, Method):
+            METHODS[name] = obj
+        elif callable(obj):
+            n_args = len(inspect.signature(obj).parameters)
+            if n_args != 3:
+                raise TypeError(f"operator {name!r} must take (x, t_src, t_tgt); it takes {n_args} arguments")
+            METHODS[name] = lambda: Operator(obj)
+        else:
+            raise TypeError(f"register({name!r}) takes a Method subclass or a function op(x, t_src, t_tgt)")
+        return obj
+    return add
+
+
+def make(name: str) -> Method:
+    """A fresh, unfitted instance of the method registered as ``name``."""
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; registered: {list(METHODS)}")
+    return METHODS[name]()
+
+
+def default_methods() -> list[str]:
+    return [n for n in METHODS if make(n).default]
+
+
+def delta(t_src: np.ndarray, t_tgt: np.ndarray) -> np.ndarray:
+    """The paper's Δ = ET(t_src) − ET(t_tgt) (unit text vectors): added to a target image, moves it to the source."""
+    return t_src - t_tgt
+
+
+# ---- baselines ---------------------------------------------------------------------------------
+
+@register("none")
+class NoTranslation(Method):
+    """The paper's baseline: the source head applied to target images as they are."""
+    uses_text = False
+
+    def fit(self, src):
+        self.head = src.fit_head(src.x)
+        return self
+
+    def predict(self, x, source, target):
+        return self.head.predict(x)
+
+
+@register("zeroshot")
+class ZeroShot(Method):
+    """Zero-shot CLIP: argmax over classes of cos(x, "a photo of a {class}")."""
+    uses_text, seeded = False, False
+
+    def fit(self, src):
+        self.class_vectors = src.class_vectors
+        return self
+
+    def predict(self, x, source, target):
+        return (x @ self.class_vectors.T).argmax(1)
+
+
+@register("zeroshot_domain")
+class ZeroShotDomain(Method):
+    """Domain-aware zero-shot: argmax over classes of cos(x, "{target domain phrasing} of a {class}")."""
+    seeded = False
+
+    def predict(self, x, source, target):
+        return (x @ target.class_vectors.T).argmax(1)
+
+
+# ---- test-time operators -----------------------------------------------------------------------
+
+@register("translate")
+def translate(x, t_src, t_tgt):
+    """The paper: x + Δ, with x and both text vectors unit-norm, the sum not renormalised."""
+    return x + delta(t_src, t_tgt)
+
+
+@register("translate_renorm")
+def translate_renorm(x, t_src, t_tgt):
+    """x + Δ, renormalised to the unit sphere where the head was trained."""
+    return l2_normalize(x + delta(t_src, t_tgt))
+
+
+@register("project_out")
+class ProjectOut(Method):
+    """Along the domain direction d = (t_tgt − t_src)/|·|, set each target image's coordinate to the
+    source training images' mean coordinate; the head is the plain one."""
+
+    def fit(self, src):
+        self.mean = src.x[src.train].mean(0)
+        self.head = src.fit_head(src.x)
+        return self
+
+    def predict(self, x, source, target):
+        d = target.vector - source.vector
+        if not np.linalg.norm(d):
+            return self.head.predict(x)
+        d = d / np.linalg.norm(d)
+        return self.head.predict(x - np.outer((x - self.mean) @ d, d))
+
+
+@register("center")
+class Center(Method):
+    """Subtract the source images' mean and the mean of all domain descriptions, renormalise, then
+    translate and renormalise; the head is trained on the centred source images."""
+
+    def fit(self, src):
+        self.image_mean = src.x[src.train].mean(0)
+        self.text_mean = np.mean([d.vector for d in src.descriptions], axis=0)
+        t = src.description.vector
+        self.head = src.fit_head(self._op(src.x, t, t))
+        return self
+
+    def _op(self, x, t_src, t_tgt):
+        xc = l2_normalize(x - self.image_mean)
+        s, t = l2_normalize(t_src - self.text_mean), l2_normalize(t_tgt - self.text_mean)
+        return l2_normalize(xc + s - t)
+
+    def predict(self, x, source, target):
+        return self.head.predict(self._op(x, source.vector, target.vector))
+
+
+@register("interpolate")
+def interpolate(x, t_src, t_tgt):
+    """Part of the way: normalise(x + Δ/2) — between no translation and translate_renorm."""
+    return l2_normalize(x + 0.5 * delta(t_src, t_tgt))
+
+
+# ---- train-time augmentation -------------------------------------------------------------------
+
+@register("augment")
+class Augment(Method):
+    """Train time: the head also sees every source training image moved toward each other described
+    domain d, normalise(x + t_d − t_src); target images are classified as they are."""
+
+    def fit(self, src):
+        s = src.description.vector
+        others = [d.vector for d in src.descriptions if d.domain != src.domain]
+        moved = np.concatenate([l2_normalize(src.x + t - s) for t in others])
+        self.head = src.fit_head(src.x, extra=moved, extra_from=np.tile(np.arange(len(src.x)), len(others)))
+        return self
+
+    def predict(self, x, source, target):
+        return self.head.predict(x)

@@ -1,0 +1,65 @@
+"""Sim(t, D): mean cosine similarity between a prompt and the images of a domain (the paper's Table 1).
+
+Usage::
+
+    tables = table1(emb)                                   # reproduced, paper and difference
+    prompt_similarity(emb, ["a comic strip", "a cartoon"])  # any prompts x every domain
+"""
+from __future__ import annotations
+
+import io
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+from ..prompts import prompt_embeddings
+from .embeddings import Embeddings, l2_normalize
+from .text import TextSide, text_side
+
+
+def similarity_matrix(text: np.ndarray, images: np.ndarray, image_domain: np.ndarray, n_domains: int) -> np.ndarray:
+    """(P, n_domains): mean over each domain's images of cos(text_p, image). Inputs need not be normalised."""
+    sims = l2_normalize(text) @ l2_normalize(images).T
+    return np.stack([sims[:, image_domain == d].mean(axis=1) for d in range(n_domains)], axis=1)
+
+
+def prompt_similarity(emb: Embeddings, prompts: list[str]) -> pd.DataFrame:
+    """Sim(prompt, domain) for any prompts (rows; missing ones are encoded) and every domain (columns)."""
+    values = similarity_matrix(prompt_embeddings(emb.cache, prompts), emb.x, emb.domain, len(emb.domains))
+    return pd.DataFrame(values, index=pd.Index(list(prompts), name="prompt"), columns=emb.domains)
+
+
+def paper_table1() -> pd.DataFrame:
+    """The paper's Table 1 (prompts x PACS domains), as printed."""
+    text = resources.files("pacs_embed").joinpath("data/paper_table1.csv").read_text()
+    return pd.read_csv(io.StringIO(text), index_col="prompt")
+
+
+def table1(emb: Embeddings, domain_prompts: dict | None = None, templates: dict | None = None) -> dict[str, pd.DataFrame]:
+    """{'reproduced', 'paper', 'difference'}: Sim(description of each domain, images of each domain).
+
+    Rows are the domains' ``paper`` descriptions (the packaged prompts, or ``domain_prompts``; a
+    domain described by several prompts is their averaged vector, labelled "p1 | p2"). 'paper' and
+    'difference' cover the rows and domains the paper reports.
+    """
+    text = text_side(emb, ("paper",), domain_prompts, templates=templates)
+    labels = [" | ".join(d.prompts) for d in text.descriptions["paper"]]
+    ours = pd.DataFrame(similarity_matrix(text.vectors("paper"), emb.x, emb.domain, len(emb.domains)),
+                        index=pd.Index(labels, name="prompt"), columns=emb.domains)
+    paper = paper_table1()
+    rows = [p for p in paper.index if p in ours.index]
+    cols = [d for d in paper.columns if d in ours.columns]
+    ours = ours.loc[rows + [p for p in ours.index if p not in rows], cols + [d for d in ours.columns if d not in cols]]
+    return {"reproduced": ours, "paper": paper.loc[rows, cols], "difference": ours.loc[rows, cols] - paper.loc[rows, cols]}
+
+
+def description_similarity(emb: Embeddings, text: TextSide) -> pd.DataFrame:
+    """Sim(description of domain A, images of domain B) for every description strategy of ``text``.
+
+    Rows: (description, described domain); columns: image domain.
+    """
+    blocks = {how: pd.DataFrame(similarity_matrix(text.vectors(how), emb.x, emb.domain, len(emb.domains)),
+                                index=pd.Index(emb.domains, name="described"), columns=emb.domains)
+              for how in text.descriptions}
+    return pd.concat(blocks, names=["description"])

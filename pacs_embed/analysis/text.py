@@ -1,0 +1,149 @@
+"""The text side: how each domain is described, and the unit text vectors every method uses.
+
+A *description* of a domain is a list of prompts whose normalised mean embedding stands for the
+domain (Δ = t_src − t_tgt is taken between two of them), plus the *phrasings* of the domain used
+for "{phrasing} of a {class}" prompts (domain-aware zero-shot). How the prompts are made is one of
+``DESCRIPTIONS``:
+
+- ``paper``: the domain's prompt ("a cartoon"), as in the paper;
+- ``ensemble``: several phrasings ("a cartoon", "a comic illustration", ...), averaged;
+- ``nouns``: "{prompt} of a {noun}" over N generic nouns that are not classes, averaged (the
+  class-averaged description of the paper's open question 1);
+- ``nouns_ensemble``: every phrasing × every noun.
+
+``domain_prompts`` (a dict from domain folder name to one prompt or a list) replaces a domain's
+prompt in every description: ``paper`` and ``ensemble`` use your prompts as they are, ``nouns``
+expands them with the nouns. Domains you do not name keep the packaged prompts
+(``pacs_embed/data/prompts.json``, or a templates file of your own).
+
+Usage::
+
+    text = text_side(emb, ("paper", "nouns"), domain_prompts={"cartoon": "a comic strip"})
+    text.vectors("paper")        # (n_domains, D) unit vectors, in emb.domains order
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..prompts import class_prompts, domain_class_prompts, domain_prompt, load_templates, prompt_embeddings
+from .embeddings import Embeddings, l2_normalize
+
+NO_DESCRIPTION = "-"   # the ``description`` of results from methods that use no domain description
+
+
+def _paper(base, ensemble, nouns, of):
+    return base, base
+
+
+def _ensemble(base, ensemble, nouns, of):
+    return ensemble, ensemble
+
+
+def _nouns(base, ensemble, nouns, of):
+    return [of(p, n) for p in base for n in nouns], base
+
+
+def _nouns_ensemble(base, ensemble, nouns, of):
+    return [of(p, n) for p in ensemble for n in nouns], ensemble
+
+
+# How a domain is described: name -> f(prompts, phrasings, nouns, of) -> (prompts to average, phrasings).
+DESCRIPTIONS: dict[str, Callable] = {
+    "paper": _paper,
+    "ensemble": _ensemble,
+    "nouns": _nouns,
+    "nouns_ensemble": _nouns_ensemble,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Description:
+    """One domain's description: the prompts averaged into ``vector``, and its phrasings."""
+    domain: str
+    prompts: list[str]
+    phrasings: list[str]
+    vector: np.ndarray | None = None          # (D,) unit: normalised mean of the prompts' unit vectors
+    class_vectors: np.ndarray | None = None   # (n_classes, D) unit: "{phrasing} of a {class}", averaged over phrasings
+
+
+def user_prompts(domain_prompts: dict | None, domains) -> dict[str, list[str]]:
+    """Check ``domain_prompts`` ({domain: prompt or [prompts]}) against the cache's domains; values as lists."""
+    out = {}
+    for d, value in (domain_prompts or {}).items():
+        if d not in domains:
+            raise KeyError(f"domain_prompts names domain {d!r}, which this cache does not have; its domains are "
+                           f"{list(domains)}")
+        value = [value] if isinstance(value, str) else list(value)
+        if not value or any(not isinstance(p, str) or not p.strip() for p in value):
+            raise ValueError(f"domain_prompts[{d!r}] must be a prompt or a non-empty list of prompts, not {value!r}")
+        out[d] = value
+    return out
+
+
+def describe(domain: str, how: str, templates: dict, domain_prompts: dict | None = None,
+             n_nouns: int | None = None) -> Description:
+    """The (not yet encoded) description of ``domain`` by the strategy ``how`` in DESCRIPTIONS."""
+    if how not in DESCRIPTIONS:
+        raise KeyError(f"unknown description {how!r}; choose from {sorted(DESCRIPTIONS)}")
+    mine = (domain_prompts or {}).get(domain)
+    base = mine or [domain_prompt(domain, templates)]
+    ensemble = mine or templates.get("ensembles", {}).get(domain) or base
+    nouns = templates.get("nouns", [])[:n_nouns]
+    prompts, phrasings = DESCRIPTIONS[how](base, ensemble, nouns,
+                                           lambda p, n: domain_class_prompts(p, [n], templates)[0])
+    return Description(domain, list(prompts), list(phrasings))
+
+
+@dataclass
+class TextSide:
+    """Unit text vectors: every domain's description per strategy, and the class prompts."""
+    descriptions: dict[str, list[Description]]   # strategy -> one Description per domain, in emb.domains order
+    class_vectors: np.ndarray                    # (n_classes, D) unit: "a photo of a {class}"
+    encode: Callable | None = field(default=None, repr=False)   # prompts -> unit vectors (encodes missing ones)
+
+    def vectors(self, how: str) -> np.ndarray:
+        """(n_domains, D): the unit description vector of every domain."""
+        return np.stack([d.vector for d in self.descriptions[how]])
+
+    @classmethod
+    def from_vectors(cls, domain_vectors: dict, class_vectors, domain_class_vectors=None, domains=None) -> "TextSide":
+        """A text side from given vectors (synthetic data): {strategy: (n_domains, D)}, (n_classes, D)."""
+        out = {}
+        for how, vecs in domain_vectors.items():
+            names = domains or [f"domain {i}" for i in range(len(vecs))]
+            dcv = domain_class_vectors if domain_class_vectors is not None else [class_vectors] * len(vecs)
+            out[how] = [Description(n, [], [], l2_normalize(np.asarray(v, float)), l2_normalize(np.asarray(c, float)))
+                        for n, v, c in zip(names, vecs, dcv)]
+        return cls(out, l2_normalize(np.asarray(class_vectors, float)))
+
+
+def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | None = None,
+              n_nouns: int | None = None, templates: dict | None = None) -> TextSide:
+    """Encode (through the cache: only prompts it lacks are encoded) every prompt the methods need."""
+    templates = templates or load_templates()
+    mine = user_prompts(domain_prompts, emb.domains)
+    descs = {how: [describe(d, how, templates, mine, n_nouns) for d in emb.domains] for how in descriptions}
+    cls = class_prompts(emb.classes, templates)
+    per_phrasing = lambda p: domain_class_prompts(p, emb.classes, templates)  # noqa: E731
+    wanted = list(cls)
+    for ds in descs.values():
+        for d in ds:
+            wanted += d.prompts + [q for p in d.phrasings for q in per_phrasing(p)]
+    wanted = list(dict.fromkeys(wanted))
+    unit = dict(zip(wanted, l2_normalize(prompt_embeddings(emb.cache, wanted).astype(np.float64))))
+
+    def mean(prompts):
+        return l2_normalize(np.mean([unit[p] for p in prompts], axis=0))
+
+    def encoded(d: Description) -> Description:
+        cv = l2_normalize(np.mean([[unit[q] for q in per_phrasing(p)] for p in d.phrasings], axis=0))
+        return Description(d.domain, d.prompts, d.phrasings, mean(d.prompts), cv)
+
+    def encode(prompts):
+        return l2_normalize(prompt_embeddings(emb.cache, list(prompts)).astype(np.float64))
+
+    return TextSide({how: [encoded(d) for d in ds] for how, ds in descs.items()},
+                    np.stack([unit[p] for p in cls]), encode)
