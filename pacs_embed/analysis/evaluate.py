@@ -13,6 +13,8 @@ Usage::
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .embeddings import Embeddings
-from .heads import C_GRID, HeadCache, split
+from .heads import C_GRID, HeadCache, single_threaded_blas, split
 from .methods import Source, default_methods, make
 from .text import NO_DESCRIPTION, TextSide, text_side
 
@@ -49,7 +51,8 @@ def head_cache_for(emb: Embeddings, head_cache) -> HeadCache:
 
 def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, domain_prompts: dict | None = None,
              n_nouns: int | None = None, text: TextSide | None = None, sources=None, head_cache=True,
-             Cs=C_GRID, solver: str = "fast", progress: bool = True) -> Results:
+             Cs=C_GRID, solver: str = "fast", workers: int = min(2, os.cpu_count() or 1),
+             progress: bool = True) -> Results:
     """Fit every method per (source, seed, description) and score it on every other domain.
 
     ``methods``: names in METHODS (default: every default method). ``descriptions``: strategies in
@@ -69,44 +72,64 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     for m in methods:
         make(m)  # unknown names fail before any work
     seeds, domains = list(seeds), emb.domains
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed (e.g. seeds=range(5))")
     unknown = [s for s in (sources or []) if s not in domains]
     if unknown:
         raise KeyError(f"unknown source domain(s) {unknown}; the cache's domains are {domains}")
     if len(domains) < 2:
         raise ValueError(f"{emb.cache}: cross-domain evaluation needs at least two domains; this cache has {domains}")
     cache = head_cache_for(emb, head_cache)
-    rows, correct, fitted, heads = [], {}, {}, {}
     targets = {t: (emb.x[i], emb.label[i]) for t, i in ((t, emb.in_domain(t)) for t in domains)}
+    protos = {name: make(name) for name in methods}
 
-    jobs = [(s, seed) for s in (sources or domains) for seed in seeds]
-    for s, seed in tqdm(jobs, desc="fitting methods", unit="source x seed", disable=not progress):
+    def descs(how):
+        return text.descriptions[how if how != NO_DESCRIPTION else next(iter(text.descriptions))]
+
+    def source(s, seed, how):
         idx = emb.in_domain(s)
         train, holdout = split(len(idx), seed, s)
+        return Source(emb.x[idx], emb.label[idx], train, holdout, s, seed, descs(how)[domains.index(s)], descs(how),
+                      text.class_vectors, len(emb.classes), text.encode, cache, tuple(Cs), solver)
 
-        def source(how):
-            descs = text.descriptions[how if how != NO_DESCRIPTION else next(iter(text.descriptions))]
-            return Source(emb.x[idx], emb.label[idx], train, holdout, s, seed, descs[domains.index(s)], descs,
-                          text.class_vectors, len(emb.classes), text.encode, cache, tuple(Cs), solver)
+    def fit(s, seed, name, how):
+        return make(name).fit(source(s, seed, how))
 
-        plain = source(NO_DESCRIPTION).fit_head(emb.x[idx])
-        heads[(s, seed)] = plain
-        rows.append((s, s, "in_domain", NO_DESCRIPTION, seed, plain.holdout_accuracy, len(holdout)))
-        for name in methods:
-            proto = make(name)
-            for how in (descriptions if proto.uses_text else [NO_DESCRIPTION]):
-                key = (s, seed, name, how)
-                if not proto.seeded and seed != seeds[0]:
-                    fitted[key] = fitted[(s, seeds[0], name, how)]
-                else:
-                    fitted[key] = make(name).fit(source(how))
-                descs = text.descriptions[how if how != NO_DESCRIPTION else next(iter(text.descriptions))]
+    # methods that do not depend on the split are fitted once per source, on the first seed's split
+    once = {(s, name, how): fit(s, seeds[0], name, how) for s in (sources or domains) for name, p in protos.items()
+            if not p.seeded for how in (descriptions if p.uses_text else [NO_DESCRIPTION])}
+
+    def job(s, seed):
+        """Fit every method for one (source, seed) and score it on every other domain."""
+        src = source(s, seed, NO_DESCRIPTION)
+        plain = src.fit_head(src.x)
+        rows = [(s, s, "in_domain", NO_DESCRIPTION, seed, plain.holdout_accuracy, len(src.holdout))]
+        hits_by, fitted = {}, {}
+        for name, p in protos.items():
+            for how in (descriptions if p.uses_text else [NO_DESCRIPTION]):
+                m = once[(s, name, how)] if not p.seeded else fit(s, seed, name, how)
+                fitted[(s, seed, name, how)] = m
                 for t in domains:
-                    if t == s:
-                        continue
-                    xt, yt = targets[t]
-                    hits = np.asarray(fitted[key].predict(xt, descs[domains.index(s)], descs[domains.index(t)])) == yt
-                    rows.append((s, t, name, how, seed, float(hits.mean()), len(hits)))
-                    correct.setdefault((s, t, name, how), [None] * len(seeds))[seeds.index(seed)] = hits
+                    if t != s:
+                        xt, yt = targets[t]
+                        hits = np.asarray(m.predict(xt, descs(how)[domains.index(s)], descs(how)[domains.index(t)])) == yt
+                        rows.append((s, t, name, how, seed, float(hits.mean()), len(hits)))
+                        hits_by[(s, t, name, how)] = hits
+        return plain, rows, hits_by, fitted
+
+    jobs = [(s, seed) for s in (sources or domains) for seed in seeds]
+    rows, correct, fitted, heads = [], {}, {}, {}
+    with single_threaded_blas(), ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(job, s, seed) for s, seed in jobs]
+        with tqdm(total=len(jobs), desc="fitting methods", unit="source x seed", disable=not progress) as bar:
+            for f in as_completed(futures):
+                bar.update()
+        for (s, seed), f in zip(jobs, futures):  # in job order, whatever order they finished in
+            plain, job_rows, hits_by, job_fitted = f.result()
+            heads[(s, seed)] = plain
+            rows += job_rows
+            fitted.update(job_fitted)
+            for key, hits in hits_by.items():
+                correct.setdefault(key, [None] * len(seeds))[seeds.index(seed)] = hits
     table = pd.DataFrame(rows, columns=COLUMNS)
     return Results(table, {k: np.stack(v) for k, v in correct.items()}, fitted, heads, cache)
-

@@ -29,8 +29,11 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,44 +117,70 @@ class HeadCache:
         self.fits += 1
         if self.folder:
             try:
-                atomic_write(self.folder / f"{key}.npz", head.to_bytes())
+                tmp = self.folder / f"{key}.{os.getpid()}.{threading.get_ident()}.partial"
+                atomic_write(tmp, head.to_bytes())   # a name of its own: two threads may fit the same head
+                os.replace(tmp, self.folder / f"{key}.npz")
             except OSError as e:  # a read-only folder must not stop an analysis
                 warnings.warn(f"cannot write the head cache {self.folder}: {e}; heads are kept in memory only")
                 self.folder = None
 
 
-def head_key(x, y, train, holdout, Cs) -> str:
-    """Hash of exactly what a head depends on: features, labels, split, C grid and solver."""
+def single_threaded_blas():
+    """Skinny matrix products: waking BLAS threads costs more than they save (3x here). The limit is
+    process-wide, so only the main thread sets it; ``evaluate`` sets it around its worker threads."""
+    if threading.current_thread() is threading.main_thread():
+        return threadpool_limits(1)
+    return contextlib.nullcontext()
+
+
+def head_key(x, y, train, holdout, Cs, shifts=None) -> str:
+    """Hash of exactly what a head depends on: features, labels, split, C grid, shifts and solver."""
     h = hashlib.blake2b(digest_size=20)
-    for a in (np.ascontiguousarray(x, np.float32), np.asarray(y, np.int64), np.asarray(train, np.int64),
-              np.asarray(holdout, np.int64), np.asarray(Cs, np.float64)):
+    parts = [np.ascontiguousarray(x, np.float32), np.asarray(y, np.int64), np.asarray(train, np.int64),
+             np.asarray(holdout, np.int64), np.asarray(Cs, np.float64)]
+    if shifts is not None:
+        parts.append(np.ascontiguousarray(shifts, np.float32))
+    for a in parts:
         h.update(str(a.shape).encode())
         h.update(a.tobytes())
     h.update(SOLVER.encode())
     return h.hexdigest()
 
 
+def shifted(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """normalise(x + shift), row by row: a copy of ``x`` moved by one text direction."""
+    moved = np.asarray(x, np.float64) + shift
+    return (moved / np.linalg.norm(moved, axis=1, keepdims=True)).astype(np.float32)
+
+
 def fit_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, holdout: np.ndarray, Cs=C_GRID,
-             cache: HeadCache | None = None, solver: str = "fast") -> Head:
+             cache: HeadCache | None = None, solver: str = "fast", shifts: np.ndarray | None = None) -> Head:
     """Fit on rows ``train`` of ``x`` (labels ``y``) for each C, keep the C best on rows ``holdout``.
 
     ``x`` may hold extra rows beyond the source images (train-time augmentation): only the rows
-    listed in ``train`` and ``holdout`` are used. ``solver="sklearn"`` fits with scikit-learn's
+    listed in ``train`` and ``holdout`` are used. ``shifts`` (m, D) adds, for every training row and
+    every shift c, the row ``normalise(x + c)`` (with its label) without materialising them: the
+    solver reuses one matrix product for all copies. ``solver="sklearn"`` fits with scikit-learn's
     ``LogisticRegression`` instead (for comparison; not cached). Ties go to the smaller C.
     """
     x = np.ascontiguousarray(x, np.float32)
     y = np.asarray(y)
-    key = head_key(x, y, train, holdout, Cs) if solver == "fast" else ""
+    shifts = None if shifts is None or len(shifts) == 0 else np.asarray(shifts, np.float64).reshape(-1, x.shape[1])
+    key = head_key(x, y, train, holdout, Cs, shifts) if solver == "fast" else ""
     if cache is not None and key and (hit := cache.get(key)) is not None:
         return hit
     classes = np.unique(y[train])
     if len(classes) < 2:
         raise ValueError(f"cannot train a classifier: the training images hold only class(es) {classes.tolist()}")
+    xt, yt = x[train], y[train]
     if solver == "sklearn":
-        fits = list(_sklearn_path(x[train], y[train], Cs))
+        if shifts is not None:
+            xt = np.concatenate([xt] + [shifted(xt, c) for c in shifts])
+            yt = np.tile(yt, len(shifts) + 1)
+        fits = list(_sklearn_path(xt, yt, Cs))
     else:
-        with threadpool_limits(1):  # skinny matmuls: waking BLAS threads costs more than they save (3x here)
-            fits = list(_lbfgs_path(x[train], y[train], classes, Cs))
+        with single_threaded_blas():
+            fits = list(_lbfgs_path(xt, yt, classes, Cs, shifts))
     best, scores, iterations = None, {}, 0
     for C, W, b, nit in fits:
         iterations += nit
@@ -177,37 +206,62 @@ def _sklearn_path(x, y, Cs):
         yield C, W, b, int(np.max(m.n_iter_))
 
 
-def _lbfgs_path(x, y, classes, Cs):
-    """Yield (C, W, b, iterations) for C in ascending order, each fit warm-started from the last."""
+def _lbfgs_path(x, y, classes, Cs, shifts=None):
+    """Yield (C, W, b, iterations) for C in ascending order, each fit warm-started from the last.
+
+    Training rows come in groups: the rows themselves, and one copy normalise(x + c) per shift c.
+    With V the eigenvectors of the scatter of all rows about their mean μ, a copy's rotated,
+    centred rows are r ⊙ (xV + cV) − μV (r = 1/|x + c|), so every group's logits need only one
+    product xV·W, computed once per evaluation.
+    """
     n, d = x.shape
     K = len(classes)
-    onehot = (y[:, None] == classes[None, :]).astype(np.float32)
-    mu = x.mean(0)
-    xc = x - mu
-    lam, V = np.linalg.eigh((xc.T @ xc).astype(np.float64))
+    label = np.searchsorted(classes, y)
+    shifts = np.zeros((0, d)) if shifts is None else shifts
+    C_all = np.concatenate([np.zeros((1, d)), shifts])                # c per group (0: the rows themselves)
+    x64 = x.astype(np.float64)
+    R = np.stack([1 / np.linalg.norm(x64 + c, axis=1) if c.any() else np.ones(n) for c in C_all])
+    G, N = len(C_all), len(C_all) * n
+    scatter, total = np.zeros((d, d)), np.zeros(d)
+    for r, c in zip(R, C_all):
+        rows = (r[:, None] * (x64 + c)).astype(np.float32)
+        scatter += (rows.T @ rows).astype(np.float64)
+        total += rows.sum(0, dtype=np.float64)
+    mu = total / N
+    lam, V = np.linalg.eigh(scatter - N * np.outer(mu, mu))
     lam = np.maximum(lam, 0.0)
-    Z = np.ascontiguousarray(xc @ V.astype(np.float32))           # rotated, centred features
-    Wr, b = np.zeros((d, K)), np.zeros(K)                           # weights in the rotated basis
-    bs = np.sqrt(n / K)
+    ZT = np.ascontiguousarray((x @ V.astype(np.float32)).T)           # (d, n) rotated rows (not centred)
+    A, mu_r = C_all @ V, mu @ V
+    R = R.astype(np.float32)[:, None, :]                              # (G, 1, n)
+    # layout (G, K, n): reductions over classes are element-wise over contiguous rows
+    pick = np.zeros((G, K, n), bool)
+    pick[:, label, np.arange(n)] = True
+    Wr, b = np.zeros((d, K)), np.zeros(K)                             # weights in the rotated basis
+    bs = np.sqrt(N / K)
     for C in sorted(Cs):
-        s = np.sqrt(lam / K + 1.0 / C)[:, None]                     # preconditioner (exact change of variables)
+        s = np.sqrt(lam / K + 1.0 / C)[:, None]                       # preconditioner (exact change of variables)
 
         def loss_grad(u, s=s, C=C):
-            W = (u[:d * K].reshape(d, K) / s)
-            z = Z @ W.astype(np.float32) + (u[d * K:] / bs).astype(np.float32)
+            W = u[:d * K].reshape(d, K) / s
+            bb = u[d * K:] / bs
+            wz = W.T.astype(np.float32) @ ZT                           # (K, n), shared by every group
+            z = R * (wz[None] + (A @ W).astype(np.float32)[:, :, None]) + (bb - mu_r @ W).astype(np.float32)[None, :, None]
             z -= z.max(1, keepdims=True)
             e = np.exp(z)
             se = e.sum(1, keepdims=True)
-            loss = float(np.log(se).sum() - (z * onehot).sum()) * C + 0.5 * float((W * W).sum())
-            P = e / se - onehot
-            gW = C * (Z.T @ P).astype(np.float64) + W
-            gb = C * P.sum(0).astype(np.float64)
+            loss = float(np.log(se).sum() - z[pick].sum()) * C + 0.5 * float((W * W).sum())
+            P = e / se
+            P[pick] -= 1.0                                             # (G, K, n): softmax − one-hot
+            RP = R * P
+            gW = C * ((ZT @ RP.sum(0).T).astype(np.float64) + A.T @ RP.sum(2).astype(np.float64)
+                      - np.outer(mu_r, P.sum((0, 2)))) + W
+            gb = C * P.sum((0, 2)).astype(np.float64)
             return loss, np.concatenate([(gW / s).ravel(), gb / bs])
 
         u0 = np.concatenate([(Wr * s).ravel(), b * bs])
         # stop when the gradient of the mean loss is below TOL, as scikit-learn does (it uses 1e-4)
         r = minimize(loss_grad, u0, jac=True, method="L-BFGS-B",
-                     options=dict(maxiter=3000, maxcor=20, gtol=TOL * C * n / bs, ftol=1e-12))
+                     options=dict(maxiter=3000, maxcor=20, gtol=TOL * C * N / bs, ftol=1e-12))
         Wr, b = r.x[:d * K].reshape(d, K) / s, r.x[d * K:] / bs
         W = V @ Wr
-        yield C, W, b - mu.astype(np.float64) @ W, int(r.nit)
+        yield C, W, b - mu_r @ Wr, int(r.nit)

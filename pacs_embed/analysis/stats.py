@@ -34,10 +34,18 @@ def method_means(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
-    """Gain mean(a − b) and its CI, resampling images (columns); a, b: (n_seeds, n) 0/1 on the same images."""
+    """Gain mean(a − b) and its CI, resampling images (columns); a, b: (n_seeds, n) 0/1 on the same images.
+
+    The per-image differences (averaged over seeds) take few distinct values, so resampling n images
+    with replacement is drawing multinomial counts of those values: the same distribution as
+    resampling indices, at a fraction of the cost.
+    """
     d = (np.asarray(a, float) - np.asarray(b, float)).mean(axis=0)
+    if not len(d):
+        return 0.0, 0.0, 0.0
+    values, counts = np.unique(np.round(d, 12), return_counts=True)
     rng = np.random.default_rng(seed)
-    boots = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)]) if len(d) else np.zeros(1)
+    boots = rng.multinomial(len(d), counts / len(d), size=n_boot) @ values / len(d)
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(d.mean()), float(lo), float(hi)
 

@@ -115,9 +115,9 @@ class TextSide:
         for how, vecs in domain_vectors.items():
             names = domains or [f"domain {i}" for i in range(len(vecs))]
             dcv = domain_class_vectors if domain_class_vectors is not None else [class_vectors] * len(vecs)
-            out[how] = [Description(n, [], [], l2_normalize(np.asarray(v, float)), l2_normalize(np.asarray(c, float)))
-                        for n, v, c in zip(names, vecs, dcv)]
-        return cls(out, l2_normalize(np.asarray(class_vectors, float)))
+            out[how] = [Description(n, [], [], l2_normalize(np.asarray(v, np.float32)),
+                                    l2_normalize(np.asarray(c, np.float32))) for n, v, c in zip(names, vecs, dcv)]
+        return cls(out, l2_normalize(np.asarray(class_vectors, np.float32)))
 
 
 def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | None = None,
@@ -138,12 +138,12 @@ def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | N
     def mean(prompts):
         return l2_normalize(np.mean([unit[p] for p in prompts], axis=0))
 
-    def encoded(d: Description) -> Description:
+    def encoded(d: Description) -> Description:  # float32, as the images: operators stay in float32
         cv = l2_normalize(np.mean([[unit[q] for q in per_phrasing(p)] for p in d.phrasings], axis=0))
-        return Description(d.domain, d.prompts, d.phrasings, mean(d.prompts), cv)
+        return Description(d.domain, d.prompts, d.phrasings, mean(d.prompts).astype(np.float32), cv.astype(np.float32))
 
     def encode(prompts):
         return l2_normalize(prompt_embeddings(emb.cache, list(prompts)).astype(np.float64))
 
     return TextSide({how: [encoded(d) for d in ds] for how, ds in descs.items()},
-                    np.stack([unit[p] for p in cls]), encode)
+                    np.stack([unit[p] for p in cls]).astype(np.float32), encode)

@@ -1,0 +1,141 @@
+"""Analysis speed at PACS scale (9,991 images x 512 dims), measured side by side in one run.
+
+For each full-size cache (random PACS-shaped vectors, and a random-weight ViT-B/32 CLIP over 9,991
+real images: see pacs_scale.py), on a private copy with an empty head cache:
+
+1. head fitting, the same heads both ways: scikit-learn's LogisticRegression (the old path) vs
+   pacs_embed's solver — every source's plain head for one seed, the full C grid;
+2. ``pacs-embed report`` with its defaults (5 seeds, descriptions paper/ensemble/nouns, every default
+   method), cold (no cached heads) — target <= 60 s;
+3. the same report after describing one domain differently (cartoon -> "a comic strip"; the new
+   prompts are encoded first and timed on their own) — target <= 20% of the cold time;
+4. notebook 4 run headless, then re-run after the same prompt edit — target <= 10 s.
+
+    .venv/bin/python benchmarks/analysis_speed.py [--skip-notebook] [--only random|clip]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import pacs_scale  # noqa: E402
+
+from pacs_embed import analysis as pa  # noqa: E402
+from pacs_embed.analysis.heads import fit_head, single_threaded_blas, split  # noqa: E402
+from pacs_embed.analysis.report import DEFAULT_DESCRIPTIONS  # noqa: E402
+
+EDIT = {"cartoon": "a comic strip"}
+
+
+def timed(fn, *a, **k):
+    t = time.perf_counter()
+    out = fn(*a, **k)
+    return out, time.perf_counter() - t
+
+
+def heads_side_by_side(cache) -> tuple[float, float, float]:
+    """Seconds for the plain head of every source (seed 0): scikit-learn vs pacs_embed; prediction agreement."""
+    emb = pa.load(cache, check=False)
+    times, preds = {}, {}
+    for solver in ("sklearn", "fast"):
+        t0 = time.perf_counter()
+        with single_threaded_blas() if solver == "fast" else contextlib.nullcontext():
+            heads = [fit_head(emb.x[i], emb.label[i], *split(len(i), 0, d), solver=solver)
+                     for d, i in ((d, emb.in_domain(d)) for d in emb.domains)]
+        times[solver] = time.perf_counter() - t0
+        preds[solver] = np.concatenate([h.predict(emb.x) for h in heads])
+    return times["sklearn"], times["fast"], float((preds["sklearn"] == preds["fast"]).mean())
+
+
+def encode_edit_prompts(cache):
+    """Encode the prompts the edit needs (random-vector caches have no model: random vectors are added)."""
+    emb = pa.load(cache, check=False)
+    from pacs_embed.analysis.text import text_side
+    if pa.provenance(cache)["model_id"].startswith("synthetic/"):
+        from pacs_embed.cache import append_prompts, read_attrs
+        from pacs_embed.analysis.text import describe
+        from pacs_embed.prompts import domain_class_prompts, load_templates
+        t = load_templates()
+        new = []
+        for how in DEFAULT_DESCRIPTIONS:
+            d = describe("cartoon", how, t, {"cartoon": [EDIT["cartoon"]]}, 100)
+            new += d.prompts + [q for p in d.phrasings for q in domain_class_prompts(p, emb.classes, t)]
+        new = list(dict.fromkeys(new))
+        a = read_attrs(cache)
+        append_prompts(cache, new, np.random.default_rng(1).standard_normal((len(new), a["embed_dim"])).astype(np.float32),
+                       a["model_id"], a["revision"])
+    else:
+        text_side(emb, DEFAULT_DESCRIPTIONS, EDIT, 100)
+
+
+def run_report(cache, tmp, **kw):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return timed(pa.report, cache, tmp / "results", tmp / "figures", progress=False, **kw)[1]
+
+
+def run_notebook(cache, tmp, domain_prompts) -> float:
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(Path(__file__).parent.parent / "notebooks" / "04_prompts_and_operators.ipynb", as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(
+        f"cache = {str(cache)!r}\nfigures = {str(tmp / 'figures')!r}\ndomain_prompts = {domain_prompts!r}"))
+    return timed(NotebookClient(nb, timeout=1200, kernel_name="python3").execute)[1]
+
+
+def bench(name, cache, skip_notebook, full_sklearn):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cache = Path(shutil.copy(cache, tmp / Path(cache).name))
+        print(f"\n== {name}: {cache.name}")
+        sk, fast, agree = heads_side_by_side(cache)
+        print(f"plain heads, 4 sources x 1 seed x 6 C:  scikit-learn {sk:7.1f} s   pacs_embed {fast:6.2f} s   "
+              f"ratio {sk / fast:5.1f}x   (same predictions on {agree:.2%} of images)")
+        cold = run_report(cache, tmp)
+        warm = run_report(cache, tmp)
+        _, enc = timed(encode_edit_prompts, cache)
+        edited = run_report(cache, tmp, domain_prompts=EDIT)
+        print(f"report, defaults, cold:                 {cold:7.1f} s   (target <= 60 s)")
+        print(f"report re-run, nothing changed:         {warm:7.1f} s   ({warm / cold:.0%} of cold)")
+        print(f"report after cartoon -> 'a comic strip': {edited:6.1f} s   ({edited / cold:.0%} of cold; target <= 20%)"
+              f"   + {enc:.1f} s to encode the new prompts")
+        if full_sklearn:
+            emb = pa.load(cache, check=False)
+            _, old = timed(pa.evaluate, emb, seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS, n_nouns=100,
+                           solver="sklearn", head_cache=False, workers=1, progress=False)
+            print(f"same evaluation, scikit-learn heads:    {old:7.1f} s   (the old path; {old / cold:.1f}x the cold report)")
+        if not skip_notebook:
+            first = run_notebook(cache, tmp, {})
+            again = run_notebook(cache, tmp, EDIT)
+            print(f"notebook 4, first run:                  {first:7.1f} s")
+            print(f"notebook 4 re-run after the edit:       {again:7.1f} s   (target <= 10 s; includes kernel start)")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-notebook", action="store_true")
+    ap.add_argument("--only", choices=["random", "clip"])
+    ap.add_argument("--full-sklearn", action="store_true",
+                    help="also run the whole evaluation with scikit-learn heads (the old path; slow: tens of minutes)")
+    args = ap.parse_args()
+    import os
+    print(f"{os.cpu_count()} CPUs; numpy {np.__version__}")
+    if args.only != "clip":
+        bench("random PACS-shaped vectors", pacs_scale.random_cache(), args.skip_notebook, args.full_sklearn)
+    if args.only != "random":
+        path = pacs_scale.clip_cache()
+        pacs_scale.encode_report_prompts(path)
+        bench("random-weight CLIP ViT-B/32 over 9,991 real images", path, args.skip_notebook, args.full_sklearn)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Logistic heads: scikit-learn's model, a faster solver, and a disk cache keyed by what a head depends on."""
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from pacs_embed.analysis.heads import C_GRID, Head, HeadCache, fit_head, shifted, split
+
+
+def problem(n=700, d=24, k=5, seed=0, signal=1.0):
+    """Overlapping classes (never separable), anisotropic features with a shared mean, as CLIP's are."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    scale = np.linspace(2.0, 0.1, d)
+    x = 3.0 + signal * rng.standard_normal((k, d))[y] * 0.3 + rng.standard_normal((n, d)) * scale
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
+
+def test_it_picks_the_same_C_and_makes_the_same_predictions_as_scikit_learn():
+    x, y = problem()
+    train, holdout = split(len(y), 0, "photo")
+    fast, slow = (fit_head(x, y, train, holdout, solver=s) for s in ("fast", "sklearn"))
+    assert fast.C == slow.C
+    assert np.mean(fast.predict(x) == slow.predict(x)) >= 0.995
+    for C in C_GRID:  # every C of the grid, against scikit-learn run to full convergence
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(x[train], y[train])
+        mine = fit_head(x, y, train, holdout, Cs=(C,))
+        assert np.mean(mine.predict(x) == ref.predict(x)) >= 0.995, C
+
+
+def test_shifted_copies_train_like_the_same_rows_written_out():
+    x, y = problem(n=400, d=16, k=4, seed=3)
+    train, holdout = split(len(y), 1, "cartoon")
+    shifts = np.random.default_rng(0).standard_normal((3, 16)) * 0.3
+    fast = fit_head(x, y, train, holdout, shifts=shifts)
+    rows = np.concatenate([x] + [shifted(x[train], c) for c in shifts])
+    labels = np.concatenate([y] + [y[train]] * 3)
+    written = fit_head(rows, labels, np.concatenate([train, len(x) + np.arange(3 * len(train))]), holdout)
+    assert fast.C == written.C and np.mean(fast.predict(x) == written.predict(x)) >= 0.995
+    slow = fit_head(x, y, train, holdout, solver="sklearn", shifts=shifts)
+    assert slow.C == fast.C
+
+
+def test_heads_are_cached_on_disk_by_exactly_what_they_depend_on(tmp_path):
+    x, y = problem(n=300, d=8, k=3)
+    train, holdout = split(len(y), 0, "sketch")
+    cache = HeadCache(tmp_path / "heads")
+    first = fit_head(x, y, train, holdout, cache=cache)
+    assert cache.fits == 1 and len(list((tmp_path / "heads").glob("*.npz"))) == 1
+    again = fit_head(x, y, train, holdout, cache=HeadCache(tmp_path / "heads"))   # a new process, say
+    assert np.array_equal(again.W, first.W) and again.C == first.C and again.validation == first.validation
+    changed = [(x + 1e-3, y, train, holdout), (x, np.roll(y, 1), train, holdout),
+               (x, y, *split(len(y), 1, "sketch"))]
+    for args in changed:
+        fit_head(*args, cache=cache)
+    assert cache.fits == 4 and cache.hits == 0
+    fit_head(x, y, train, holdout, cache=cache, shifts=np.ones((1, 8)) * 0.1)
+    assert cache.fits == 5
+
+
+def test_a_damaged_cache_entry_is_refitted(tmp_path):
+    x, y = problem(n=200, d=6, k=3)
+    train, holdout = split(len(y), 0, "photo")
+    head = fit_head(x, y, train, holdout, cache=HeadCache(tmp_path))
+    (tmp_path / f"{head.key}.npz").write_bytes(b"not a head")
+    cache = HeadCache(tmp_path)
+    assert np.array_equal(fit_head(x, y, train, holdout, cache=cache).W, head.W) and cache.fits == 1
+    assert isinstance(Head.from_file(tmp_path / f"{head.key}.npz"), Head)  # rewritten, and no pickle needed
+
+
+def test_a_source_with_one_class_is_a_clear_error():
+    x = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="only class"):
+        fit_head(x, np.zeros(20, int), *split(20, 0, "photo"))

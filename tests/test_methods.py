@@ -1,0 +1,121 @@
+"""The method registry: one contract for baselines, operators, augmentation and methods users write."""
+import numpy as np
+import pytest
+
+from pacs_embed import analysis as pa
+from pacs_embed.analysis.embeddings import Embeddings
+from pacs_embed.analysis.methods import METHODS, Method, make, register
+from test_analysis import synthetic
+
+
+@pytest.fixture
+def user_methods():
+    """A one-line operator and a learned method, registered as a user would in a notebook cell."""
+    @register("half_translate")
+    def half_translate(x, t_src, t_tgt):
+        return x + 0.5 * (t_src - t_tgt)
+
+    @register("translated_centroids")
+    class TranslatedCentroids(Method):
+        def fit(self, src):
+            tr = src.train
+            self.centroids = np.stack([src.x[tr][src.y[tr] == k].mean(0) for k in range(src.n_classes)])
+            return self
+
+        def predict(self, x, source, target):
+            return ((x + source.vector - target.vector) @ self.centroids.T).argmax(1)
+    yield ["half_translate", "translated_centroids"]
+    METHODS.pop("half_translate")
+    METHODS.pop("translated_centroids")
+
+
+def test_user_methods_join_the_grid_and_are_scored_like_the_built_in_ones(user_methods):
+    emb, text = synthetic(n_per=10)
+    res = pa.evaluate(emb, ["none", *user_methods], seeds=[0], text=text, progress=False)
+    cross = res.table[res.table.source != res.table.target].groupby("method").accuracy.mean()
+    assert set(cross.index) == {"none", *user_methods}
+    assert cross["translated_centroids"] > 0.95 and cross["none"] < 0.75   # it learned, and translation works
+
+
+def test_no_method_ever_sees_target_images_or_labels(user_methods):
+    """Every registered method, fitted on clean and on poisoned target domains, fits the same."""
+    emb, text = synthetic()
+    poisoned = Embeddings(emb.x.copy(), emb.label.copy(), emb.domain, emb.domains, emb.classes, emb.paths, None, True)
+    target = emb.domain != 0
+    rng = np.random.default_rng(9)
+    poisoned.x[target] = rng.standard_normal(poisoned.x[target].shape)
+    poisoned.label[target] = rng.permutation(poisoned.label[target])
+    kw = dict(methods=list(METHODS), text=text, seeds=[0, 1], sources=["d0"], progress=False)
+    clean, dirty = pa.evaluate(emb, **kw), pa.evaluate(poisoned, **kw)
+    assert not clean.table.equals(dirty.table)  # the target data did change what was scored
+    assert {k[2] for k in clean.fitted} == set(METHODS)
+    probe = emb.x[emb.domain == 0]  # the source's own images, as every fitted method sees them
+    for key, a in clean.fitted.items():
+        b = dirty.fitted[key]
+        descs = text.descriptions["paper"]
+        for t in descs[1:]:
+            assert np.array_equal(a.predict(probe, descs[0], t), b.predict(probe, descs[0], t)), key
+        if hasattr(a, "head"):
+            assert a.head.C == b.head.C and np.array_equal(a.head.W, b.head.W), key
+
+
+def test_operators_are_identity_without_a_domain_shift():
+    rng = np.random.default_rng(1)
+    x = pa.l2_normalize(rng.standard_normal((5, 8))).astype(np.float32)
+    t = pa.l2_normalize(rng.standard_normal(8)).astype(np.float32)
+    for name in ["translate", "translate_renorm", "interpolate"]:
+        assert np.allclose(METHODS[name]().op(x, t, t), x, atol=1e-6), name
+
+
+def test_delta_points_from_target_to_source():
+    t_src, t_tgt = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    assert np.array_equal(pa.delta(t_src, t_tgt), [1.0, -1.0])
+    x = pa.l2_normalize(np.array([[0.1, 1.0]]))              # a target-looking image
+    moved = pa.l2_normalize(METHODS["translate"]().op(x, t_src, t_tgt))
+    assert moved @ t_src > x @ t_src and moved @ t_tgt < x @ t_tgt
+
+
+def test_registering_something_that_is_not_a_method_is_refused():
+    with pytest.raises(TypeError, match=r"\(x, t_src, t_tgt\)"):
+        register("two_args")(lambda x, t: x)
+    with pytest.raises(KeyError, match="unknown method 'nope'"):
+        make("nope")
+    emb, text = synthetic(n_per=5)
+    with pytest.raises(KeyError, match="unknown method"):
+        pa.evaluate(emb, ["none", "nope"], text=text, progress=False)
+
+
+def test_a_prompt_edit_changes_translation_where_that_domain_takes_part_and_nowhere_else(cache_copy):
+    emb = pa.load(cache_copy)
+    kw = dict(methods=["none", "translate", "zeroshot_domain"], seeds=[0], progress=False)
+    before = pa.evaluate(emb, **kw)
+    after = pa.evaluate(emb, domain_prompts={"cartoon": "a comic strip"}, **kw)
+    for key, hits in before.correct.items():
+        source, target, method, _ = key
+        same = np.array_equal(hits, after.correct[key])
+        if method == "none" or "cartoon" not in (source, target) or (method == "zeroshot_domain" and target != "cartoon"):
+            assert same, key
+    changed = [k for k in before.correct if not np.array_equal(before.correct[k], after.correct[k])]
+    assert any(k[2] == "translate" for k in changed) and any(k[2] == "zeroshot_domain" for k in changed)
+
+
+def test_a_rerun_refits_only_the_heads_whose_training_data_changed(cache_copy):
+    emb = pa.load(cache_copy)
+    kw = dict(methods=["none", "translate", "augment"], seeds=[0, 1], progress=False)
+    first = pa.evaluate(emb, **kw)
+    assert first.head_cache.fits == 4 * 2 * 2       # plain and augment heads, per source and seed
+    assert len(list(cache_copy.parent.glob("mini.h5.heads/*.npz"))) == 16
+    again = pa.evaluate(emb, **kw)
+    assert again.head_cache.fits == 0 and again.table.equals(first.table)
+    edited = pa.evaluate(emb, domain_prompts={"cartoon": "a comic strip"}, **kw)
+    assert edited.head_cache.fits == 4 * 2          # augment heads see cartoon's description; plain heads do not
+    off = pa.evaluate(emb, head_cache=False, **kw)
+    assert off.head_cache.fits == 16 and off.table.equals(first.table)
+
+
+def test_domain_prompts_are_checked_against_the_cache(cache_copy):
+    emb = pa.load(cache_copy)
+    with pytest.raises(KeyError, match="does not have"):
+        pa.evaluate(emb, ["none"], domain_prompts={"cartoons": "a comic"}, progress=False)
+    with pytest.raises(ValueError, match="non-empty list"):
+        pa.evaluate(emb, ["none"], domain_prompts={"cartoon": []}, progress=False)
