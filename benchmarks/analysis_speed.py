@@ -9,7 +9,9 @@ real images: see pacs_scale.py), on a private copy with an empty head cache:
    method), cold (no cached heads) — target <= 60 s;
 3. the same report after describing one domain differently (cartoon -> "a comic strip"; the new
    prompts are encoded first and timed on their own) — target <= 20% of the cold time;
-4. notebook 4 run headless, then re-run after the same prompt edit — target <= 10 s.
+4. notebook 4 run headless, then re-run with cartoon described by prompts never encoded before
+   (kernel start, text-tower load and encoding included) — target <= 10 s. Random-vector caches have
+   no text tower, so this runs on the CLIP cache only.
 
     .venv/bin/python benchmarks/analysis_speed.py [--skip-notebook] [--only random|clip]
 """
@@ -113,11 +115,12 @@ def bench(name, cache, skip_notebook, full_sklearn):
             _, old = timed(pa.evaluate, emb, seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS, n_nouns=100,
                            solver="sklearn", head_cache=False, workers=1, progress=False)
             print(f"same evaluation, scikit-learn heads:    {old:7.1f} s   (the old path; {old / cold:.1f}x the cold report)")
-        if not skip_notebook:
+        if not skip_notebook and not pa.provenance(cache)["model_id"].startswith("synthetic/"):
             first = run_notebook(cache, tmp, {})
-            again = run_notebook(cache, tmp, EDIT)
-            print(f"notebook 4, first run:                  {first:7.1f} s")
-            print(f"notebook 4 re-run after the edit:       {again:7.1f} s   (target <= 10 s; includes kernel start)")
+            again = run_notebook(cache, tmp, {"cartoon": "a comic book panel"})   # prompts never encoded before
+            print(f"notebook 4, first run (no cached heads): {first:6.1f} s")
+            print(f"notebook 4 re-run, cartoon described anew: {again:4.1f} s   (target <= 10 s; includes kernel start, "
+                  f"loading the text tower and encoding the new prompts)")
 
 
 def main():

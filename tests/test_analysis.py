@@ -83,7 +83,8 @@ def test_regularisation_is_chosen_on_the_holdout():
 
 def test_statistics(results):
     s = summary(results.table)
-    assert (s.seeds == 3).all() and s["accuracy"].str.contains("±").all()
+    spread = ~s.method.isin(["zeroshot", "zeroshot_domain"])      # the others depend on the split
+    assert (s.seeds == 3).all() and (s.accuracy.str.contains("±") == spread).all()
     g = gains(results)
     row = g[(g.method == "translate")].iloc[0]
     assert row.ci_low <= row.gain <= row.ci_high and row.gain > 0.2

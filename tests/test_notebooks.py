@@ -73,4 +73,4 @@ def test_prompts_and_operators_notebook_encodes_new_prompts_on_the_fly(params, t
                          for d in ["art_painting", "cartoon", "photo", "sketch"]}
     methods = {(m["method"], m["description"]) for m in rec["methods"]}
     assert {("half_translate", "nouns"), ("translated_centroids", "paper"), ("augment", "ensemble"),
-            ("center", "paper"), ("none", "-")} <= methods
+            ("gap_shift", "paper"), ("project_out", "nouns"), ("none", "-")} <= methods

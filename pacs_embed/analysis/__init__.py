@@ -14,7 +14,8 @@ from ..prompts import load_templates, prompt_embeddings, provenance
 from .embeddings import Embeddings, dataset_status, l2_normalize, load
 from .evaluate import Results, evaluate
 from .heads import C_GRID, Head, HeadCache, fit_head, split
-from .methods import METHODS, Method, Source, delta, register
+from . import lads  # noqa: F401  (registers the opt-in method "lads")
+from .methods import METHODS, Method, Source, default_methods, delta, register
 from .report import markdown, record, report
 from .similarity import description_similarity, paper_table1, prompt_similarity, similarity_matrix, table1
 from .stats import gains, grid, method_means, summary
@@ -26,7 +27,7 @@ __all__ = [
     # the text side
     "text_side", "TextSide", "Description", "DESCRIPTIONS", "NO_DESCRIPTION",
     # methods and heads
-    "METHODS", "Method", "Source", "register", "delta", "fit_head", "Head", "HeadCache", "split", "C_GRID",
+    "METHODS", "Method", "Source", "register", "default_methods", "delta", "fit_head", "Head", "HeadCache", "split", "C_GRID",
     # evaluation, statistics, output
     "evaluate", "Results", "summary", "method_means", "gains", "grid",
     "table1", "paper_table1", "prompt_similarity", "description_similarity", "similarity_matrix",

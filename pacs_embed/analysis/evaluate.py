@@ -32,7 +32,8 @@ COLUMNS = ["source", "target", "method", "description", "seed", "accuracy", "n"]
 
 @dataclass
 class Results:
-    table: pd.DataFrame     # one row per (source, target, method, description, seed); in_domain rows: target == source
+    table: pd.DataFrame     # one row per (source, target, method, description, seed); target == source: the plain
+                            # head's hold-out accuracy ("in_domain"), or a seed-independent method on the source
     correct: dict           # (source, target, method, description) -> (n_seeds, n_target) bool, same images for all methods
     fitted: dict            # (source, seed, method, description) -> the fitted method
     heads: dict             # (source, seed) -> the plain head (trained on the images as they are)
@@ -59,6 +60,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     DESCRIPTIONS (default: ``paper``, or every one ``text`` holds). ``domain_prompts``:
     {domain: prompt or [prompts]} replacing the packaged descriptions. ``sources`` limits the source
     domains. ``head_cache``: see ``head_cache_for``. ``solver="sklearn"`` fits heads with scikit-learn.
+    ``workers`` threads fit (source, seed) jobs side by side (a method must keep its state on itself).
     """
     if text is None:
         text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)
@@ -109,8 +111,8 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
             for how in (descriptions if p.uses_text else [NO_DESCRIPTION]):
                 m = once[(s, name, how)] if not p.seeded else fit(s, seed, name, how)
                 fitted[(s, seed, name, how)] = m
-                for t in domains:
-                    if t != s:
+                for t in domains:  # methods that never see source labels are also scored on the source itself
+                    if t != s or not p.seeded:
                         xt, yt = targets[t]
                         hits = np.asarray(m.predict(xt, descs(how)[domains.index(s)], descs(how)[domains.index(t)])) == yt
                         rows.append((s, t, name, how, seed, float(hits.mean()), len(hits)))

@@ -155,7 +155,7 @@ def delta(t_src: np.ndarray, t_tgt: np.ndarray) -> np.ndarray:
 
 @register("none")
 class NoTranslation(Method):
-    """The paper's baseline: the source head applied to target images as they are."""
+    """x' = x: the source head on target images as they are (the paper's baseline)."""
     uses_text = False
 
     def fit(self, src):
@@ -168,7 +168,7 @@ class NoTranslation(Method):
 
 @register("zeroshot")
 class ZeroShot(Method):
-    """Zero-shot CLIP: argmax over classes of cos(x, "a photo of a {class}")."""
+    """ŷ = argmax_k cos(x, e_k), e_k = "a photo of a {class}": zero-shot CLIP (Radford et al., 2021); no head."""
     uses_text, seeded = False, False
 
     def fit(self, src):
@@ -181,31 +181,112 @@ class ZeroShot(Method):
 
 @register("zeroshot_domain")
 class ZeroShotDomain(Method):
-    """Domain-aware zero-shot: argmax over classes of cos(x, "{target domain phrasing} of a {class}")."""
+    """ŷ = argmax_k cos(x, e_{tgt,k}), e_{tgt,k} = "{target phrasing} of a {class}" (averaged over the
+    description's phrasings): zero-shot CLIP told the target domain; no head."""
     seeded = False
 
     def predict(self, x, source, target):
         return (x @ target.class_vectors.T).argmax(1)
 
 
-# ---- test-time operators -----------------------------------------------------------------------
+# ---- test-time operators ---------------------------------------------------------------------
+# Notation: x a unit image embedding, t_src / t_tgt the unit description vectors of the source and
+# target domains, Δ = t_src − t_tgt, normalise(v) = v / |v|. Every statistic a method learns comes
+# from the source domain's training images or from text, never from target images.
 
 @register("translate")
 def translate(x, t_src, t_tgt):
-    """The paper: x + Δ, with x and both text vectors unit-norm, the sum not renormalised."""
+    """x' = x + Δ, not renormalised (the paper: C(EI(x) + Δ), Δ = ET(t_src) − ET(t_tgt))."""
     return x + delta(t_src, t_tgt)
 
 
 @register("translate_renorm")
 def translate_renorm(x, t_src, t_tgt):
-    """x + Δ, renormalised to the unit sphere where the head was trained."""
+    """x' = normalise(x + Δ): the paper's translation, put back on the unit sphere the head was trained on."""
     return l2_normalize(x + delta(t_src, t_tgt))
+
+
+@register("interpolate")
+def interpolate(x, t_src, t_tgt):
+    """x' = normalise(x + Δ/2): half of the paper's step (between none and translate_renorm)."""
+    return l2_normalize(x + 0.5 * delta(t_src, t_tgt))
+
+
+@register("translate_calibrated")
+class TranslateCalibrated(Method):
+    """x' = x + α·Δ with α = mean_{k<l} |c_k − c_l| / mean_{k<l} |e_k − e_l| (this package's own method).
+
+    |Δ| between unit text vectors depends on the text geometry (and the modality gap), not on how far
+    apart the image clouds are; α rescales Δ to image-space distances. It is estimated on the source
+    alone: c_k are the class centroids of the source *training* images, e_k the unit class-prompt
+    vectors ("a photo of a {class}"); the ratio of their mean pairwise distances says how much an
+    image-space step is worth per text-space step. No published tool does this; with no domain-specific
+    structure in that ratio it can be off (the report shows it beside ``translate``). Head: the plain one.
+    """
+
+    def fit(self, src):
+        tr = src.train
+        present = [k for k in range(src.n_classes) if (src.y[tr] == k).any()]
+        c = np.stack([src.x[tr][src.y[tr] == k].mean(0) for k in present])
+        e = src.class_vectors[present]
+        iu = np.triu_indices(len(present), 1)
+        image_d = np.linalg.norm(c[:, None] - c[None], axis=2)[iu]
+        text_d = np.linalg.norm(e[:, None] - e[None], axis=2)[iu]
+        self.alpha = float(image_d.mean() / text_d.mean()) if len(iu[0]) and text_d.mean() > 0 else 1.0
+        self.head = src.fit_head(src.x)
+        return self
+
+    def predict(self, x, source, target):
+        return self.head.predict(x + self.alpha * delta(source.vector, target.vector))
+
+
+@register("gap_shift")
+class GapShift(Method):
+    """x' = normalise(x − g + Δ), g = μ_I − μ_T; the head is trained on normalise(x_src − g).
+
+    The modality-gap shift of Liang et al., NeurIPS 2022 ("Mind the Gap: Understanding the Modality
+    Gap in Multi-modal Contrastive Representation Learning"): image and text embeddings live in two
+    separated cones; moving images along the gap vector g (image mean − text mean) into the text cone
+    makes text differences such as Δ meaningful for them. μ_I is the mean of the source training
+    images, μ_T the mean of the unit class-prompt vectors (not of the domain descriptions, so g does
+    not depend on how domains are described, and a prompt edit reuses the heads).
+    """
+
+    def fit(self, src):
+        self.gap = src.x[src.train].mean(0) - src.class_vectors.mean(0)
+        self.head = src.fit_head(l2_normalize(src.x - self.gap))
+        return self
+
+    def predict(self, x, source, target):
+        return self.head.predict(l2_normalize(x - self.gap + delta(source.vector, target.vector)))
 
 
 @register("project_out")
 class ProjectOut(Method):
-    """Along the domain direction d = (t_tgt − t_src)/|·|, set each target image's coordinate to the
-    source training images' mean coordinate; the head is the plain one."""
+    """x' = P x with P = I − A(AᵀA)⁺Aᵀ, A = [t_d − t̄]: every domain direction removed, at training and test.
+
+    Chuang et al., 2023 ("Debiasing Vision-Language Models via Biased Prompts"): project the spurious
+    directions spanned by the prompts that describe them (here: every domain description, centred
+    on their mean t̄) out of the embeddings; the head is trained on the projected source images, and
+    target images are projected the same way (no translation needed).
+    """
+
+    def fit(self, src):
+        A = np.stack([d.vector for d in src.descriptions]).astype(np.float64)
+        A = (A - A.mean(0)).T                                   # (D, n_domains): domain directions
+        self.P = (np.eye(A.shape[0]) - A @ np.linalg.pinv(A)).astype(np.float32)
+        self.head = src.fit_head(src.x @ self.P)
+        return self
+
+    def predict(self, x, source, target):
+        return self.head.predict(x @ self.P)
+
+
+@register("project_pair")
+class ProjectPair(Method):
+    """Along d = normalise(t_tgt − t_src), set each target image's coordinate to the mean coordinate of
+    the source training images: x' = x − ((x − μ_I)·d) d. Head: the plain one (this package's first
+    reading of "projecting the domain out"; Chuang et al.'s projection is ``project_out``)."""
 
     def fit(self, src):
         self.mean = src.x[src.train].mean(0)
@@ -220,39 +301,13 @@ class ProjectOut(Method):
         return self.head.predict(x - np.outer((x - self.mean) @ d, d))
 
 
-@register("center")
-class Center(Method):
-    """Subtract the source images' mean and the mean of all domain descriptions, renormalise, then
-    translate and renormalise; the head is trained on the centred source images."""
-
-    def fit(self, src):
-        self.image_mean = src.x[src.train].mean(0)
-        self.text_mean = np.mean([d.vector for d in src.descriptions], axis=0)
-        t = src.description.vector
-        self.head = src.fit_head(self._op(src.x, t, t))
-        return self
-
-    def _op(self, x, t_src, t_tgt):
-        xc = l2_normalize(x - self.image_mean)
-        s, t = l2_normalize(t_src - self.text_mean), l2_normalize(t_tgt - self.text_mean)
-        return l2_normalize(xc + s - t)
-
-    def predict(self, x, source, target):
-        return self.head.predict(self._op(x, source.vector, target.vector))
-
-
-@register("interpolate")
-def interpolate(x, t_src, t_tgt):
-    """Part of the way: normalise(x + Δ/2) — between no translation and translate_renorm."""
-    return l2_normalize(x + 0.5 * delta(t_src, t_tgt))
-
-
 # ---- train-time augmentation -------------------------------------------------------------------
 
 @register("augment")
 class Augment(Method):
-    """Train time: the head also sees every source training image moved toward each other described
-    domain d, normalise(x + t_d − t_src); target images are classified as they are."""
+    """x' = x; the head also trains on normalise(x + t_d − t_src) for every source training image x and
+    every other described domain d (the paper's translation, run backwards at training time: source
+    images moved toward each target description). Target images are classified as they are."""
 
     def fit(self, src):
         s = src.description.vector

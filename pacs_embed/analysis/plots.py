@@ -1,8 +1,11 @@
 """Figures (matplotlib + seaborn); ``save`` writes each as PNG and PDF.
 
+Every figure uses one domain order (``domain_order``: the paper's for PACS) and says on its face
+what its colours, diagonals and error bars are.
+
 Usage::
 
-    fig = table1_heatmap(table1(cache)); save(fig, "figures", "table1")
+    fig = table1_heatmap(pa.table1(emb)); save(fig, "figures", "table1")
 """
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .embeddings import Embeddings
-from .methods import delta
+from .embeddings import Embeddings, domain_order
+from .stats import seeded
 from .text import NO_DESCRIPTION
 
 
@@ -30,93 +33,138 @@ def save(fig, folder, name: str) -> list[Path]:
 
 
 def table1_heatmap(tables: dict[str, pd.DataFrame]):
-    """Reproduced Table 1 beside the paper's, and their difference."""
+    """Reproduced Table 1 beside the paper's on one shared colour scale; their difference on a diverging
+    scale centred at 0."""
     names = [n for n in ("reproduced", "paper", "difference") if n in tables and not tables[n].empty]
-    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 3.8), squeeze=False)
+    shared = [tables[n] for n in ("reproduced", "paper") if n in names]
+    lo = min(float(np.nanmin(t.values)) for t in shared)
+    hi = max(float(np.nanmax(t.values)) for t in shared)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.4 * len(names), 4.0), squeeze=False)
     for ax, name in zip(axes[0], names):
         t = tables[name]
-        sns.heatmap(t, annot=True, fmt=".3f", cmap="RdBu_r" if name == "difference" else "viridis",
-                    center=0 if name == "difference" else None, cbar=False, ax=ax)
-        ax.set_title({"reproduced": "this cache", "paper": "paper (Table 1)", "difference": "this − paper"}[name])
+        if name == "difference":
+            lim = max(float(np.nanmax(np.abs(t.values))), 1e-6)
+            kw = dict(cmap="RdBu_r", center=0, vmin=-lim, vmax=lim)
+        else:
+            kw = dict(cmap="viridis", vmin=lo, vmax=hi)
+        sns.heatmap(t, annot=True, fmt=".3f", cbar=True, ax=ax, cbar_kws={"shrink": 0.8}, **kw)
+        ax.set_title({"reproduced": "this cache", "paper": "paper (Table 1)",
+                      "difference": "this − paper (own scale, 0 = white)"}[name])
         ax.set_xlabel("image domain")
         ax.set_ylabel("prompt" if ax is axes[0][0] else "")
         if ax is not axes[0][0]:
             ax.set_yticklabels([])
-    fig.suptitle("Sim(prompt, domain): mean cosine similarity")
+    fig.suptitle("Sim(prompt, domain): mean cosine similarity — 'this cache' and 'paper' share one colour scale")
     fig.tight_layout()
     return fig
 
 
 def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None):
-    """Source x target mean accuracy per method (diagonal: in-domain hold-out accuracy)."""
+    """Source x target mean accuracy per method, one shared 0-1 scale. Diagonal: the plain head's in-domain
+    accuracy on the source hold-out; for seed-independent (zero-shot) methods, their own accuracy on
+    the source domain."""
     t = table[(table.description.isin([description, NO_DESCRIPTION]))]
     methods = methods or [m for m in dict.fromkeys(t.method) if m != "in_domain"]
-    domains = list(dict.fromkeys(table.source))
-    diag = table[table.method == "in_domain"].groupby("source").accuracy.mean()
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False)
-    for ax, m in zip(axes[0], methods):
-        grid = t[t.method == m].groupby(["source", "target"]).accuracy.mean().unstack().reindex(index=domains, columns=domains)
+    domains = domain_order(dict.fromkeys(table.source))
+    head_diag = table[table.method == "in_domain"].groupby("source").accuracy.mean()
+    cols = min(4, len(methods))
+    rows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 3.9 * rows), squeeze=False)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, methods):
+        mine = t[t.method == m]
+        grid = mine.groupby(["source", "target"]).accuracy.mean().unstack().reindex(index=domains, columns=domains)
+        head_diagonal = seeded(m) or mine[mine.source == mine.target].empty
         for d in domains:
-            grid.loc[d, d] = diag.get(d, np.nan)
+            if head_diagonal:
+                grid.loc[d, d] = head_diag.get(d, np.nan)
         sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="magma", cbar=False, ax=ax)
-        ax.set_title(m)
-        ax.set_ylabel("source" if ax is axes[0][0] else "")
+        for d in range(len(domains)):
+            ax.add_patch(plt.Rectangle((d, d), 1, 1, fill=False, edgecolor="white", lw=1.5, ls="--"))
+        ax.set_title(f"{m}\n(diagonal: {'head on source hold-out' if head_diagonal else 'its accuracy on the source'})",
+                     fontsize=9)
+        ax.set_ylabel("source")
         ax.set_xlabel("target")
-    fig.suptitle(f"accuracy (mean over seeds), domain descriptions: {description}")
+        ax.tick_params(axis="y", labelrotation=0)
+    fig.suptitle(f"accuracy (mean over seeds, one 0-1 scale), domain descriptions: {description}")
     fig.tight_layout()
     return fig
 
 
 def gains_plot(gains: pd.DataFrame, description: str | None = None):
-    """Gain over no translation per source -> target pair, with paired-bootstrap 95% CIs."""
+    """Gain over no translation per source -> target pair; error bars: 95% t-interval over seeds."""
     g = gains if description is None else gains[gains.description.isin([description, NO_DESCRIPTION])]
     g = g.assign(pair=g.source + " → " + g.target,
                  label=g.method + np.where(g.description == NO_DESCRIPTION, "", " / " + g.description))
     labels = list(dict.fromkeys(g.label))
-    pairs = list(dict.fromkeys(g.pair))
+    order = domain_order(dict.fromkeys(list(g.source) + list(g.target)))
+    pairs = [f"{s} → {t}" for s in order for t in order if s != t and f"{s} → {t}" in set(g.pair)]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pairs) + 2), 4.5))
     width = 0.8 / max(1, len(labels))
-    colors = sns.color_palette("tab10", len(labels))
+    colors = sns.color_palette("tab20", len(labels))
     for i, (label, color) in enumerate(zip(labels, colors)):
         sub = g[g.label == label].set_index("pair").reindex(pairs)
         xs = np.arange(len(pairs)) - 0.4 + width * (i + 0.5)
-        ax.errorbar(xs, sub.gain, yerr=[sub.gain - sub.ci_low, sub.ci_high - sub.gain], fmt="o", ms=4,
-                    color=color, label=label, capsize=2)
+        err = np.nan_to_num([sub.gain - sub.ci_low, sub.ci_high - sub.gain])
+        ax.errorbar(xs, sub.gain, yerr=err, fmt="o", ms=4, color=color, label=label, capsize=2)
     ax.axhline(0, color="gray", lw=1)
     ax.set_xticks(np.arange(len(pairs)), pairs, rotation=45, ha="right")
-    ax.set_ylabel("accuracy gain over no translation")
+    ax.set_ylabel("accuracy gain over 'none'\n(95% interval over seeds of the source split)")
+    ax.set_title("above 0: the method beats the source head applied to target images as they are")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
 
 
-def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = None, max_points: int = 2000, seed: int = 0):
-    """2-D PCA of the image embeddings by domain, the domain text embeddings, and the Δ arrows.
+def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = None, max_points: int = 2000,
+               seed: int = 0):
+    """Images and domain texts in the plane that keeps the modality gap whole.
 
-    The PCA is fitted on images and texts together, so both modalities (and the gap between them) show.
-    Arrows: for each target domain, Δ = t_src − t_tgt drawn from the text of the target and from the
-    centroid of its images.
+    Axis 1 is the gap direction g = mean(images) − mean(domain texts), so the distance between the
+    two clouds is shown at its true length; axis 2 is the direction in which the domain texts (and so
+    every Δ = t_src − t_tgt) spread most, orthogonal to g. Both axes are unit directions of the
+    embedding space, so lengths along them are true lengths. Arrows: Δ toward ``source``, drawn from
+    each target's text and from the centroid of its images.
     """
-    from sklearn.decomposition import PCA
-    source = source or emb.domains[0]
+    order = domain_order(emb.domains)
+    source = source or order[0]
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(emb.x))[:max_points]
-    pca = PCA(2, random_state=seed).fit(np.concatenate([emb.x[pick], domain_text]))
-    p_img, p_txt = pca.transform(emb.x[pick]), pca.transform(domain_text)
-    colors = sns.color_palette("tab10", len(emb.domains))
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    x = emb.x.astype(np.float64)
+    T = np.asarray(domain_text, np.float64)
+    gap = x.mean(0) - T.mean(0)
+    a1 = gap / np.linalg.norm(gap)
+    rest = (T - T.mean(0)) - np.outer((T - T.mean(0)) @ a1, a1)
+    a2 = np.linalg.svd(rest, full_matrices=False)[2][0] if np.abs(rest).sum() else np.roll(a1, 1)
+    a2 -= (a2 @ a1) * a1
+    a2 /= np.linalg.norm(a2)
+    centre = (x.mean(0) + T.mean(0)) / 2
+    plane = lambda v: (np.atleast_2d(v) - centre) @ np.stack([a1, a2]).T  # noqa: E731
+    p_img, p_txt = plane(x[pick]), plane(T)
+    colors = dict(zip(order, sns.color_palette("tab10", len(order))))
+    fig, ax = plt.subplots(figsize=(7, 5.5))
     s = emb.domains.index(source)
-    for d, name in enumerate(emb.domains):
+    deltas = []
+    for name in order:
+        d = emb.domains.index(name)
         mine = emb.domain[pick] == d
-        ax.scatter(*p_img[mine].T, s=6, alpha=0.35, color=colors[d], label=f"{name} images")
-        ax.scatter(*p_txt[d], marker="*", s=260, color=colors[d], edgecolor="black", label=f"{name} text")
+        ax.scatter(*p_img[mine].T, s=6, alpha=0.35, color=colors[name], label=f"{name} images")
+        ax.scatter(*p_txt[d], marker="*", s=260, color=colors[name], edgecolor="black", label=f"{name} text")
         if d != s:
-            step = pca.transform((emb.x[emb.domain == d].mean(0) + delta(domain_text[s], domain_text[d]))[None])[0]
-            centroid = pca.transform(emb.x[emb.domain == d].mean(0)[None])[0]
-            ax.annotate("", xy=step, xytext=centroid, arrowprops=dict(arrowstyle="->", color=colors[d], lw=1.8))
-            ax.annotate("", xy=p_txt[s], xytext=p_txt[d], arrowprops=dict(arrowstyle="->", color=colors[d], lw=1, ls="--"))
-    ax.set_title(f"PCA of image and domain-text embeddings; arrows: Δ toward {source}")
-    ax.legend(fontsize=7, markerscale=1, ncol=2)
+            deltas.append(np.linalg.norm(T[s] - T[d]))
+            centroid = x[emb.domain == d].mean(0)
+            c, step = plane(centroid)[0], plane(centroid + T[s] - T[d])[0]
+            ax.annotate("", xy=step, xytext=c, arrowprops=dict(arrowstyle="->", color=colors[name], lw=1.8))
+            ax.annotate("", xy=p_txt[s], xytext=p_txt[d], arrowprops=dict(arrowstyle="->", color=colors[name],
+                                                                          lw=1, ls="--"))
+    ax.set_xlabel("along the modality gap g = mean(images) − mean(texts)")
+    ax.set_ylabel("along the domain texts' main spread (⊥ g)")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(f"|g| = {np.linalg.norm(gap):.3f}; |Δ| toward {source}: "
+                 + ", ".join(f"{v:.3f}" for v in deltas) + "\n(axes in embedding units; the gap is shown whole)",
+                 fontsize=9)
+    ax.legend(fontsize=7, markerscale=1, ncol=2, loc="best")
     fig.tight_layout()
     return fig
 

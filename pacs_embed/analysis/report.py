@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..cache import read_attrs
 from ..files import atomic_write
-from .embeddings import load
+from .embeddings import domain_order, load
 from .evaluate import evaluate
 from .similarity import table1
 from .stats import gains, method_means, summary
@@ -64,18 +64,29 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
         df.to_csv(paths[name], index=name.startswith("table1"))
     attrs = read_attrs(cache)
     described = "; ".join(f"{d.domain}: " + " | ".join(d.prompts) for d in text.descriptions.get("paper", []))
+    order = {d: i for i, d in enumerate(domain_order(emb.domains))}
+    gain = gain.sort_values(["source", "target"], key=lambda c: c.map(order), kind="stable", ignore_index=True)
     md = ["# pacs_embed report", "",
           f"Cache `{cache}`: {attrs['model_id']} @ {attrs['revision']}, {len(emb.x)} images "
           f"({emb.n_failed} unreadable left out), {attrs['dtype']} on {attrs['device']}. "
           f"Seeds: {list(seeds)}; heads: logistic regression, C chosen on a 20% hold-out of the source domain. "
           f"Image and text embeddings L2-normalised; Δ = t_src − t_tgt of unit text vectors.", "",
           f"Domain prompts (`paper` description): {described}.", "",
+          "**How to read it.** A *gain* is a method's accuracy on the target domain minus that of `none` "
+          "(the source head applied to target images as they are), on the same images and seeds: positive "
+          "means the method helps. In-domain accuracy is measured on the 20% source hold-out that also chose C, "
+          "so it is slightly optimistic.", "",
+          "**Intervals.** `[low, high]` and `ci_low`/`ci_high` are 95% Student-t intervals over seeds (each seed "
+          "a new random 80/20 split of the source): they say whether a result would survive another split, for "
+          "these target images. `image_ci_low`/`image_ci_high` are the paired bootstrap over target images given "
+          "these splits; they ignore split variation and are too narrow to compare methods with. "
+          "'—' marks methods that do not depend on the split (zero-shot).", "",
           "## Table 1: Sim(prompt, domain)", "", markdown(t1["reproduced"]), "",
           "Paper:", "", markdown(t1["paper"]), "", "Difference (this − paper):", "", markdown(t1["difference"]), "",
-          "## Cross-domain accuracy per method (mean ± std over seeds, averaged over pairs)", "",
-          markdown(means[["method", "description", "accuracy"]]), "",
-          "## Gain over no translation (paired bootstrap 95% CI)", "",
-          markdown(gain), "", "## Every pair", "",
+          "## Cross-domain accuracy per method (mean over pairs; 95% interval over seeds)", "",
+          markdown(means[["method", "description", "accuracy", "seeds"]]), "",
+          "## Gain over `none` per pair (95% interval over seeds; bootstrap over target images beside it)", "",
+          markdown(gain), "", "## Every pair (mean ± std over seeds)", "",
           markdown(summ[["source", "target", "method", "description", "accuracy", "seeds"]])]
     paths["markdown"] = out / "report.md"
     atomic_write(paths["markdown"], ("\n".join(md) + "\n").encode())

@@ -1,40 +1,81 @@
-"""Mean ± std over seeds, and paired bootstrap confidence intervals for gains over a baseline.
+"""Accuracy and gains with intervals that say what they cover.
+
+Two intervals answer two questions (both 95%):
+
+- **over seeds** (``ci_low``/``ci_high``, the headline): would the result hold for another random
+  80/20 split of the source domain? Seeds are the unit: per seed, the gain (or accuracy) averaged
+  over the target images; a Student-t interval of their mean. It covers split and seed variation,
+  for these target images.
+- **over target images** (``image_ci_low``/``image_ci_high``): the paired bootstrap — given these
+  source splits (seed-averaged per image), how much does the result depend on which target images
+  were drawn? It ignores split variation, so it is too narrow for comparing methods across splits.
+
+Methods that do not depend on the split (zero-shot) have no seed variation: "—" instead of "± 0.000".
 
 Usage::
 
-    summary(res.table)                 # one row per (source, target, method, prompt_set)
-    gains(res, baseline="none")        # gain over no translation with a 95% CI
+    summary(res.table)                 # one row per (source, target, method, description)
+    gains(res, baseline="none")        # gain over no translation, both intervals
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats as _stats
 
+from .methods import METHODS
 from .text import NO_DESCRIPTION
 
 KEYS = ["source", "target", "method", "description"]
+LEVEL = 0.95
+
+
+def seeded(method: str) -> bool:
+    """Whether a method's results depend on the source split (``in_domain`` and unknown names: yes)."""
+    return METHODS[method]().seeded if method in METHODS else True
+
+
+def seed_interval(per_seed: np.ndarray, level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean of per-seed values and its Student-t interval (seeds as the unit); NaN bounds for < 2 seeds."""
+    v = np.asarray(per_seed, float)
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, float("nan"), float("nan")
+    half = _stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return m, m - float(half), m + float(half)
+
+
+def _fmt(m, lo, hi, is_seeded) -> str:
+    if not is_seeded:
+        return f"{m:.3f} —"
+    return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{m:.3f}"
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy mean, std (ddof=1) and number of seeds per (source, target, method, description)."""
+    """Per (source, target, method, description): mean accuracy, std over seeds ("—" when the method
+    does not depend on the split) and the number of seeds."""
     g = table.groupby(KEYS, sort=False)["accuracy"]
     out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "seeds": g.size()}).reset_index()
-    out["accuracy"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(out["mean"], out["std"])]
+    out["accuracy"] = [f"{m:.3f} ± {s:.3f}" if seeded(meth) and n > 1 else f"{m:.3f} —"
+                       for m, s, n, meth in zip(out["mean"], out["std"], out["seeds"], out["method"])]
     return out
 
 
-def method_means(table: pd.DataFrame) -> pd.DataFrame:
-    """Cross-domain accuracy per method and description, averaged over pairs: mean ± std over seeds."""
+def method_means(table: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Cross-domain accuracy per method and description, averaged over pairs, with its interval over seeds."""
     cross = table[table["source"] != table["target"]]
     per_seed = cross.groupby(["method", "description", "seed"])["accuracy"].mean()
-    g = per_seed.groupby(["method", "description"])
-    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0)}).reset_index()
-    out["accuracy"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(out["mean"], out["std"])]
+    rows = []
+    for (method, how), v in per_seed.groupby(level=["method", "description"]):
+        m, lo, hi = seed_interval(v.values, level)
+        lo, hi = max(lo, 0.0), min(hi, 1.0)          # an accuracy lies in [0, 1]
+        rows.append((method, how, m, lo, hi, len(v), _fmt(m, lo, hi, seeded(method))))
+    out = pd.DataFrame(rows, columns=["method", "description", "mean", "ci_low", "ci_high", "seeds", "accuracy"])
     return out.sort_values("mean", ascending=False, ignore_index=True)
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
-    """Gain mean(a − b) and its CI, resampling images (columns); a, b: (n_seeds, n) 0/1 on the same images.
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = LEVEL):
+    """Gain mean(a − b) and its CI over target images, given these splits; a, b: (n_seeds, n) 0/1 hits.
 
     The per-image differences (averaged over seeds) take few distinct values, so resampling n images
     with replacement is drawing multinomial counts of those values: the same distribution as
@@ -50,24 +91,29 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int
     return float(d.mean()), float(lo), float(hi)
 
 
-def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Per pair and method: gain over ``baseline`` (same seeds, same images) with a paired bootstrap 95% CI."""
+def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
+    """Per pair and method: gain over ``baseline`` on the same images and seeds, with the interval over
+    seeds (``ci_low``, ``ci_high``) and the paired bootstrap over target images (``image_ci_*``)."""
     rows = []
     for (s, t, method, how), hits in results.correct.items():
         base = results.correct.get((s, t, baseline, NO_DESCRIPTION))
         if method == baseline or base is None:
             continue
-        if hits.shape != base.shape:  # seed-independent methods are recorded once per seed too
+        if hits.shape != base.shape:
             raise ValueError(f"{method} and {baseline} were scored on different images for {s} -> {t}")
-        g, lo, hi = paired_bootstrap(hits, base, n_boot, seed)
-        rows.append((s, t, method, how, g, lo, hi))
-    return pd.DataFrame(rows, columns=["source", "target", "method", "description", "gain", "ci_low", "ci_high"])
+        g, lo, hi = seed_interval(hits.mean(1) - base.mean(1), level)
+        _, ilo, ihi = paired_bootstrap(hits, base, n_boot, seed, level)
+        rows.append((s, t, method, how, g, lo, hi, ilo, ihi, len(hits)))
+    return pd.DataFrame(rows, columns=["source", "target", "method", "description", "gain", "ci_low", "ci_high",
+                                       "image_ci_low", "image_ci_high", "seeds"])
 
 
 def grid(table: pd.DataFrame, method: str, description: str = NO_DESCRIPTION) -> pd.DataFrame:
-    """Source x target 'mean ± std' for one method (diagonal: in-domain hold-out accuracy)."""
+    """Source x target accuracy for one method (diagonal: in-domain hold-out accuracy of the plain head)."""
+    from .embeddings import domain_order
     s = summary(table)
     keep = ((s.method == method) & (s.description == description)) | (s.method == "in_domain")
-    g = s[keep].pivot(index="source", columns="target", values="accuracy")
-    order = list(dict.fromkeys(table.source))
+    g = s[keep & ((s.method != "in_domain") | (s.source == s.target))]
+    g = g[(g.source != g.target) | (g.method == "in_domain")].pivot(index="source", columns="target", values="accuracy")
+    order = domain_order(list(dict.fromkeys(table.source)))
     return g.reindex(index=order, columns=order).fillna("")
