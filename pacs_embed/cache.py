@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
-import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -35,12 +36,16 @@ import numpy as np
 
 from . import __version__
 from .datasets import Changes, Record, compare, scan
+from .files import atomic_write
 from .errors import PacsEmbedError
 
 FORMAT_VERSION = 1
 EMBEDDING_NOTE = ("raw projected CLIP embeddings (output of the visual/text projection), float32, "
                   "not L2-normalised")
 STR = h5py.string_dtype()
+GROUPS = ("domains", "classes", "images/embedding", "images/path", "images/domain", "images/label", "images/ok",
+          "images/sha256", "images/size", "images/mtime_ns", "failures/path", "failures/reason", "prompts/text",
+          "prompts/embedding")
 
 
 class CacheError(PacsEmbedError, RuntimeError):
@@ -53,38 +58,52 @@ def default_path(dataset_name: str, model_id: str, folder="data/embeddings") -> 
     return Path(folder) / dataset_name / f"{name}.h5"
 
 
-_HELD: set[str] = set()  # locks this process holds (flock is not re-entrant across open files)
+_HELD: dict[str, int] = {}        # locks this process holds, and how deeply (a writer may nest)
+_THREADS = threading.RLock()      # one writer thread at a time within this process
 
 
 @contextlib.contextmanager
 def locked(path, wait: bool = True):
-    """An exclusive advisory lock beside ``path`` (one writer at a time); ``wait=False`` fails at once."""
+    """An exclusive lock beside ``path`` (one writer at a time); ``wait=False`` fails at once.
+
+    POSIX record locks (``lockf``): they belong to the process that took them, so DataLoader workers
+    forked meanwhile do not inherit them, and a killed writer's lock dies with it.
+    """
     lock = Path(str(path) + ".lock")
     key = str(lock.resolve())
-    if key in _HELD:
-        yield
-        return
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise CacheError(f"another process is writing {str(path)!r} (lock {lock}); wait for it to finish") from None
-        _HELD.add(key)
-        try:
-            yield
-        finally:
-            _HELD.discard(key)
-            fcntl.flock(f, fcntl.LOCK_UN)
+    busy = CacheError(f"another process is writing {str(path)!r} (lock {lock}); wait for it to finish")
+    if not _THREADS.acquire(blocking=wait):
+        raise busy
+    try:
+        if key in _HELD:
+            _HELD[key] += 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as f:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError:
+                raise busy from None
+            _HELD[key] = 1
+            try:
+                yield
+            finally:
+                del _HELD[key]
+                fcntl.lockf(f, fcntl.LOCK_UN)
+    finally:
+        _THREADS.release()
 
 
 def write(path, attrs: dict, domains, classes, records: list[Record], embeddings: np.ndarray,
           ok: np.ndarray, failures: list[tuple[str, str]], prompts: list[str], prompt_embeddings: np.ndarray):
     """Write a complete cache to ``<path>.partial``, then rename it to ``path`` (atomic)."""
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(partial, "w") as f:
+    buffer = io.BytesIO()   # built in memory, written with plain file I/O: a full disk is a clean error, not a crash
+    with h5py.File(buffer, "w") as f:
         for key, value in attrs.items():
             f.attrs[key] = str(value) if isinstance(value, str) else value  # str subclasses: h5py fails
         f.attrs["format_version"] = FORMAT_VERSION
@@ -112,7 +131,7 @@ def write(path, attrs: dict, domains, classes, records: list[Record], embeddings
                           maxshape=(None,), chunks=(1024,))
         pg.create_dataset("embedding", data=prompt_embeddings.astype(np.float32),
                           maxshape=(None, embeddings.shape[1]), chunks=(256, embeddings.shape[1]))
-    os.replace(partial, path)
+    atomic_write(path, buffer.getvalue(), durable=True)
 
 
 def _open(path, mode="r"):
@@ -128,10 +147,18 @@ def _open(path, mode="r"):
                 raise CacheError(f"cannot open cache {str(path)!r}: {e}") from e
             time.sleep(0.2)
     version = f.attrs.get("format_version")
+    if version is None or "pacs_embed_version" not in f.attrs:
+        f.close()
+        raise CacheError(f"{str(path)!r} is an HDF5 file but not a pacs_embed cache (no pacs_embed attributes)")
     if version != FORMAT_VERSION:
         f.close()
         raise CacheError(f"{str(path)!r} has cache format {version!r}; this pacs_embed reads {FORMAT_VERSION}. "
                          f"Re-run `pacs-embed extract --force`.")
+    missing = [g for g in GROUPS if g not in f]
+    if missing:
+        f.close()
+        raise CacheError(f"{str(path)!r} is damaged or incomplete: it lacks {', '.join('/' + g for g in missing)}. "
+                         f"Re-run `pacs-embed extract --force` to rebuild it.")
     return f
 
 
@@ -204,19 +231,15 @@ def append_prompts(path, texts: list[str], vectors: np.ndarray, model_id: str, r
         keep = [i for i, t in enumerate(texts) if t not in have]
         if not keep:
             return
-        partial = path.with_name(path.name + ".partial")
-        shutil.copyfile(path, partial)
-        try:
-            with h5py.File(partial, "a") as f:
-                t, e = f["prompts/text"], f["prompts/embedding"]
-                n = t.shape[0]
-                t.resize((n + len(keep),))
-                e.resize((n + len(keep), e.shape[1]))
-                t[n:] = np.array([texts[i] for i in keep], dtype=object)
-                e[n:] = vectors[keep].astype(np.float32)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        buffer = io.BytesIO(path.read_bytes())   # copy-on-write, in memory; then one atomic write
+        with h5py.File(buffer, "a") as f:
+            t, e = f["prompts/text"], f["prompts/embedding"]
+            n = t.shape[0]
+            t.resize((n + len(keep),))
+            e.resize((n + len(keep), e.shape[1]))
+            t[n:] = np.array([texts[i] for i in keep], dtype=object)
+            e[n:] = vectors[keep].astype(np.float32)
+        atomic_write(path, buffer.getvalue(), durable=True)
 
 
 def describe(path) -> str:

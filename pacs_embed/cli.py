@@ -127,3 +127,10 @@ def main(argv=None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"pacs-embed {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except OSError as e:
+        from .files import NO_SPACE
+        if e.errno not in NO_SPACE:
+            raise
+        print(f"pacs-embed {args.command}: error: no space left ({e.strerror}: {e.filename or ''}). Files already "
+              f"complete are kept; free some space and run the same command again.", file=sys.stderr)
+        return 2

@@ -38,7 +38,7 @@ class Dataset:
     domains: list[str]
     classes: list[str]
     records: list[Record]
-    ignored: list[str] = field(default_factory=list)   # files skipped: not images, or outside class folders
+    ignored: list[str] = field(default_factory=list)   # "path (why)" of everything skipped: not images, links, ...
 
     @property
     def name(self) -> str:
@@ -52,9 +52,35 @@ class Dataset:
         return h.hexdigest()
 
 
-def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: p.name)
+# Links: a link to a file inside the data folder is followed; a link to a folder is never followed (a
+# loop such as `ln -s . data/zloop` would make phantom domains), nor a link to a file outside the data
+# folder. What is skipped is listed, with the reason.
+LINK_TO_FOLDER = "link to a folder, not followed"
+LINK_OUTSIDE = "link to a file outside the data folder, not followed"
+BROKEN_LINK = "broken link"
+
+
+def _visible_dirs(folder: Path, skipped: list[str] | None = None, root: Path | None = None) -> list[Path]:
+    out = []
+    for p in sorted(folder.iterdir(), key=lambda p: p.name):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        if p.is_symlink():
+            if skipped is not None:
+                skipped.append(f"{p.relative_to(root).as_posix()} ({LINK_TO_FOLDER})")
+            continue
+        out.append(p)
+    return out
+
+
+def _file_problem(f: Path, root: Path) -> str | None:
+    """Why a file is skipped (a link pointing outside the data folder, or nowhere), or None."""
+    if not f.is_symlink():
+        return None
+    target = f.resolve()
+    if not target.exists():
+        return BROKEN_LINK
+    return None if target.is_relative_to(root.resolve()) else LINK_OUTSIDE
 
 
 def scan(root, known: dict[str, Record] | None = None, progress: bool = True) -> Dataset:
@@ -68,26 +94,31 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
         raise DatasetError(
             f"data folder {str(root)!r} does not exist. Run `pacs-embed download` to fetch PACS into "
             f"data/PACS, or point --data at a folder laid out as <domain>/<class>/<image>.")
-    domain_dirs = _visible_dirs(root)
+    ignored: list[str] = []
+    domain_dirs = _visible_dirs(root, ignored, root)
     if not domain_dirs:
         raise DatasetError(f"data folder {str(root)!r} has no domain sub-folders; expected <domain>/<class>/<image>.")
-    classes = sorted({c.name for d in domain_dirs for c in _visible_dirs(d)})
+    class_dirs = {d: _visible_dirs(d, ignored, root) for d in domain_dirs}
+    classes = sorted({c.name for cs in class_dirs.values() for c in cs})
     if not classes:
         raise DatasetError(f"no class folders under the domains of {str(root)!r}; expected <domain>/<class>/<image>.")
     class_index = {c: i for i, c in enumerate(classes)}
-    found, ignored = [], []
+    found = []
     for di, d in enumerate(domain_dirs):
-        ignored += [f.relative_to(root).as_posix() for f in sorted(d.iterdir())
-                    if f.is_file() and not f.name.startswith(".")]  # outside any class folder
-        for c in _visible_dirs(d):
+        ignored += [f"{f.relative_to(root).as_posix()} (not in a class folder)" for f in sorted(d.iterdir())
+                    if f.is_file() and not f.name.startswith(".")]
+        for c in class_dirs[d]:
             for f in sorted(c.iterdir(), key=lambda p: p.name):
-                if f.name.startswith(".") or not f.is_file():
+                if f.name.startswith(".") or (f.is_dir() and not f.is_symlink()):
                     continue
                 rel = f.relative_to(root).as_posix()
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                problem = LINK_TO_FOLDER if f.is_dir() else _file_problem(f, root)
+                if problem:
+                    ignored.append(f"{rel} ({problem})")
+                elif f.suffix.lower() in IMAGE_EXTENSIONS:
                     found.append((rel, di, class_index[c.name], f.stat()))
                 else:
-                    ignored.append(rel)
+                    ignored.append(f"{rel} (not a .jpg/.jpeg/.png image)")
     if not found:
         raise DatasetError(f"no .jpg/.jpeg/.png images under {str(root)!r}.")
     known = known or {}

@@ -64,7 +64,7 @@ def count_images(root) -> dict[str, int]:
     if not root.is_dir():
         return {}
     return {d.name: sum(1 for p in d.glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-            for d in sorted(root.iterdir()) if d.is_dir()}
+            for d in sorted(root.iterdir()) if d.is_dir() and not d.is_symlink()}
 
 
 def convert_parquet(files, dest, classes=PACS_CLASSES, expected: dict[str, int] | None = PACS_COUNTS) -> Path:
@@ -81,6 +81,12 @@ def convert_parquet(files, dest, classes=PACS_CLASSES, expected: dict[str, int] 
     used: set[str] = set()
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     row = 0
+    for f in files:  # every domain name is checked before anything is written
+        if "domain" in pq.ParquetFile(f).schema_arrow.names:
+            for i, value in enumerate(pq.read_table(f, columns=["domain"]).column("domain").to_pylist()):
+                safe_name(value, f"{f}: row {row + i}: domain")
+        row += pq.ParquetFile(f).metadata.num_rows
+    row = 0
     with tqdm(total=total, desc="writing images", unit="img") as bar:
         for f in files:
             pf = pq.ParquetFile(f)
@@ -92,7 +98,7 @@ def convert_parquet(files, dest, classes=PACS_CLASSES, expected: dict[str, int] 
                     data = (item["image"] or {}).get("bytes")
                     if not data:
                         raise DownloadError(f"{f}: row {row} has no image bytes")
-                    domain, label = str(item["domain"]), int(item["label"])
+                    domain, label = safe_name(item["domain"], f"{f}: row {row}: domain"), int(item["label"])
                     if not 0 <= label < len(classes):
                         raise DownloadError(f"{f}: row {row} has label {label}, outside 0..{len(classes) - 1}")
                     stem = PurePosixPath(item["image"].get("path") or f"{row:06d}").stem or f"{row:06d}"
@@ -101,6 +107,9 @@ def convert_parquet(files, dest, classes=PACS_CLASSES, expected: dict[str, int] 
                     if rel in used:  # two rows with one file name: keep both
                         rel = f"{domain}/{classes[label]}/{stem}_{row:06d}{ext}"
                     used.add(rel)
+                    target = (dest / rel).resolve()
+                    if not target.is_relative_to(dest.resolve()):  # e.g. a domain folder that is a link elsewhere
+                        raise DownloadError(f"{f}: row {row}: {rel} would be written outside {dest}; refusing")
                     _write_once(dest / rel, data)
                     counts[domain] += 1
                     row += 1
@@ -109,6 +118,17 @@ def convert_parquet(files, dest, classes=PACS_CLASSES, expected: dict[str, int] 
         raise DownloadError(f"image counts per domain {dict(sorted(counts.items()))} differ from the "
                             f"expected {expected}; the download may be incomplete. Re-run to resume.")
     return dest
+
+
+def safe_name(value, what: str) -> str:
+    """``value`` as one path component, or a DownloadError naming ``what``: never empty, '.', '..', a
+    path with separators, an absolute path or a name with control characters."""
+    name = "" if value is None else str(value)
+    if (not name.strip() or name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")
+            or any(ord(ch) < 32 for ch in name)):
+        raise DownloadError(f"{what} is {name!r}, which is not a plain folder name; refusing to write outside "
+                            f"the destination. Fix the parquet file (each domain must be a plain name).")
+    return name
 
 
 def _write_once(path: Path, data: bytes) -> None:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +29,8 @@ from tqdm.auto import tqdm
 from . import cache as _cache
 from .datasets import compare, scan
 from .files import atomic_write
-from .models import (DEFAULT_MODEL, choose_device, choose_dtype, dtype_name, encode_images, encode_text,
-                     load_image_tower, load_processor, load_text_tower, processor_settings, resolve)
+from .models import (DEFAULT_MODEL, check_clip, check_device, choose_device, choose_dtype, dtype_name, encode_images,
+                     encode_text, load_image_tower, load_processor, load_text_tower, processor_settings, resolve)
 from .prompts import default_prompts, load_templates
 from .errors import PacsEmbedError
 
@@ -77,12 +78,28 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            with Image.open(self.root / self.paths[i]) as im:
-                im.load()
-                rgb = im.convert("RGB")
+            rgb = read_rgb(self.root / self.paths[i])
             return i, self.processor(images=rgb, return_tensors="pt")["pixel_values"][0], None
         except Exception as e:  # noqa: BLE001 - any unreadable file is recorded, not fatal
             return i, None, f"{type(e).__name__}: {e}"
+
+
+def read_rgb(path) -> Image.Image:
+    """Decode an image to 8-bit RGB. High-bit-depth images are scaled to 8 bits (Pillow's convert("RGB")
+    would clip 16-bit values to white); images over Pillow's pixel limit (a decompression bomb, e.g. a
+    15 KB PNG of 11,000 x 11,000) are refused before they are decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                a = np.asarray(im).astype(np.int64)
+                bits = 16 if im.mode.startswith("I;16") or a.max() > 255 else 8
+                a = np.clip(a >> (bits - 8), 0, 255).astype(np.uint8)
+                return Image.fromarray(a, "L").convert("RGB")
+            if im.mode == "F":
+                raise ValueError("floating-point images are not supported")
+            im.load()
+            return im.convert("RGB")
 
 
 def _collate(items):
@@ -113,7 +130,18 @@ class Journal:
         atomic_write(self.dir / "meta.json", json.dumps(meta, indent=1).encode(), durable=True)
 
     def done(self) -> dict[int, Path]:
-        return {int(p.stem.split("_")[1]): p for p in self.dir.glob("batch_*.npz")} if self.dir.is_dir() else {}
+        """Finished batches by start index; a damaged shard is named, removed, and its batch redone."""
+        out = {}
+        for p in sorted(self.dir.glob("batch_*.npz")) if self.dir.is_dir() else []:
+            try:
+                with np.load(p, allow_pickle=False) as f:
+                    if len(f["embedding"]) != len(f["ok"]) or len(f["reasons"]) != len(f["ok"]):
+                        raise ValueError("arrays of different lengths")
+                out[int(p.stem.split("_")[1])] = p
+            except Exception as e:  # noqa: BLE001 - truncated, empty, not a zip, ...
+                print(f"note: journal shard {p} is damaged ({type(e).__name__}: {e}); its batch will be embedded again")
+                p.unlink(missing_ok=True)
+        return out
 
     def save(self, start: int, embedding: np.ndarray, ok: np.ndarray, reasons: list[str]) -> None:
         buf = io.BytesIO()
@@ -124,14 +152,29 @@ class Journal:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _read_old(out: Path) -> dict | None:
-    if not out.is_file():
+def _read_old(out: Path, force: bool) -> dict | None:
+    """The attributes of the cache at ``out``; refuses to replace a file that is not one (unless ``force``)."""
+    if not out.exists():
         return None
+    if not out.is_file():
+        raise ExtractionError(f"--out {str(out)!r} exists and is not a file; choose another --out")
     try:
         return _cache.read_attrs(out)
     except _cache.CacheError as e:
-        print(f"note: {e}; it will be replaced")
+        if not force:
+            raise ExtractionError(f"--out {str(out)!r} exists and is not a pacs_embed cache this version can read "
+                                  f"({e}). Refusing to overwrite it: choose another --out, or pass --force to "
+                                  f"replace it.") from None
+        print(f"note: {e}; --force: it will be replaced")
         return None
+
+
+def check_arguments(batch_size=None, workers=None) -> None:
+    """Clear errors for impossible numbers, before any work (and before a journal records them)."""
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ExtractionError(f"--batch-size {batch_size!r}: give a whole number of images, 1 or more")
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise ExtractionError(f"--workers {workers!r}: give 0 (decode in this process) or more worker processes")
 
 
 def _default_workers(device: torch.device) -> int:
@@ -151,10 +194,15 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
     """
     t0 = time.perf_counter()
     root = Path(data)
+    check_arguments(batch_size=batch_size, workers=workers)
+    check_device(device)
+    if dtype is not None:
+        choose_dtype(torch.device("cpu"), dtype)
     templates = load_templates(prompts_file)
     if not root.is_dir():  # fail before touching the model
         scan(root)
     spec = resolve(model, revision)
+    check_clip(spec)
     out = Path(out) if out else _cache.default_path(root.resolve().name, spec.model_id)
     with _cache.locked(out, wait=False):
         return _extract(root, spec, out, templates, t0, device=device, dtype=dtype, batch_size=batch_size,
@@ -166,16 +214,21 @@ def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, worke
     dev = choose_device(device)
     dt = choose_dtype(dev, dtype)
     processor = load_processor(spec)
-    old = _read_old(out)
+    old = _read_old(out, force)
     known = _cache.stored_records(out) if old else None
     ds = scan(root, known=known, progress=progress)
     if ds.ignored:
-        print(f"note: {len(ds.ignored)} files skipped (not .jpg/.jpeg/.png, or not in a <domain>/<class>/ folder): "
-              + ", ".join(ds.ignored[:10]) + (" ..." if len(ds.ignored) > 10 else ""))
+        print(f"note: {len(ds.ignored)} files skipped: " + ", ".join(ds.ignored[:10])
+              + (f" ... ({len(ds.ignored) - 10} more)" if len(ds.ignored) > 10 else ""))
     manifest = ds.manifest_sha256()
     settings = {"model_id": spec.model_id, "revision": spec.revision, "dtype": dtype_name(dt),
                 "processor_class": type(processor).__name__,
                 "manifest_sha256": manifest, "n_images": len(ds.records)}
+    journal = Journal(out)
+    meta = journal.meta()
+    if meta and old and all(old.get(k) == meta.get(k) for k in settings) and old.get("batch_size") == meta.get("batch_size"):
+        journal.remove()  # left by a run that finished (the cache holds it) but was killed before cleaning up
+        meta = None
     carried_prompts = {}
     if old:
         carried_prompts = _cache.read_prompts(out) if _cache.same_model(old, spec.model_id, spec.revision) else {}
@@ -194,8 +247,7 @@ def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, worke
         print(f"{out}: re-extracting ({', '.join(differs) or '--force'})")
 
     batch_size = batch_size or (256 if dev.type == "cuda" else 64)
-    journal = Journal(out)
-    meta = journal.meta()
+    image_model = load_image_tower(spec, dev, dt)  # a model that cannot load fails here, before any journal
     if meta and restart:
         journal.remove()
         meta = None
@@ -221,7 +273,6 @@ def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, worke
         print(f"resuming: {resumed} of {len(ds.records)} images already embedded in {journal.dir}")
 
     if pending:
-        image_model = load_image_tower(spec, dev, dt)
         paths = [r.path for r in ds.records]
         loader = torch.utils.data.DataLoader(
             _Images(ds.root, paths, processor), batch_sampler=[list(range(s, min(s + batch_size, len(paths))))
@@ -238,7 +289,7 @@ def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, worke
                 journal.save(indices[0], emb, np.array([i not in errors for i in indices]),
                              [errors.get(i, "") for i in indices])
                 bar.update(len(indices))
-        del image_model
+    del image_model
     return _finish(out, journal, ds, spec, processor, dev, dt, batch_size, templates, carried_prompts,
                    strict, t0, resumed)
 
@@ -246,7 +297,7 @@ def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, worke
 def _finish(out, journal, ds, spec, processor, dev, dt, batch_size, templates, carried_prompts, strict, t0,
             resumed) -> Summary:
     shards = journal.done()
-    parts = [np.load(shards[s]) for s in sorted(shards)]
+    parts = [np.load(shards[s], allow_pickle=False) for s in sorted(shards)]
     embedding = np.concatenate([p["embedding"] for p in parts])
     ok = np.concatenate([p["ok"] for p in parts])
     reasons = np.concatenate([p["reasons"] for p in parts])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def resolve(model: str, revision: str | None = None) -> ModelSpec:
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise ModelError(f"model folder {str(local)!r} has no config.json; is it a Hugging Face checkpoint?")
+        if not any((local / w).is_file() for w in _WEIGHT_FILES):
+            raise ModelError(f"model folder {str(local)!r} has no weights (model.safetensors or pytorch_model.bin)")
         return ModelSpec(str(local.resolve()), str(local.resolve()), "sha256:" + _weights_sha256(local))
     if model.startswith(("/", ".", "~")):
         raise ModelError(f"model folder {model!r} does not exist. If it moved, pass its new location "
@@ -74,6 +77,21 @@ def _weights_sha256(folder: Path) -> str:
     return h.hexdigest()[:40]
 
 
+def check_device(device: str | None) -> None:
+    """Fail with a clear ModelError for a device string torch does not know, or CUDA where there is none."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelError(f"--device {device!r} is not a device (try cpu, cuda, cuda:1): {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"--device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); "
+                         f"use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def choose_device(device: str | None = None) -> torch.device:
     if device:
         return torch.device(device)
@@ -104,9 +122,18 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def check_clip(spec: ModelSpec) -> None:
+    """Fail with a clear ModelError unless ``spec`` is a CLIP checkpoint (before anything else is loaded)."""
+    _clip_config(spec)
+
+
 def _clip_config(spec: ModelSpec):
     from transformers import AutoConfig
-    cfg = AutoConfig.from_pretrained(spec.folder)
+    try:
+        cfg = AutoConfig.from_pretrained(spec.folder)
+    except Exception as e:  # noqa: BLE001 - unreadable or unknown config.json
+        raise ModelError(f"model {spec.model_id!r}: cannot read its config.json ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
     if getattr(cfg, "model_type", None) != "clip":
         raise ModelError(f"model {spec.model_id!r} is a {cfg.model_type!r} checkpoint; pacs_embed needs a CLIP one.")
     return cfg
@@ -125,6 +152,9 @@ def _quiet_load(cls, folder, config, dtype):
     logging.disable_progress_bar()
     try:
         return cls.from_pretrained(folder, config=config, dtype=dtype).eval()
+    except Exception as e:  # noqa: BLE001 - truncated or damaged weights
+        raise ModelError(f"cannot load the weights in {folder} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); the file may be truncated — fetch it again") from e
     finally:
         logging.set_verbosity(level)
         logging.enable_progress_bar()
@@ -191,6 +221,11 @@ def encode_images(model, pixel_values: torch.Tensor) -> np.ndarray:
 @torch.inference_mode()
 def encode_text(tower: TextTower, prompts: list[str], batch_size: int = 256) -> np.ndarray:
     max_len = getattr(tower.model.config, "max_position_embeddings", 77)
+    for p, ids in zip(prompts, tower.tokenizer(list(prompts), truncation=False)["input_ids"]):
+        if len(ids) > max_len:
+            warnings.warn(f"prompt {p[:60]!r}{'...' if len(p) > 60 else ''} has {len(ids)} tokens; the text tower "
+                          f"reads only the first {max_len}, so prompts that differ after that get the same vector",
+                          stacklevel=2)
     chunks = []
     for i in range(0, len(prompts), batch_size):
         tok = tower.tokenizer(list(prompts[i:i + batch_size]), padding=True, truncation=True,

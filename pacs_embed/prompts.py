@@ -25,9 +25,34 @@ def load_templates(file=None) -> dict:
     if file is None:
         return json.loads(resources.files("pacs_embed").joinpath("data/prompts.json").read_text())
     try:
-        return json.loads(Path(file).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        templates = json.loads(Path(file).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"prompt file {str(file)!r}: {e}") from e
+    problem = _template_problem(templates)
+    if problem:
+        raise ValueError(f"prompt file {str(file)!r}: {problem} (see pacs_embed/data/prompts.json for the layout)")
+    return templates
+
+
+def _template_problem(t) -> str | None:
+    """What is wrong with a templates dict, or None."""
+    def strings(v):
+        return isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)
+    if not isinstance(t, dict):
+        return f"expected a JSON object, got {type(t).__name__}"
+    if not (isinstance(t.get("domains", {}), dict) and all(isinstance(v, str) and v.strip()
+                                                           for v in t.get("domains", {}).values())):
+        return '"domains" must map domain folder names to prompts'
+    if "{class}" not in str(t.get("class_template", "{class}")):
+        return '"class_template" must contain {class}'
+    dct = str(t.get("domain_class_template", "{domain} {class}"))
+    if "{domain}" not in dct or "{class}" not in dct:
+        return '"domain_class_template" must contain {domain} and {class}'
+    if not (isinstance(t.get("ensembles", {}), dict) and all(strings(v) for v in t.get("ensembles", {}).values())):
+        return '"ensembles" must map domain folder names to lists of prompts'
+    if not strings(t.get("nouns", [])):
+        return '"nouns" must be a list of words'
+    return None
 
 
 def readable(name: str) -> str:

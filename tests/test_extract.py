@@ -230,7 +230,7 @@ def test_a_second_writer_of_the_same_cache_is_refused(small_dataset, tiny_clip, 
     import fcntl
     out = tmp_path / "c.h5"
     with open(str(out) + ".lock", "w") as other:  # as another process's lock would
-        fcntl.flock(other, fcntl.LOCK_EX)
+        fcntl.lockf(other, fcntl.LOCK_EX)
         r = subprocess.run([sys.executable, "-m", "pacs_embed", "extract", "--data", str(small_dataset),
                             "--model", str(tiny_clip), "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 2 and "another process is writing" in r.stderr

@@ -87,7 +87,10 @@ class Source:
             train = np.concatenate([train, len(y) + np.arange(int(keep.sum()))])
             features = np.concatenate([features, np.asarray(extra, np.float32)[keep]])
             y = np.concatenate([y, self.y[extra_from[keep]]])
-        return fit_head(features, y, train, self.holdout, self.Cs, self.heads, self.solver, shifts)
+        try:
+            return fit_head(features, y, train, self.holdout, self.Cs, self.heads, self.solver, shifts)
+        except ValueError as e:
+            raise ValueError(f"source domain {self.domain!r}: {e}") from None
 
 
 class Method:

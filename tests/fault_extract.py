@@ -1,0 +1,28 @@
+"""`pacs-embed ...` with a fault injected, so that a test can kill it at a chosen phase.
+
+    PACS_FAULT=slow-batches   pause 0.25 s after each embedded batch
+    PACS_FAULT=final-write    write half of the final cache file, then hang (kill it there)
+"""
+import importlib
+import os
+import sys
+import time
+
+from pacs_embed.cli import main
+
+fault = os.environ.get("PACS_FAULT", "")
+if fault == "slow-batches":
+    ex = importlib.import_module("pacs_embed.extraction")
+    _encode = ex.encode_images
+    ex.encode_images = lambda model, pixels: (time.sleep(0.25), _encode(model, pixels))[1]
+elif fault == "final-write":
+    cache = importlib.import_module("pacs_embed.cache")
+
+    def half_then_hang(path, data, durable=False):
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as f:
+            f.write(data[: len(data) // 2])
+        print("WRITING", flush=True)
+        time.sleep(60)
+    cache.atomic_write = half_then_hang
+sys.exit(main(sys.argv[1:]))

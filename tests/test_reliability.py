@@ -1,0 +1,244 @@
+"""Bad inputs and hostile files: a clear error naming the file or argument, nothing written outside the
+folders named, nothing clobbered, no silent wrong embedding. Numbers refer to the reliability table
+in the README."""
+import io
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pacs_embed import extract, prompt_embeddings
+from pacs_embed.cache import CacheError, read_attrs, read_images, read_prompts
+from pacs_embed.cli import main
+from pacs_embed.download import DownloadError, convert_parquet
+from pacs_embed.extraction import ExtractionError, read_rgb
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "pacs_embed", *map(str, args)], capture_output=True, text=True)
+
+
+def parquet_with_domain(tmp_path, domain):
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, "PNG")
+    table = pa.table({"image": pa.array([{"bytes": buf.getvalue(), "path": "a.png"}] * 2,
+                                        pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                      "domain": ["photo", domain], "label": pa.array([0, 0], pa.int64())})
+    path = tmp_path / "x.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+# 1
+@pytest.mark.parametrize("domain", ["../../escaped", "/tmp/absolute", "", "..", "a/b"])
+def test_1_a_parquet_domain_never_writes_outside_dest(tmp_path, domain):
+    dest = tmp_path / "deep" / "dest"
+    with pytest.raises(DownloadError, match="row 1: domain"):
+        convert_parquet([parquet_with_domain(tmp_path, domain)], dest, expected=None)
+    assert not any(p.is_file() for p in tmp_path.rglob("*") if p.suffix == ".png")   # nothing written at all
+
+
+# 2
+@pytest.mark.parametrize("content", [b"my thesis, do not delete", "foreign-hdf5", "old-format"])
+def test_2_extract_refuses_to_overwrite_what_is_not_its_cache(small_dataset, tiny_clip, tmp_path, content, mini_cache):
+    out = tmp_path / "out.h5"
+    if content == "foreign-hdf5":
+        with h5py.File(out, "w") as f:
+            f["data"] = np.arange(3)
+    elif content == "old-format":
+        shutil.copy(mini_cache, out)
+        with h5py.File(out, "a") as f:
+            f.attrs["format_version"] = 0
+    else:
+        out.write_bytes(content)
+    before = out.read_bytes()
+    r = run("extract", "--data", small_dataset, "--model", tiny_clip, "--out", out, "--dtype", "float32", "--no-progress")
+    assert r.returncode == 2 and str(out) in r.stderr and "--force" in r.stderr and "Traceback" not in r.stderr
+    assert out.read_bytes() == before
+    r = run("extract", "--data", small_dataset, "--model", tiny_clip, "--out", out, "--dtype", "float32",
+            "--no-progress", "--force")
+    assert r.returncode == 0 and read_attrs(out)["n_images"] == 56
+
+
+# 3
+def test_3_sixteen_bit_images_are_scaled_to_eight_bits_not_clipped_to_white(tmp_path):
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)        # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    rgb = np.asarray(read_rgb(tmp_path / "deep.png"))
+    assert rgb.shape == (64, 64, 3) and rgb.min() == 0 and rgb.max() == 255
+    assert np.array_equal(rgb[..., 0], (ramp >> 8).astype(np.uint8))
+
+
+# 4
+def test_4_links_to_folders_and_outside_files_are_listed_not_followed(small_dataset, tiny_clip, tmp_path, capsys):
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(next((small_dataset / "photo" / "dog").iterdir()), outside)
+    (small_dataset / "zloop").symlink_to(small_dataset)                       # a phantom domain
+    (small_dataset / "photo" / "zz").symlink_to(small_dataset)                # a phantom class
+    (small_dataset / "photo" / "dog" / "outside.jpg").symlink_to(outside)
+    inside = next((small_dataset / "sketch" / "dog").iterdir())
+    (small_dataset / "photo" / "dog" / "inside.png").symlink_to(inside)
+    s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", workers=0, progress=False)
+    out = capsys.readouterr().out
+    a = read_images(s.out)
+    assert a["domains"] == ["art_painting", "cartoon", "photo", "sketch"] and "zz" not in a["classes"]
+    assert "photo/dog/inside.png" in a["path"] and "photo/dog/outside.jpg" not in a["path"]
+    assert "zloop (link to a folder, not followed)" in out and "photo/zz (link to a folder" in out
+    assert "photo/dog/outside.jpg (link to a file outside the data folder" in out
+    assert not any("zloop" in p for p in read_prompts(s.out))
+
+
+# 5
+def test_5_a_bare_string_prompt_is_refused_not_split(cache_copy):
+    with pytest.raises(TypeError, match="list of strings"):
+        prompt_embeddings(cache_copy, "watercolor")
+    assert "w" not in read_prompts(cache_copy)
+    assert main(["prompts", str(cache_copy), "a watercolor"]) == 0 and "a watercolor" in read_prompts(cache_copy)
+
+
+# 6
+def test_6_a_prompt_longer_than_the_context_is_named_in_a_warning(cache_copy):
+    long_prompt = "a painting of " + "very " * 40 + "many things"
+    with pytest.warns(UserWarning, match="first 77"):
+        prompt_embeddings(cache_copy, [long_prompt])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prompt_embeddings(cache_copy, ["a short prompt"])
+
+
+# 8
+@pytest.mark.parametrize("args, named", [(["--batch-size", "0"], "--batch-size"), (["--batch-size", "-5"], "--batch-size"),
+                                         (["--workers", "-1"], "--workers"), (["--device", "bogus"], "--device"),
+                                         (["--device", "cuda"], "--device"), (["--dtype", "float8"], "--dtype")])
+def test_8_bad_arguments_fail_before_any_work_and_leave_no_journal(small_dataset, tiny_clip, tmp_path, args, named):
+    out = tmp_path / "c.h5"
+    r = run("extract", "--data", small_dataset, "--model", tiny_clip, "--out", out, "--no-progress", *args)
+    assert r.returncode == 2 and named in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "c.h5.journal").exists() and not out.exists()
+    ok = run("extract", "--data", small_dataset, "--model", tiny_clip, "--out", out, "--dtype", "float32", "--no-progress")
+    assert ok.returncode == 0, ok.stderr   # nothing left behind blocks the next run
+
+
+@pytest.mark.parametrize("content", ['["a list"]', '{"nouns": "goose"}', '{"domain_class_template": "{class}"}', "{oops"])
+def test_8_a_prompt_file_of_the_wrong_shape_fails_before_any_image_is_embedded(small_dataset, tiny_clip, tmp_path, content):
+    bad = tmp_path / "prompts.json"
+    bad.write_text(content)
+    r = run("extract", "--data", small_dataset, "--model", tiny_clip, "--out", tmp_path / "c.h5", "--prompts", bad)
+    assert r.returncode == 2 and str(bad) in r.stderr and not (tmp_path / "c.h5.journal").exists()
+
+
+# 9
+def test_9_a_checkpoint_that_is_not_clip_is_named_before_anything_loads(small_dataset, tmp_path):
+    from transformers import BertConfig, BertModel
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                         vocab_size=50)).save_pretrained(tmp_path / "bert")
+    r = run("extract", "--data", small_dataset, "--model", tmp_path / "bert", "--out", tmp_path / "c.h5")
+    assert r.returncode == 2 and "'bert' checkpoint" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "config-only").mkdir()
+    shutil.copy(tmp_path / "bert" / "config.json", tmp_path / "config-only" / "config.json")
+    r = run("extract", "--data", small_dataset, "--model", tmp_path / "config-only", "--out", tmp_path / "c.h5")
+    assert r.returncode == 2 and "no weights" in r.stderr
+
+
+def test_9_truncated_weights_are_a_clear_error_and_the_fixed_model_then_runs(small_dataset, tiny_clip, tmp_path):
+    model = shutil.copytree(tiny_clip, tmp_path / "model")
+    weights = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    out = tmp_path / "c.h5"
+    r = run("extract", "--data", small_dataset, "--model", model, "--out", out, "--dtype", "float32", "--no-progress")
+    assert r.returncode == 2 and "truncated" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "c.h5.journal").exists()
+    (model / "model.safetensors").write_bytes(weights)
+    assert run("extract", "--data", small_dataset, "--model", model, "--out", out, "--dtype", "float32",
+               "--no-progress").returncode == 0
+
+
+# 10
+def test_10_damaged_caches_are_clear_errors(tmp_path, mini_cache):
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    empty = tmp_path / "empty.h5"
+    with h5py.File(empty, "w") as f:
+        f.attrs.update(read_attrs(mini_cache))
+    for path, words in [(garbage, "cannot open cache"), (empty, "lacks /domains")]:
+        with pytest.raises(CacheError, match=words):
+            read_images(path)
+        for command in (["info", str(path)], ["report", str(path), "--out", str(tmp_path / "r")]):
+            r = run(*command)
+            assert r.returncode == 2 and str(path) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_10_a_damaged_journal_shard_is_named_and_its_batch_redone(pacs_mini, tiny_clip, tmp_path, mini_cache, capsys):
+    out = tmp_path / "c.h5"
+    journal = tmp_path / "c.h5.journal"
+    extract(pacs_mini, str(tiny_clip), tmp_path / "first.h5", dtype="float32", batch_size=8, workers=0, progress=False)
+    journal.mkdir()
+    meta = {k: read_attrs(tmp_path / "first.h5")[k] for k in ("model_id", "revision", "dtype", "processor_class",
+                                                            "manifest_sha256", "n_images")}
+    (journal / "meta.json").write_text(json.dumps({**meta, "batch_size": 8}))
+    (journal / "batch_000000008.npz").write_bytes(b"PK\x03\x04 truncated")
+    s = extract(pacs_mini, str(tiny_clip), out, dtype="float32", batch_size=8, workers=0, progress=False)
+    assert "batch_000000008.npz is damaged" in capsys.readouterr().out
+    assert np.array_equal(read_images(out)["embedding"], read_images(mini_cache)["embedding"]) and s.n_embedded == 224
+
+
+# 11
+def test_11_degenerate_datasets_get_a_message_about_the_dataset(small_dataset, tiny_clip, tmp_path):
+    one = tmp_path / "one"
+    shutil.copytree(small_dataset / "photo", one / "photo")
+    extract(one, str(tiny_clip), tmp_path / "one.h5", dtype="float32", workers=0, progress=False)
+    r = run("report", tmp_path / "one.h5", "--out", tmp_path / "r1", "--figures", tmp_path / "f1", "--seeds", "1")
+    assert r.returncode == 2 and "at least two domains" in r.stderr and "Traceback" not in r.stderr
+    gap = tmp_path / "gap"
+    shutil.copytree(small_dataset, gap)
+    shutil.rmtree(gap / "cartoon" / "dog")                                   # a class missing from one domain
+    extract(gap, str(tiny_clip), tmp_path / "gap.h5", dtype="float32", workers=0, progress=False)
+    r = run("report", tmp_path / "gap.h5", "--out", tmp_path / "r2", "--figures", tmp_path / "f2", "--seeds", "1",
+            "--descriptions", "paper", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    lone = tmp_path / "lone"
+    shutil.copytree(small_dataset, lone)
+    for c in (lone / "sketch").iterdir():
+        if c.name != "dog":
+            shutil.rmtree(c)                                                   # a domain with one class
+    extract(lone, str(tiny_clip), tmp_path / "lone.h5", dtype="float32", workers=0, progress=False)
+    r = run("report", tmp_path / "lone.h5", "--out", tmp_path / "r3", "--figures", tmp_path / "f3", "--seeds", "1")
+    assert r.returncode == 2 and "source domain 'sketch'" in r.stderr and "only class" in r.stderr
+
+
+# 12
+def test_12_a_journal_left_by_a_finished_run_is_cleaned_up(small_dataset, tiny_clip, tmp_path):
+    out = tmp_path / "c.h5"
+    s = extract(small_dataset, str(tiny_clip), out, dtype="float32", batch_size=8, workers=0, progress=False)
+    journal = tmp_path / "c.h5.journal"
+    journal.mkdir()    # as if killed between the rename and the journal's removal
+    a = read_attrs(out)
+    (journal / "meta.json").write_text(json.dumps({**{k: a[k] for k in ("model_id", "revision", "dtype",
+                                       "processor_class", "manifest_sha256", "n_images")}, "batch_size": 8}))
+    assert extract(small_dataset, str(tiny_clip), out, dtype="float32", batch_size=8, progress=False).up_to_date
+    assert not journal.exists()
+    victim = sorted((small_dataset / "photo" / "dog").iterdir())[0]
+    victim.unlink()                                                          # and a dataset change afterwards
+    journal.mkdir()
+    (journal / "meta.json").write_text(json.dumps({**{k: a[k] for k in ("model_id", "revision", "dtype",
+                                       "processor_class", "manifest_sha256", "n_images")}, "batch_size": 8}))
+    s = extract(small_dataset, str(tiny_clip), out, dtype="float32", batch_size=8, workers=0, progress=False)
+    assert s.n_images == 55 and not journal.exists()
+
+
+# 13
+def test_13_a_decompression_bomb_is_a_recorded_failure_not_2_gb_of_memory(small_dataset, tiny_clip, tmp_path):
+    bomb = small_dataset / "photo" / "dog" / "bomb.png"
+    Image.new("1", (11000, 11000)).save(bomb)                                 # a few KB on disk
+    assert bomb.stat().st_size < 100_000
+    s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", workers=0, progress=False)
+    assert [p for p, _ in s.failures] == ["photo/dog/bomb.png"] and "DecompressionBomb" in s.failures[0][1]
