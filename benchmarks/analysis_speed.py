@@ -122,7 +122,7 @@ def bench(name, cache, skip_notebook, full_sklearn):
         if not skip_notebook and not pa.provenance(cache)["model_id"].startswith("synthetic/"):
             first = run_notebook(cache, tmp, {})
             again = run_notebook(cache, tmp, {"cartoon": "a comic book panel"})   # prompts never encoded before
-            print(f"notebook 4, first run (no cached heads): {first:6.1f} s")
+            print(f"notebook 4, first run (heads the reports cached): {first:5.1f} s")
             print(f"notebook 4 re-run, cartoon described anew: {again:4.1f} s   (target <= 10 s; includes kernel start, "
                   f"loading the text tower and encoding the new prompts)")
 

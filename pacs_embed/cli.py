@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, help="DataLoader worker processes for decoding")
     e.add_argument("--prompts", help="prompt set JSON (default: the packaged PACS prompts)")
     e.add_argument("--strict", action="store_true", help="fail if any image cannot be read")
-    e.add_argument("--force", action="store_true", help="re-extract even if the cache is up to date")
+    e.add_argument("--force", action="store_true",
+                   help="re-extract even if the cache is up to date; replace an --out file that is not a cache")
     e.add_argument("--restart", action="store_true", help="discard an unfinished run instead of resuming it")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
