@@ -117,7 +117,7 @@ def bench(name, cache, skip_notebook, full_sklearn):
         if full_sklearn:
             emb = pa.load(cache, check=False)
             _, old = timed(pa.evaluate, emb, seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS, n_nouns=100,
-                           solver="sklearn", head_cache=False, workers=1, progress=False)
+                           solver="sklearn", head_cache=False, progress=False)
             print(f"same evaluation, scikit-learn heads:    {old:7.1f} s   (the old path; {old / cold:.1f}x the cold report)")
         if not skip_notebook and not pa.provenance(cache)["model_id"].startswith("synthetic/"):
             first = run_notebook(cache, tmp, {})

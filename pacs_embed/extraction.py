@@ -12,6 +12,7 @@ an uninterrupted run. The HDF5 file is written as ``<out>.partial`` and renamed 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
@@ -50,14 +51,16 @@ class Summary:
     dtype: str = ""
     up_to_date: bool = False
     resumed: int = 0           # images found already done in the journal
+    kept: int = 0              # unchanged images whose stored embeddings were kept (not embedded again)
 
     def __str__(self) -> str:
         if self.up_to_date:
             return f"{self.out} is up to date ({self.n_images} images, made on {self.device}/{self.dtype}); nothing to do."
-        rate = (self.n_images - self.resumed) / self.seconds if self.seconds else float("nan")
+        rate = (self.n_images - self.resumed - self.kept) / self.seconds if self.seconds else float("nan")
         lines = ["", "pacs-embed extract: done",
                  f"  images     {self.n_images} ({self.n_embedded} embedded, {len(self.failures)} failed"
-                 + (f", {self.resumed} resumed from an earlier run" if self.resumed else "") + ")",
+                 + (f", {self.resumed} resumed from an earlier run" if self.resumed else "")
+                 + (f"; kept {self.kept:,}, embedded {self.n_images - self.kept:,}" if self.kept else "") + ")",
                  f"  time       {self.seconds:.1f} s ({rate:.1f} images/s) on {self.device} / {self.dtype}",
                  f"  output     {self.out}"]
         for p, r in self.failures[:20]:
@@ -244,7 +247,13 @@ def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, worke
         if "manifest_sha256" in differs:
             changes = compare({p: r.sha256 for p, r in known.items()}, {r.path: r.sha256 for r in ds.records})
             print(f"{out}: the dataset changed since this cache was made:\n{changes.describe()}")
-        print(f"{out}: re-extracting ({', '.join(differs) or '--force'})")
+    kept = _reusable(out, old, known, ds, spec, dt, processor) if old and not force else {}
+    todo = [i for i, r in enumerate(ds.records) if r.path not in kept]
+    if old:
+        print(f"{out}: re-extracting ({', '.join(differs) or '--force'}): keeping the {len(kept)} unchanged "
+              f"images' embeddings, embedding {len(todo)}" if kept else
+              f"{out}: re-extracting ({', '.join(differs) or '--force'})")
+    settings["todo_sha256"] = _paths_sha256(ds.records[i].path for i in todo)  # which images this run embeds
 
     batch_size = batch_size or (256 if dev.type == "cuda" else 64)
     image_model = load_image_tower(spec, dev, dt)  # a model that cannot load fails here, before any journal
@@ -265,22 +274,21 @@ def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, worke
     else:
         journal.start({**settings, "batch_size": batch_size})
 
-    starts = list(range(0, len(ds.records), batch_size))
-    done = journal.done()
-    pending = [s for s in starts if s not in done]
-    resumed = sum(min(batch_size, len(ds.records) - s) for s in done)
+    batches = {b[0]: b for b in (todo[k:k + batch_size] for k in range(0, len(todo), batch_size))}
+    done = {s: p for s, p in journal.done().items() if s in batches}
+    pending = [s for s in batches if s not in done]
+    resumed = sum(len(batches[s]) for s in done)
     if resumed:
-        print(f"resuming: {resumed} of {len(ds.records)} images already embedded in {journal.dir}")
+        print(f"resuming: {resumed} of {len(todo)} images already embedded in {journal.dir}")
 
     if pending:
         paths = [r.path for r in ds.records]
         loader = torch.utils.data.DataLoader(
-            _Images(ds.root, paths, processor), batch_sampler=[list(range(s, min(s + batch_size, len(paths))))
-                                                              for s in pending],
+            _Images(ds.root, paths, processor), batch_sampler=[batches[s] for s in pending],
             num_workers=_default_workers(dev) if workers is None else workers, collate_fn=_collate,
             worker_init_fn=_worker_init, pin_memory=dev.type == "cuda")
         dim = image_model.config.projection_dim
-        with tqdm(total=len(paths), initial=resumed, desc="embedding images", unit="img",
+        with tqdm(total=len(todo), initial=resumed, desc="embedding images", unit="img",
                   disable=not progress, smoothing=0.1) as bar:
             for indices, ok_indices, pixels, errors in loader:
                 emb = np.full((len(indices), dim), np.nan, np.float32)
@@ -291,19 +299,56 @@ def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, worke
                 bar.update(len(indices))
     del image_model
     return _finish(out, journal, ds, spec, processor, dev, dt, batch_size, templates, carried_prompts,
-                   strict, t0, resumed)
+                   strict, t0, resumed, batches, kept)
+
+
+def _paths_sha256(paths) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(f"{p}\n".encode())
+    return h.hexdigest()
+
+
+def _reusable(out, old, known, ds, spec, dt, processor) -> dict:
+    """path -> (embedding, ok, reason) of every stored image whose file is unchanged, when the cache was made
+    with the same model, revision, dtype and processor (settings included); else nothing is reused."""
+    same = (_cache.same_model(old, spec.model_id, spec.revision) and old.get("dtype") == dtype_name(dt)
+            and old.get("processor_class") == type(processor).__name__
+            and old.get("processor_settings") == processor_settings(processor))
+    if not same:
+        return {}
+    stored = _cache.read_images(out)
+    reasons = dict(_cache.read_failures(out))
+    now = {r.path: r.sha256 for r in ds.records}
+    return {p: (e, bool(ok), reasons.get(p, "")) for p, h, e, ok in zip(stored["path"], stored["sha256"],
+                                                                       stored["embedding"], stored["ok"])
+            if now.get(p) == h}
 
 
 def _finish(out, journal, ds, spec, processor, dev, dt, batch_size, templates, carried_prompts, strict, t0,
-            resumed) -> Summary:
+            resumed, batches, kept) -> Summary:
     shards = journal.done()
-    parts = [np.load(shards[s], allow_pickle=False) for s in sorted(shards)]
-    embedding = np.concatenate([p["embedding"] for p in parts])
-    ok = np.concatenate([p["ok"] for p in parts])
-    reasons = np.concatenate([p["reasons"] for p in parts])
-    if len(embedding) != len(ds.records):
-        raise ExtractionError(f"journal {journal.dir} holds {len(embedding)} rows for {len(ds.records)} images; "
-                              f"re-run with --restart")
+    n = len(ds.records)
+    embedding, ok, reasons = None, np.zeros(n, bool), [""] * n
+    index = {r.path: i for i, r in enumerate(ds.records)}
+    for path, (e, good, why) in kept.items():
+        if embedding is None:
+            embedding = np.full((n, len(e)), np.nan, np.float32)
+        i = index[path]
+        embedding[i], ok[i], reasons[i] = e, good, why
+    for start, rows in batches.items():
+        if start not in shards:
+            raise ExtractionError(f"journal {journal.dir} lacks the batch starting at image {start}; re-run "
+                                  f"the same command (or pass --restart)")
+        with np.load(shards[start], allow_pickle=False) as part:
+            if len(part["ok"]) != len(rows):
+                raise ExtractionError(f"journal shard {shards[start]} holds {len(part['ok'])} rows for "
+                                      f"{len(rows)} images; re-run with --restart")
+            if embedding is None:
+                embedding = np.full((n, part["embedding"].shape[1]), np.nan, np.float32)
+            embedding[rows], ok[rows] = part["embedding"], part["ok"]
+            for i, why in zip(rows, part["reasons"]):
+                reasons[i] = str(why)
     failures = [(ds.records[i].path, str(reasons[i])) for i in np.flatnonzero(~ok)]
     if strict and failures:
         raise ExtractionError("unreadable images (--strict):\n" + "\n".join(f"  {p}: {r}" for p, r in failures)
@@ -327,4 +372,4 @@ def _finish(out, journal, ds, spec, processor, dev, dt, batch_size, templates, c
                  prompts, np.stack([vectors[p] for p in prompts]))
     journal.remove()
     return Summary(out, len(ds.records), int(ok.sum()), failures, time.perf_counter() - t0,
-                   str(dev), dtype_name(dt), resumed=resumed)
+                   str(dev), dtype_name(dt), resumed=resumed, kept=len(kept))

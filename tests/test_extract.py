@@ -234,3 +234,26 @@ def test_a_second_writer_of_the_same_cache_is_refused(small_dataset, tiny_clip, 
         r = subprocess.run([sys.executable, "-m", "pacs_embed", "extract", "--data", str(small_dataset),
                             "--model", str(tiny_clip), "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 2 and "another process is writing" in r.stderr
+
+
+def test_a_few_changed_files_are_embedded_again_and_the_rest_kept(small_dataset, tiny_clip, tmp_path, spy, capsys):
+    out = tmp_path / "c.h5"
+    extract(small_dataset, str(tiny_clip), out, dtype="float32", batch_size=4, workers=0, progress=False)
+    before = read_images(out)
+    dog = sorted((small_dataset / "photo" / "dog").iterdir())
+    dog[0].unlink()                                                           # removed
+    shutil.copy(sorted((small_dataset / "sketch" / "horse").iterdir())[0], dog[1])   # modified
+    shutil.copy(sorted((small_dataset / "cartoon" / "house").iterdir())[0],
+                small_dataset / "photo" / "dog" / "new.png")                 # added
+    batches = spy("pacs_embed.extraction", "encode_images")
+    s = extract(small_dataset, str(tiny_clip), out, dtype="float32", batch_size=4, workers=0, progress=False)
+    assert sum(len(b) for b in batches) == 2 and s.kept == 54 and "kept 54, embedded 2" in str(s)
+    after = read_images(out)
+    old = dict(zip(before["path"], before["embedding"]))
+    for p, e in zip(after["path"], after["embedding"]):
+        if p not in (dog[1].relative_to(small_dataset).as_posix(), "photo/dog/new.png"):
+            assert np.array_equal(e, old[p]), p                               # kept bit for bit
+    fresh = extract(small_dataset, str(tiny_clip), tmp_path / "fresh.h5", dtype="float32", batch_size=4, workers=0,
+                    progress=False)
+    assert np.allclose(read_images(fresh.out)["embedding"], after["embedding"], atol=1e-5)
+    assert extract(small_dataset, str(tiny_clip), out, dtype="bfloat16", progress=False).kept == 0  # other dtype: all again

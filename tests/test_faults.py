@@ -43,6 +43,7 @@ def test_kill_9_during_the_final_write_leaves_the_old_cache_and_the_rerun_comple
     assert subprocess.run([sys.executable, "-m", "pacs_embed", *map(str, args)]).returncode == 0
     before = out.read_bytes()
     (small_dataset / "photo" / "dog" / sorted(os.listdir(small_dataset / "photo" / "dog"))[0]).unlink()
+    args.append("--force")                                         # embed every image again: a long run to kill
     proc = start("final-write", *args)
     wait_for(lambda: out.with_name("c.h5.partial").exists(), proc)
     os.killpg(proc.pid, signal.SIGKILL)

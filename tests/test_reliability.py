@@ -184,7 +184,9 @@ def test_10_a_damaged_journal_shard_is_named_and_its_batch_redone(pacs_mini, tin
     journal.mkdir()
     meta = {k: read_attrs(tmp_path / "first.h5")[k] for k in ("model_id", "revision", "dtype", "processor_class",
                                                             "manifest_sha256", "n_images")}
-    (journal / "meta.json").write_text(json.dumps({**meta, "batch_size": 8}))
+    from pacs_embed.extraction import _paths_sha256
+    todo = _paths_sha256(read_images(tmp_path / "first.h5")["path"])        # every image: there is no old cache
+    (journal / "meta.json").write_text(json.dumps({**meta, "batch_size": 8, "todo_sha256": todo}))
     (journal / "batch_000000008.npz").write_bytes(b"PK\x03\x04 truncated")
     s = extract(pacs_mini, str(tiny_clip), out, dtype="float32", batch_size=8, workers=0, progress=False)
     assert "batch_000000008.npz is damaged" in capsys.readouterr().out
