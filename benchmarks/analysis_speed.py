@@ -33,7 +33,7 @@ import pacs_scale  # noqa: E402
 
 from pacs_embed import analysis as pa  # noqa: E402
 from pacs_embed.analysis.heads import fit_head, single_threaded_blas, split  # noqa: E402
-from pacs_embed.analysis.report import DEFAULT_DESCRIPTIONS  # noqa: E402
+from pacs_embed.analysis.reporting import DEFAULT_DESCRIPTIONS  # noqa: E402
 
 EDIT = {"cartoon": "a comic strip"}
 

@@ -12,11 +12,11 @@ Usage::
 """
 from ..prompts import load_templates, prompt_embeddings, provenance
 from .embeddings import Embeddings, dataset_status, l2_normalize, load
-from .evaluate import Results, evaluate
+from .evaluation import Results, evaluate
 from .heads import C_GRID, Head, HeadCache, fit_head, split
 from . import lads  # noqa: F401  (registers the opt-in method "lads")
 from .methods import METHODS, Method, Source, default_methods, delta, register
-from .report import markdown, record, report
+from .reporting import markdown, record, report
 from .similarity import description_similarity, paper_table1, prompt_similarity, similarity_matrix, table1
 from .stats import gains, grid, method_means, summary
 from .text import DESCRIPTIONS, NO_DESCRIPTION, Description, TextSide, text_side

@@ -279,13 +279,17 @@ class ProjectOut(Method):
 
     def fit(self, src):
         A = np.stack([d.vector for d in src.descriptions]).astype(np.float64)
-        A = (A - A.mean(0)).T                                   # (D, n_domains): domain directions
-        self.P = (np.eye(A.shape[0]) - A @ np.linalg.pinv(A)).astype(np.float32)
-        self.head = src.fit_head(src.x @ self.P)
+        U, sv, _ = np.linalg.svd((A - A.mean(0)).T, full_matrices=False)   # (D, n_domains): domain directions
+        self.Q = U[:, sv > 1e-8 * max(sv.max(), 1e-30)].astype(np.float32)  # orthonormal basis of their span
+        self.head = src.fit_head(self.project(src.x))
         return self
 
+    def project(self, x):
+        """P x = x − Q Qᵀ x (= (I − A A⁺) x), without forming the D x D matrix."""
+        return x - (x @ self.Q) @ self.Q.T
+
     def predict(self, x, source, target):
-        return self.head.predict(x @ self.P)
+        return self.head.predict(self.project(x))
 
 
 @register("project_pair")

@@ -69,7 +69,8 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
     head_diag = table[table.method == "in_domain"].groupby("source").accuracy.mean()
     cols = min(4, len(methods))
     rows = -(-len(methods) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 3.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 4.2 * rows), squeeze=False)
+    fig.subplots_adjust(left=0.09, right=0.98, top=1 - 1.05 / (4.2 * rows), bottom=1.1 / (4.2 * rows), wspace=0.45, hspace=0.75)
     for ax in axes.flat[len(methods):]:
         ax.set_visible(False)
     for ax, m in zip(axes.flat, methods):
@@ -79,17 +80,29 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
         for d in domains:
             if head_diagonal:
                 grid.loc[d, d] = head_diag.get(d, np.nan)
-        sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="magma", cbar=False, ax=ax)
-        for d in range(len(domains)):
-            ax.add_patch(plt.Rectangle((d, d), 1, 1, fill=False, edgecolor="white", lw=1.5, ls="--"))
+        _annotated_grid(ax, grid.values.astype(float), domains)
         ax.set_title(f"{m}\n(diagonal: {'head on source hold-out' if head_diagonal else 'its accuracy on the source'})",
                      fontsize=9)
         ax.set_ylabel("source")
         ax.set_xlabel("target")
-        ax.tick_params(axis="y", labelrotation=0)
-    fig.suptitle(f"accuracy (mean over seeds, one 0-1 scale), domain descriptions: {description}")
-    fig.tight_layout()
+    fig.suptitle(f"accuracy (mean over seeds, one 0-1 scale), domain descriptions: {description}",
+                 y=1 - 0.2 / (4.2 * rows))
     return fig
+
+
+def _annotated_grid(ax, values, domains):
+    """A 0-1 heatmap with its values written in (plain imshow: several times faster than seaborn's)."""
+    cmap = plt.get_cmap("magma")
+    ax.imshow(values, vmin=0, vmax=1, cmap=cmap, aspect="equal")
+    for i in range(len(domains)):
+        for j in range(len(domains)):
+            v = values[i, j]
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if v > 0.6 else "white")
+        ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="white", lw=1.5, ls="--"))
+    ax.set_xticks(range(len(domains)), domains, rotation=90)
+    ax.set_yticks(range(len(domains)), domains)
 
 
 def gains_plot(gains: pd.DataFrame, description: str | None = None):

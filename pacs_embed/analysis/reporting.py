@@ -16,7 +16,7 @@ import pandas as pd
 from ..cache import read_attrs
 from ..files import atomic_write
 from .embeddings import domain_order, load
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .similarity import table1
 from .stats import gains, method_means, summary
 from .text import text_side
