@@ -12,7 +12,7 @@ where e_{d,k} are the unit "{phrasing of d} of a {class}" vectors, by AdamW (lr 
 0.01, batches of 256, ``STEPS`` steps, seeded by (seed, source)). The logistic head is then trained
 on the real source training images plus every normalise(f_d(x)); target images are classified as they are.
 Only source images and text are used. Cost, measured by ``benchmarks/analysis_speed.py`` on a 2-core
-CPU at PACS scale: about 4 s per (source, seed, description), the three networks and a head on 4x
+CPU at PACS scale: about 4–5 s per (source, seed, description), the three networks and a head on 4x
 the rows — some 4 minutes for the default report's 60, which is why it runs only when named.
 
 Usage::
