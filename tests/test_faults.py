@@ -121,3 +121,15 @@ def test_concurrent_prompt_appends_lose_nothing_and_readers_never_see_half_a_fil
     assert all(w.returncode == 0 for w in writers) and reads > 0
     have = read_prompts(cache_copy)
     assert all(f"prompt {w}-{i}" in have for w in range(3) for i in range(3))
+
+
+def test_a_full_disk_at_a_journal_write_is_a_clear_error_and_leaves_no_partial_shard(small_dataset, tiny_clip, tmp_path):
+    out = tmp_path / "c.h5"
+    args = ["-m", "pacs_embed", "extract", "--data", small_dataset, "--model", tiny_clip, "--out", out,
+            "--dtype", "float32", "--batch-size", "8", "--workers", "0", "--no-progress"]
+    r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                       preexec_fn=file_size_limit(1_000), timeout=300)       # meta.json fits, a batch does not
+    assert r.returncode == 2 and "no space" in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
+    assert not list(tmp_path.glob("c.h5.journal/*.partial")) and not out.exists()
+    r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
