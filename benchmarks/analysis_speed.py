@@ -60,23 +60,18 @@ def heads_side_by_side(cache) -> tuple[float, float, float]:
 
 def encode_edit_prompts(cache):
     """Encode the prompts the edit needs (random-vector caches have no model: random vectors are added)."""
+    from pacs_embed.analysis.text import needed_prompts
     emb = pa.load(cache, check=False)
-    from pacs_embed.analysis.text import text_side
+    _, new = needed_prompts(emb.domains, emb.classes, DEFAULT_DESCRIPTIONS, EDIT, 100)
     if pa.provenance(cache)["model_id"].startswith("synthetic/"):
-        from pacs_embed.cache import append_prompts, read_attrs
-        from pacs_embed.analysis.text import describe
-        from pacs_embed.prompts import domain_class_prompts, load_templates
-        t = load_templates()
-        new = []
-        for how in DEFAULT_DESCRIPTIONS:
-            d = describe("cartoon", how, t, {"cartoon": [EDIT["cartoon"]]}, 100)
-            new += d.prompts + [q for p in d.phrasings for q in domain_class_prompts(p, emb.classes, t)]
-        new = list(dict.fromkeys(new))
+        from pacs_embed.cache import append_prompts, read_attrs, read_prompts
+        have = read_prompts(cache)
+        new = [p for p in new if p not in have]
         a = read_attrs(cache)
         append_prompts(cache, new, np.random.default_rng(1).standard_normal((len(new), a["embed_dim"])).astype(np.float32),
                        a["model_id"], a["revision"])
     else:
-        text_side(emb, DEFAULT_DESCRIPTIONS, EDIT, 100)
+        pa.prompt_embeddings(cache, new)
 
 
 def run_report(cache, tmp, **kw):

@@ -256,7 +256,7 @@ def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, worke
     settings["todo_sha256"] = _paths_sha256(ds.records[i].path for i in todo)  # which images this run embeds
 
     batch_size = batch_size or (256 if dev.type == "cuda" else 64)
-    image_model = load_image_tower(spec, dev, dt)  # a model that cannot load fails here, before any journal
+    image_model = load_image_tower(spec, dev, dt) if todo else None  # a model that cannot load fails before any journal
     if meta and restart:
         journal.remove()
         meta = None

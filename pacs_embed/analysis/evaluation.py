@@ -88,10 +88,15 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     def descs(how):
         return text.descriptions[how if how != NO_DESCRIPTION else next(iter(text.descriptions))]
 
+    data = {}   # (source, seed) -> its images, labels and split: made once, shared (read-only) by every method
+
     def source(s, seed, how):
-        idx = emb.in_domain(s)
-        train, holdout = split(len(idx), seed, s)
-        return Source(emb.x[idx], emb.label[idx], train, holdout, s, seed, descs(how)[domains.index(s)], descs(how),
+        if (s, seed) not in data:
+            idx = emb.in_domain(s)
+            x = emb.x[idx]
+            x.flags.writeable = False
+            data[(s, seed)] = (x, emb.label[idx], *split(len(idx), seed, s))
+        return Source(*data[(s, seed)], s, seed, descs(how)[domains.index(s)], descs(how),
                       text.class_vectors, len(emb.classes), text.encode, cache, tuple(Cs), solver)
 
     def fit(s, seed, name, how):

@@ -11,8 +11,8 @@ selection never sees target data. What differs from plain scikit-learn is only h
 - the C grid is walked upward, each fit starting from the previous one's solution,
 - the loss and gradient are computed in float32 with single-threaded BLAS, L-BFGS in float64,
 - it converges 10x tighter than scikit-learn's default (``TOL``): on random-CLIP features plain
-  scikit-learn stops far from the optimum (80% agreement with its own fully converged solution at
-  C=10), this solver agrees with that solution on > 99.8% of images.
+  scikit-learn stops far from the optimum (on sketch, 80% agreement with its own fully converged
+  solution at C=10), this solver agrees with it on 99.97% (``benchmarks/head_convergence.py``).
 
 ``benchmarks/analysis_speed.py`` prints its speed against scikit-learn; ``tests/test_heads.py`` checks it
 picks the same C and makes the same predictions.
@@ -126,7 +126,8 @@ class HeadCache:
 
 
 def single_threaded_blas():
-    """Skinny matrix products: waking BLAS threads costs more than they save (3x here). The limit is
+    """Skinny matrix products: waking BLAS threads costs more than they save (3x slower with 2 threads in a
+    one-off measurement on this 2-core machine). The limit is
     process-wide, so only the main thread sets it; ``evaluate`` sets it around its worker threads."""
     if threading.current_thread() is threading.main_thread():
         return threadpool_limits(1)

@@ -47,8 +47,7 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
            domain_prompts: dict | None = None, methods=None, n_nouns: int | None = 100, n_boot: int = 1000,
            head_cache=True, progress: bool = True) -> dict[str, Path]:
     """Evaluate every method on ``cache`` and write tables (CSV + Markdown) and figures (PNG + PDF)."""
-    import importlib
-    plots = importlib.import_module(".plots", __package__)
+    from . import plots   # matplotlib (and Pillow) only when a report is drawn
     plots.use_headless_backend()
     out, figures = Path(out), Path(figures)
     out.mkdir(parents=True, exist_ok=True)

@@ -120,30 +120,36 @@ class TextSide:
         return cls(out, l2_normalize(np.asarray(class_vectors, np.float32)))
 
 
+def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: dict | None = None,
+                   n_nouns: int | None = None, templates: dict | None = None) -> tuple[dict, list[str]]:
+    """({strategy: [Description per domain]} not yet encoded, every prompt they and the class prompts need)."""
+    templates = templates or load_templates()
+    mine = user_prompts(domain_prompts, domains)
+    descs = {how: [describe(d, how, templates, mine, n_nouns) for d in domains] for how in descriptions}
+    wanted = class_prompts(classes, templates)
+    for ds in descs.values():
+        for d in ds:
+            wanted += d.prompts + [q for p in d.phrasings for q in domain_class_prompts(p, classes, templates)]
+    return descs, list(dict.fromkeys(wanted))
+
+
 def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | None = None,
               n_nouns: int | None = None, templates: dict | None = None) -> TextSide:
     """Encode (through the cache: only prompts it lacks are encoded) every prompt the methods need."""
     templates = templates or load_templates()
-    mine = user_prompts(domain_prompts, emb.domains)
-    descs = {how: [describe(d, how, templates, mine, n_nouns) for d in emb.domains] for how in descriptions}
-    cls = class_prompts(emb.classes, templates)
-    per_phrasing = lambda p: domain_class_prompts(p, emb.classes, templates)  # noqa: E731
-    wanted = list(cls)
-    for ds in descs.values():
-        for d in ds:
-            wanted += d.prompts + [q for p in d.phrasings for q in per_phrasing(p)]
-    wanted = list(dict.fromkeys(wanted))
+    descs, wanted = needed_prompts(emb.domains, emb.classes, descriptions, domain_prompts, n_nouns, templates)
     unit = dict(zip(wanted, l2_normalize(prompt_embeddings(emb.cache, wanted).astype(np.float64))))
 
     def mean(prompts):
         return l2_normalize(np.mean([unit[p] for p in prompts], axis=0))
 
     def encoded(d: Description) -> Description:  # float32, as the images: operators stay in float32
-        cv = l2_normalize(np.mean([[unit[q] for q in per_phrasing(p)] for p in d.phrasings], axis=0))
+        cv = l2_normalize(np.mean([[unit[q] for q in domain_class_prompts(p, emb.classes, templates)]
+                                   for p in d.phrasings], axis=0))
         return Description(d.domain, d.prompts, d.phrasings, mean(d.prompts).astype(np.float32), cv.astype(np.float32))
 
     def encode(prompts):
         return l2_normalize(prompt_embeddings(emb.cache, list(prompts)).astype(np.float64))
 
     return TextSide({how: [encoded(d) for d in ds] for how, ds in descs.items()},
-                    np.stack([unit[p] for p in cls]).astype(np.float32), encode)
+                    np.stack([unit[p] for p in class_prompts(emb.classes, templates)]).astype(np.float32), encode)
