@@ -251,7 +251,7 @@ def describe(path) -> str:
         n_prompts = f["prompts/text"].shape[0]
     lines = [f"cache      {path}",
              f"model      {a['model_id']} @ {a['revision']}",
-             f"processor  {a['processor_class']}",
+             f"processor  {a['processor_class']} ({a.get('processor', 'pil')})",
              f"run        {a['device']} / {a['dtype']}, batch {a['batch_size']}, {a['created']}",
              f"dataset    {a['dataset_root']} ({len(imgs['domains'])} domains x {len(imgs['classes'])} classes)",
              f"images     {len(imgs['path'])} ({int(imgs['ok'].sum())} embedded, {len(failures)} failed), dim {a['embed_dim']}",

@@ -4,6 +4,7 @@ Usage::
 
     pacs-embed download                  # PACS -> data/PACS
     pacs-embed extract                   # data/PACS -> data/embeddings/PACS/<model>.h5
+    torchrun --nproc_per_node 4 -m pacs_embed extract    # the same, on 4 GPUs
 """
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda if available)")
     e.add_argument("--dtype", help="float32, float16 or bfloat16 (default: bf16 on CUDA and AMX/AVX512-BF16 CPUs)")
     e.add_argument("--batch-size", type=int, help="images per batch (default: 256 on CUDA, 64 on CPU)")
-    e.add_argument("--workers", type=int, help="DataLoader worker processes for decoding")
+    e.add_argument("--workers", type=int, help="DataLoader worker processes for decoding (per process under torchrun)")
+    e.add_argument("--processor", choices=["auto", "fast", "pil"], default="auto",
+                   help="image preprocessing: pil (reference; in the workers), fast (torchvision, a batch at a time "
+                        "on the device), auto (fast on CUDA where torchvision imports, else pil; the default)")
     e.add_argument("--prompts", help="prompt set JSON (default: the packaged PACS prompts)")
     e.add_argument("--strict", action="store_true", help="fail if any image cannot be read")
     e.add_argument("--force", action="store_true",
@@ -90,7 +94,8 @@ def _run(args) -> int:
     elif args.command == "extract":
         from .extraction import extract
         summary = extract(args.data, args.model, args.out, revision=args.revision, device=args.device,
-                          dtype=args.dtype, batch_size=args.batch_size, workers=args.workers, strict=args.strict,
+                          dtype=args.dtype, batch_size=args.batch_size, workers=args.workers, processor=args.processor,
+                          strict=args.strict,
                           force=args.force, restart=args.restart, prompts_file=args.prompts,
                           progress=not args.no_progress)
         print(summary)

@@ -5,12 +5,21 @@ Usage::
     summary = extract("data/PACS", model="openai/clip-vit-base-patch32")
     print(summary)
 
-Crash safety: each finished batch is written atomically to ``<out>.journal/``; an interrupted
-run (Ctrl-C, kill -9) resumes from there with the same batches, so the result is identical to
-an uninterrupted run. The HDF5 file is written as ``<out>.partial`` and renamed when complete.
+One pass reads top to bottom: ``_plan`` (resolve the model, device and processor, scan the dataset, compare
+with the cache already there, open the journal) -> ``_embed`` (this rank's share of the batches) ->
+``_assemble`` (journal + kept vectors + prompts -> the HDF5 file).
+
+Crash safety: each finished batch is written atomically to ``<out>.journal/``, named by its first image;
+an interrupted run (Ctrl-C, kill -9) resumes from there with the same batches, so the result is identical
+to an uninterrupted run. The HDF5 file is written as ``<out>.partial`` and renamed when complete.
+
+Many GPUs / machines: under ``torchrun`` (``torch.distributed``: NCCL on CUDA, gloo on CPU) rank 0 plans,
+every rank embeds every ``world_size``-th pending batch into the shared journal, and rank 0 assembles the
+file after a barrier. The journal does not depend on the world size, so any run resumes any other.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import io
@@ -19,7 +28,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +39,9 @@ from tqdm.auto import tqdm
 from . import cache as _cache
 from .datasets import compare, scan
 from .files import atomic_write
-from .models import (DEFAULT_MODEL, check_clip, check_device, choose_device, choose_dtype, dtype_name, encode_images,
-                     encode_text, load_image_tower, load_processor, load_text_tower, processor_settings, resolve)
+from .models import (DEFAULT_MODEL, PROCESSORS, ModelSpec, check_clip, check_device, choose_device, choose_dtype,
+                     choose_processor, dtype_name, encode_images, encode_text, load_image_tower, load_processor,
+                     load_text_tower, processor_settings, resolve)
 from .prompts import default_prompts, load_templates
 from .errors import PacsEmbedError
 
@@ -52,8 +62,14 @@ class Summary:
     up_to_date: bool = False
     resumed: int = 0           # images found already done in the journal
     kept: int = 0              # unchanged images whose stored embeddings were kept (not embedded again)
+    processor: str = ""        # "pil" or "fast"
+    ranks: int = 1             # torchrun processes that embedded
+    rank: int = 0              # this process's rank (> 0: it embedded its share; rank 0 wrote the file)
 
     def __str__(self) -> str:
+        if self.rank:
+            return (f"rank {self.rank} of {self.ranks}: " + (f"{self.out} is up to date" if self.up_to_date else
+                    f"embedded {self.n_embedded} images in {self.seconds:.1f} s; rank 0 writes {self.out}"))
         if self.up_to_date:
             return f"{self.out} is up to date ({self.n_images} images, made on {self.device}/{self.dtype}); nothing to do."
         rate = (self.n_images - self.resumed - self.kept) / self.seconds if self.seconds else float("nan")
@@ -61,7 +77,8 @@ class Summary:
                  f"  images     {self.n_images} ({self.n_embedded} embedded, {len(self.failures)} failed"
                  + (f", {self.resumed} resumed from an earlier run" if self.resumed else "")
                  + (f"; kept {self.kept:,}, embedded {self.n_images - self.kept:,}" if self.kept else "") + ")",
-                 f"  time       {self.seconds:.1f} s ({rate:.1f} images/s) on {self.device} / {self.dtype}",
+                 f"  time       {self.seconds:.1f} s ({rate:.1f} images/s) on {self.device} / {self.dtype}"
+                 + (f" x {self.ranks} ranks" if self.ranks > 1 else "") + f", {self.processor} preprocessing",
                  f"  output     {self.out}"]
         for p, r in self.failures[:20]:
             lines.append(f"  FAILED     {p}: {r}")
@@ -71,49 +88,77 @@ class Summary:
 
 
 class _Images(torch.utils.data.Dataset):
-    """Decodes and preprocesses one image file (in a DataLoader worker); failures are returned, not raised."""
+    """Decodes (and with the PIL processor, preprocesses) one image in a DataLoader worker; failures are
+    returned, not raised. With the fast processor it returns the decoded uint8 CHW tensor: resizing, cropping
+    and normalising happen on the extraction device, a batch at a time."""
 
-    def __init__(self, root: Path, paths: list[str], processor):
-        self.root, self.paths, self.processor = root, paths, processor
+    def __init__(self, root: Path, paths: list[str], processor, kind: str):
+        self.root, self.paths, self.processor, self.kind = root, paths, processor, kind
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
+            if self.kind == "fast":
+                return i, read_uint8(self.root / self.paths[i]), None
             rgb = read_rgb(self.root / self.paths[i])
             return i, self.processor(images=rgb, return_tensors="pt")["pixel_values"][0], None
         except Exception as e:  # noqa: BLE001 - any unreadable file is recorded, not fatal
             return i, None, f"{type(e).__name__}: {e}"
 
 
+@contextlib.contextmanager
+def _open_image(path):
+    """Image.open, refusing images over Pillow's pixel limit (a decompression bomb) before decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            yield im
+
+
 def read_rgb(path) -> Image.Image:
     """Decode an image to 8-bit RGB. High-bit-depth images are scaled to 8 bits (Pillow's convert("RGB")
     would clip 16-bit values to white); images over Pillow's pixel limit (a decompression bomb, e.g. a
     15 KB PNG of 11,000 x 11,000) are refused before they are decoded."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-                a = np.asarray(im).astype(np.int64)
-                bits = 16 if im.mode.startswith("I;16") or a.max() > 255 else 8
-                a = np.clip(a >> (bits - 8), 0, 255).astype(np.uint8)
-                return Image.fromarray(a, "L").convert("RGB")
-            if im.mode == "F":
-                raise ValueError("floating-point images are not supported")
-            im.load()
-            return im.convert("RGB")
+    with _open_image(path) as im:
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            a = np.asarray(im).astype(np.int64)
+            bits = 16 if im.mode.startswith("I;16") or a.max() > 255 else 8
+            a = np.clip(a >> (bits - 8), 0, 255).astype(np.uint8)
+            return Image.fromarray(a, "L").convert("RGB")
+        if im.mode == "F":
+            raise ValueError("floating-point images are not supported")
+        im.load()
+        return im.convert("RGB")
+
+
+def read_uint8(path) -> torch.Tensor:
+    """The image as a 3 x H x W uint8 tensor: 8-bit RGB or grey JPEG/PNG decoded by torchvision (libjpeg-turbo,
+    libpng), anything else through ``read_rgb`` so that both paths treat odd files alike."""
+    with _open_image(path) as im:
+        fast = im.format in ("JPEG", "PNG") and im.mode in ("RGB", "L")
+    if fast:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    return torch.from_numpy(np.array(read_rgb(path))).permute(2, 0, 1).contiguous()
 
 
 def _collate(items):
+    """(indices, readable indices, pixels, {index: error}); pixels are one stacked tensor (PIL processor) or
+    a list of uint8 images of any size (fast processor)."""
     ok = [(i, px) for i, px, err in items if err is None]
-    return ([i for i, _, _ in items], [i for i, _ in ok],
-            torch.stack([px for _, px in ok]) if ok else None,
+    pixels = [px for _, px in ok] or None
+    if pixels and all(px.dtype != torch.uint8 for px in pixels):
+        pixels = torch.stack(pixels)
+    return ([i for i, _, _ in items], [i for i, _ in ok], pixels,
             {i: err for i, _, err in items if err is not None})
 
 
 def _worker_init(_):
     torch.set_num_threads(1)
+
+
 
 
 class Journal:
@@ -180,83 +225,225 @@ def check_arguments(batch_size=None, workers=None) -> None:
         raise ExtractionError(f"--workers {workers!r}: give 0 (decode in this process) or more worker processes")
 
 
-def _default_workers(device: torch.device) -> int:
-    cores = os.cpu_count() or 1
+class _Ranks:
+    """This process's place among torchrun's processes (rank 0 of 1 without torchrun)."""
+
+    def __init__(self):
+        env = os.environ
+        self.world = int(env.get("WORLD_SIZE", "1"))
+        self.rank = int(env.get("RANK", "0"))
+        self.local_rank = int(env.get("LOCAL_RANK", "0"))
+        self.local_world = int(env.get("LOCAL_WORLD_SIZE", str(self.world)))
+        self.started = False
+
+    @property
+    def lead(self) -> bool:
+        return self.rank == 0
+
+    def device(self, requested: str | None) -> torch.device:
+        dev = choose_device(requested)
+        if self.world > 1 and dev.type == "cuda":
+            return torch.device("cuda", self.local_rank)  # one GPU per process, as torchrun numbers them
+        return dev
+
+    def start(self, dev: torch.device) -> None:
+        import torch.distributed as dist
+        if self.world == 1 or dist.is_initialized():
+            return
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        # rank 0 may scan a large dataset while the others wait: a generous timeout
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=_dt.timedelta(hours=6))
+        self.started = True
+
+    def share(self, value):
+        """Rank 0's ``value``, on every rank."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.started:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+            self.started = False
+
+
+def _default_workers(device: torch.device, ranks: _Ranks) -> int:
+    cores = max(1, (os.cpu_count() or 1) // ranks.local_world)
     return min(8, cores) if device.type == "cuda" else max(1, min(8, cores // 2))
+
+
+@dataclass
+class Plan:
+    """What a run will do, decided by rank 0 before any image is embedded; every rank gets a copy without
+    ``lead`` (rank 0's own bookkeeping)."""
+    spec: ModelSpec
+    out: Path
+    root: Path
+    paths: list[str]                    # every image of the dataset, in cache order
+    dtype: str
+    processor: str                      # "pil" or "fast"
+    batch_size: int
+    batches: dict[int, list[int]]       # first image -> rows, every batch this run needs (resumed ones too)
+    pending: list[int]                  # first images of the batches still to embed
+    lead: "_Lead | None" = None
+
+    def share(self, ranks: _Ranks) -> list[int]:
+        """This rank's pending batches: every ``world``-th, so shares differ by at most one batch."""
+        return self.pending[ranks.rank::ranks.world]
+
+
+@dataclass
+class _Lead:
+    t0: float
+    ds: object
+    templates: dict
+    image_processor: object
+    settings: dict
+    journal: Journal
+    old: dict | None = None
+    carried_prompts: dict = field(default_factory=dict)
+    kept: dict = field(default_factory=dict)
+    resumed: int = 0
+    up_to_date: bool = False
+    model: object = None
 
 
 def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision: str | None = None,
             device: str | None = None, dtype: str | None = None, batch_size: int | None = None,
-            workers: int | None = None, strict: bool = False, force: bool = False, restart: bool = False,
-            prompts_file=None, progress: bool = True) -> Summary:
+            workers: int | None = None, processor: str = "auto", strict: bool = False, force: bool = False,
+            restart: bool = False, prompts_file=None, progress: bool = True) -> Summary:
     """Embed every image of a DomainBed-layout folder and the default prompts into one HDF5 cache.
 
     Parameters mirror ``pacs-embed extract --help``. Returns a Summary (print it).
     Raises ExtractionError under ``strict`` when any image cannot be read (after saving the others),
-    and CacheError if another process is already writing ``out``.
+    and CacheError if another process is already writing ``out``. Under torchrun every rank calls it.
     """
     t0 = time.perf_counter()
     root = Path(data)
     check_arguments(batch_size=batch_size, workers=workers)
     check_device(device)
+    if processor not in PROCESSORS:
+        raise ExtractionError(f"--processor {processor!r}: choose one of {', '.join(PROCESSORS)}")
     if dtype is not None:
         choose_dtype(torch.device("cpu"), dtype)
     templates = load_templates(prompts_file)
     if not root.is_dir():  # fail before touching the model
         scan(root)
-    spec = resolve(model, revision)
-    check_clip(spec)
-    out = Path(out) if out else _cache.default_path(root.resolve().name, spec.model_id)
-    with _cache.locked(out, wait=False):
-        return _extract(root, spec, out, templates, t0, device=device, dtype=dtype, batch_size=batch_size,
-                        workers=workers, strict=strict, force=force, restart=restart, progress=progress)
+    ranks = _Ranks()
+    dev = ranks.device(device)
+    ranks.start(dev)
+    try:
+        if not ranks.lead:
+            return _follow(ranks, dev, workers, progress, t0)
+        with contextlib.ExitStack() as stack:
+            try:
+                spec = resolve(model, revision)
+                check_clip(spec)
+                out = Path(out) if out else _cache.default_path(root.resolve().name, spec.model_id)
+                stack.enter_context(_cache.locked(out, wait=False))
+                plan = _plan(root, spec, out, templates, t0, dev, dtype=dtype, batch_size=batch_size,
+                             processor=processor, force=force, restart=restart, progress=progress)
+            except BaseException as e:
+                ranks.share(("error", f"{type(e).__name__}: {e}"))
+                raise
+            if plan.lead.up_to_date:
+                ranks.share(("up to date", str(out)))
+                return _top_up(plan, dev)
+            ranks.share(("plan", replace(plan, lead=None)))
+            _embed(plan, ranks, dev, plan.lead.model, plan.lead.image_processor, workers, progress)
+            plan.lead.model = None
+            ranks.barrier()
+            try:
+                summary = _assemble(plan, dev, strict, ranks)
+            except BaseException as e:
+                ranks.share(("error", f"{type(e).__name__}: {e}"))
+                raise
+            ranks.share(("done", str(summary.out)))
+            return summary
+    finally:
+        ranks.close()
 
 
-def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, workers, strict, force, restart,
-             progress) -> Summary:
-    dev = choose_device(device)
+def _follow(ranks: _Ranks, dev: torch.device, workers, progress, t0) -> Summary:
+    """Rank > 0: take rank 0's plan, embed this rank's share, wait for rank 0 to write the file."""
+    kind, plan = ranks.share(None)
+    if kind == "error":
+        raise ExtractionError(f"rank {ranks.rank}: stopped, because rank 0 failed: {plan}")
+    if kind == "up to date":
+        return Summary(Path(plan), 0, 0, up_to_date=True, ranks=ranks.world, rank=ranks.rank)
+    share = plan.share(ranks)
+    model = image_processor = None
+    if share:
+        model = load_image_tower(plan.spec, dev, choose_dtype(dev, plan.dtype))
+        image_processor = load_processor(plan.spec, plan.processor)
+    _embed(plan, ranks, dev, model, image_processor, workers, progress)
+    ranks.barrier()
+    kind, detail = ranks.share(None)
+    if kind == "error":
+        raise ExtractionError(f"rank {ranks.rank}: rank 0 could not write the cache: {detail}")
+    n = sum(len(plan.batches[s]) for s in share)
+    return Summary(plan.out, len(plan.paths), n, seconds=time.perf_counter() - t0, device=str(dev), dtype=plan.dtype,
+                   processor=plan.processor, ranks=ranks.world, rank=ranks.rank)
+
+
+def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, force, restart, progress) -> Plan:
+    """Resolve -> up to date? -> which images to embed -> journal (new, or the unfinished run's)."""
     dt = choose_dtype(dev, dtype)
-    processor = load_processor(spec)
+    kind = choose_processor(processor, dev)
+    image_processor = load_processor(spec, kind)
     old = _read_old(out, force)
     known = _cache.stored_records(out) if old else None
     ds = scan(root, known=known, progress=progress)
     if ds.ignored:
         print(f"note: {len(ds.ignored)} files skipped: " + ", ".join(ds.ignored[:10])
               + (f" ... ({len(ds.ignored) - 10} more)" if len(ds.ignored) > 10 else ""))
-    manifest = ds.manifest_sha256()
     settings = {"model_id": spec.model_id, "revision": spec.revision, "dtype": dtype_name(dt),
-                "processor_class": type(processor).__name__,
-                "manifest_sha256": manifest, "n_images": len(ds.records)}
-    journal = Journal(out)
-    meta = journal.meta()
+                "processor": kind, "processor_class": type(image_processor).__name__,
+                "manifest_sha256": ds.manifest_sha256(), "n_images": len(ds.records)}
+    lead = _Lead(t0, ds, templates, image_processor, settings, Journal(out), old)
+    paths = [r.path for r in ds.records]
+    plan = Plan(spec, out, ds.root, paths, dtype_name(dt), kind, 0, {}, [], lead)
+    journal, meta = lead.journal, lead.journal.meta()
+    for earlier in (old, meta):  # caches and journals made before --processor existed ran the PIL path
+        if earlier is not None:
+            earlier.setdefault("processor", "pil" if "Pil" in str(earlier.get("processor_class", "Pil")) else "fast")
     if meta and old and all(old.get(k) == meta.get(k) for k in settings) and old.get("batch_size") == meta.get("batch_size"):
         journal.remove()  # left by a run that finished (the cache holds it) but was killed before cleaning up
         meta = None
-    carried_prompts = {}
+
+    differs = []
     if old:
-        carried_prompts = _cache.read_prompts(out) if _cache.same_model(old, spec.model_id, spec.revision) else {}
+        if _cache.same_model(old, spec.model_id, spec.revision):
+            lead.carried_prompts = _cache.read_prompts(out)
         differs = [k for k in settings if old.get(k) != settings[k]]
         if not differs and not force:
-            new_prompts = [p for p in default_prompts(ds.domains, ds.classes, templates) if p not in carried_prompts]
-            if new_prompts:  # e.g. a new --prompts file: text only, images stay as they are
-                _cache.append_prompts(out, new_prompts, encode_text(load_text_tower(spec, dev), new_prompts),
-                                      spec.model_id, spec.revision)
-                print(f"{out}: encoded {len(new_prompts)} new prompts")
-            return Summary(out, len(ds.records), int(len(ds.records) - old.get("n_failed", 0)),
-                           device=old["device"], dtype=old["dtype"], up_to_date=True)
+            lead.up_to_date = True
+            return plan
         if "manifest_sha256" in differs:
             changes = compare({p: r.sha256 for p, r in known.items()}, {r.path: r.sha256 for r in ds.records})
             print(f"{out}: the dataset changed since this cache was made:\n{changes.describe()}")
-    kept = _reusable(out, old, known, ds, spec, dt, processor) if old and not force else {}
-    todo = [i for i, r in enumerate(ds.records) if r.path not in kept]
+        if not force:
+            lead.kept = _reusable(out, old, ds, settings, image_processor)
+    todo = [i for i, p in enumerate(paths) if p not in lead.kept]
     if old:
-        print(f"{out}: re-extracting ({', '.join(differs) or '--force'}): keeping the {len(kept)} unchanged "
-              f"images' embeddings, embedding {len(todo)}" if kept else
-              f"{out}: re-extracting ({', '.join(differs) or '--force'})")
-    settings["todo_sha256"] = _paths_sha256(ds.records[i].path for i in todo)  # which images this run embeds
+        why = ", ".join(differs) or "--force"
+        print(f"{out}: re-extracting ({why}): keeping the {len(lead.kept)} unchanged images' embeddings, "
+              f"embedding {len(todo)}" if lead.kept else f"{out}: re-extracting ({why})")
+    settings["todo_sha256"] = _paths_sha256(paths[i] for i in todo)  # which images this run embeds
 
-    batch_size = batch_size or (256 if dev.type == "cuda" else 64)
-    image_model = load_image_tower(spec, dev, dt) if todo else None  # a model that cannot load fails before any journal
+    plan.batch_size = batch_size or (256 if dev.type == "cuda" else 64)
+    if todo:  # a model that cannot load fails before any journal is written
+        lead.model = load_image_tower(spec, dev, dt)
     if meta and restart:
         journal.remove()
         meta = None
@@ -267,39 +454,59 @@ def _extract(root, spec, out, templates, t0, *, device, dtype, batch_size, worke
                 f"an unfinished run in {journal.dir} was made with other settings ({', '.join(differs)} differ: "
                 f"{ {k: meta.get(k) for k in differs} }). Re-run with those settings to resume it, or pass "
                 f"--restart to discard it.")
-        if meta["batch_size"] != batch_size:
-            print(f"resuming with the unfinished run's batch size {meta['batch_size']} (not {batch_size}) "
+        if meta["batch_size"] != plan.batch_size:
+            print(f"resuming with the unfinished run's batch size {meta['batch_size']} (not {plan.batch_size}) "
                   f"so that results are identical")
-            batch_size = meta["batch_size"]
+            plan.batch_size = meta["batch_size"]
     else:
-        journal.start({**settings, "batch_size": batch_size})
+        journal.start({**settings, "batch_size": plan.batch_size})
 
-    batches = {b[0]: b for b in (todo[k:k + batch_size] for k in range(0, len(todo), batch_size))}
-    done = {s: p for s, p in journal.done().items() if s in batches}
-    pending = [s for s in batches if s not in done]
-    resumed = sum(len(batches[s]) for s in done)
-    if resumed:
-        print(f"resuming: {resumed} of {len(todo)} images already embedded in {journal.dir}")
+    plan.batches = {b[0]: b for b in (todo[k:k + plan.batch_size] for k in range(0, len(todo), plan.batch_size))}
+    done = [s for s in journal.done() if s in plan.batches]
+    plan.pending = [s for s in plan.batches if s not in done]
+    lead.resumed = sum(len(plan.batches[s]) for s in done)
+    if lead.resumed:
+        print(f"resuming: {lead.resumed} of {len(todo)} images already embedded in {journal.dir}")
+    return plan
 
-    if pending:
-        paths = [r.path for r in ds.records]
-        loader = torch.utils.data.DataLoader(
-            _Images(ds.root, paths, processor), batch_sampler=[batches[s] for s in pending],
-            num_workers=_default_workers(dev) if workers is None else workers, collate_fn=_collate,
-            worker_init_fn=_worker_init, pin_memory=dev.type == "cuda")
-        dim = image_model.config.projection_dim
-        with tqdm(total=len(todo), initial=resumed, desc="embedding images", unit="img",
-                  disable=not progress, smoothing=0.1) as bar:
-            for indices, ok_indices, pixels, errors in loader:
-                emb = np.full((len(indices), dim), np.nan, np.float32)
-                if pixels is not None:
-                    emb[[indices.index(i) for i in ok_indices]] = encode_images(image_model, pixels)
-                journal.save(indices[0], emb, np.array([i not in errors for i in indices]),
-                             [errors.get(i, "") for i in indices])
-                bar.update(len(indices))
-    del image_model
-    return _finish(out, journal, ds, spec, processor, dev, dt, batch_size, templates, carried_prompts,
-                   strict, t0, resumed, batches, kept)
+
+def _top_up(plan: Plan, dev) -> Summary:
+    """An up-to-date cache: only prompts of a new prompt file are encoded and appended; images stay."""
+    lead, out = plan.lead, plan.out
+    ds = lead.ds
+    new = [p for p in default_prompts(ds.domains, ds.classes, lead.templates) if p not in lead.carried_prompts]
+    if new:  # e.g. a new --prompts file: text only, images stay as they are
+        _cache.append_prompts(out, new, encode_text(load_text_tower(plan.spec, dev), new),
+                              plan.spec.model_id, plan.spec.revision)
+        print(f"{out}: encoded {len(new)} new prompts")
+    return Summary(out, len(ds.records), int(len(ds.records) - lead.old.get("n_failed", 0)),
+                   device=lead.old["device"], dtype=lead.old["dtype"], up_to_date=True,
+                   processor=lead.old.get("processor", ""))
+
+
+def _embed(plan: Plan, ranks: _Ranks, dev, model, image_processor, workers, progress) -> None:
+    """Embed this rank's share of the pending batches into the journal, one atomic shard per batch."""
+    share = plan.share(ranks)
+    if not share:
+        return
+    journal = Journal(plan.out)
+    loader = torch.utils.data.DataLoader(
+        _Images(plan.root, plan.paths, image_processor, plan.processor), batch_sampler=[plan.batches[s] for s in share],
+        num_workers=_default_workers(dev, ranks) if workers is None else workers, collate_fn=_collate,
+        worker_init_fn=_worker_init, pin_memory=dev.type == "cuda")
+    dim = model.config.projection_dim
+    total = sum(len(plan.batches[s]) for s in share)
+    desc = "embedding images" + (f" (rank {ranks.rank} of {ranks.world})" if ranks.world > 1 else "")
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar:
+        for indices, ok_indices, pixels, errors in loader:
+            emb = np.full((len(indices), dim), np.nan, np.float32)
+            if pixels is not None:
+                if plan.processor == "fast":  # resize, crop, normalise the whole batch on the device
+                    pixels = image_processor(images=pixels, return_tensors="pt", device=dev)["pixel_values"]
+                emb[[indices.index(i) for i in ok_indices]] = encode_images(model, pixels)
+            journal.save(indices[0], emb, np.array([i not in errors for i in indices]),
+                         [errors.get(i, "") for i in indices])
+            bar.update(len(indices))
 
 
 def _paths_sha256(paths) -> str:
@@ -309,12 +516,12 @@ def _paths_sha256(paths) -> str:
     return h.hexdigest()
 
 
-def _reusable(out, old, known, ds, spec, dt, processor) -> dict:
+def _reusable(out, old, ds, settings, image_processor) -> dict:
     """path -> (embedding, ok, reason) of every stored image whose file is unchanged, when the cache was made
     with the same model, revision, dtype and processor (settings included); else nothing is reused."""
-    same = (_cache.same_model(old, spec.model_id, spec.revision) and old.get("dtype") == dtype_name(dt)
-            and old.get("processor_class") == type(processor).__name__
-            and old.get("processor_settings") == processor_settings(processor))
+    same = (_cache.same_model(old, settings["model_id"], settings["revision"])
+            and all(old.get(k) == settings[k] for k in ("dtype", "processor", "processor_class"))
+            and old.get("processor_settings") == processor_settings(image_processor))
     if not same:
         return {}
     stored = _cache.read_images(out)
@@ -325,18 +532,20 @@ def _reusable(out, old, known, ds, spec, dt, processor) -> dict:
             if now.get(p) == h}
 
 
-def _finish(out, journal, ds, spec, processor, dev, dt, batch_size, templates, carried_prompts, strict, t0,
-            resumed, batches, kept) -> Summary:
+def _assemble(plan: Plan, dev, strict: bool, ranks: _Ranks) -> Summary:
+    """Kept vectors + journal shards + prompt vectors -> the HDF5 file; then the journal goes."""
+    lead = plan.lead
+    ds, journal = lead.ds, lead.journal
     shards = journal.done()
     n = len(ds.records)
     embedding, ok, reasons = None, np.zeros(n, bool), [""] * n
-    index = {r.path: i for i, r in enumerate(ds.records)}
-    for path, (e, good, why) in kept.items():
+    index = {p: i for i, p in enumerate(plan.paths)}
+    for path, (e, good, why) in lead.kept.items():
         if embedding is None:
             embedding = np.full((n, len(e)), np.nan, np.float32)
         i = index[path]
         embedding[i], ok[i], reasons[i] = e, good, why
-    for start, rows in batches.items():
+    for start, rows in plan.batches.items():
         if start not in shards:
             raise ExtractionError(f"journal {journal.dir} lacks the batch starting at image {start}; re-run "
                                   f"the same command (or pass --restart)")
@@ -349,27 +558,26 @@ def _finish(out, journal, ds, spec, processor, dev, dt, batch_size, templates, c
             embedding[rows], ok[rows] = part["embedding"], part["ok"]
             for i, why in zip(rows, part["reasons"]):
                 reasons[i] = str(why)
-    failures = [(ds.records[i].path, str(reasons[i])) for i in np.flatnonzero(~ok)]
+    failures = [(plan.paths[i], str(reasons[i])) for i in np.flatnonzero(~ok)]
     if strict and failures:
         raise ExtractionError("unreadable images (--strict):\n" + "\n".join(f"  {p}: {r}" for p, r in failures)
                               + f"\nThe {int(ok.sum())} readable images are kept in {journal.dir}; fix or remove "
                                 f"these files, or re-run without --strict to record them as failures.")
-    prompts = default_prompts(ds.domains, ds.classes, templates)
-    prompts += [p for p in carried_prompts if p not in prompts]
-    missing = [p for p in prompts if p not in carried_prompts]
-    vectors = dict(carried_prompts)
+    prompts = default_prompts(ds.domains, ds.classes, lead.templates)
+    prompts += [p for p in lead.carried_prompts if p not in prompts]
+    missing = [p for p in prompts if p not in lead.carried_prompts]
+    vectors = dict(lead.carried_prompts)
     if missing:
-        vectors.update(zip(missing, encode_text(load_text_tower(spec, dev), missing)))
+        vectors.update(zip(missing, encode_text(load_text_tower(plan.spec, dev), missing)))
     import transformers
-    attrs = {"model_id": spec.model_id, "revision": spec.revision,
-             "processor_class": type(processor).__name__, "processor_settings": processor_settings(processor),
-             "dtype": dtype_name(dt), "device": str(dev), "batch_size": batch_size,
-             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
+    attrs = {**{k: v for k, v in lead.settings.items() if k not in ("n_images", "todo_sha256")},
+             "processor_settings": processor_settings(lead.image_processor), "device": str(dev),
+             "batch_size": plan.batch_size, "torch_version": torch.__version__,
+             "transformers_version": transformers.__version__,
              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-             "dataset_root": str(ds.root.resolve()), "dataset_name": ds.name,
-             "manifest_sha256": ds.manifest_sha256(), "n_failed": len(failures)}
-    _cache.write(out, attrs, ds.domains, ds.classes, ds.records, embedding, ok, failures,
+             "dataset_root": str(ds.root.resolve()), "dataset_name": ds.name, "n_failed": len(failures)}
+    _cache.write(plan.out, attrs, ds.domains, ds.classes, ds.records, embedding, ok, failures,
                  prompts, np.stack([vectors[p] for p in prompts]))
     journal.remove()
-    return Summary(out, len(ds.records), int(ok.sum()), failures, time.perf_counter() - t0,
-                   str(dev), dtype_name(dt), resumed=resumed, kept=len(kept))
+    return Summary(plan.out, n, int(ok.sum()), failures, time.perf_counter() - lead.t0, str(dev), plan.dtype,
+                   resumed=lead.resumed, kept=len(lead.kept), processor=plan.processor, ranks=ranks.world)

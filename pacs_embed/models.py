@@ -168,14 +168,66 @@ def load_image_tower(spec: ModelSpec, device, dtype=torch.float32):
     return model.to(device)
 
 
-def load_processor(spec: ModelSpec):
-    """The checkpoint's image processor (the PIL one where torchvision is missing: record which)."""
+PROCESSORS = ("auto", "fast", "pil")
+
+
+def has_torchvision() -> bool:
+    """True where torchvision imports beside this torch (it does not beside the CPU-only torch wheel here)."""
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.io import decode_image  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, or a torch/torchvision mismatch (RuntimeError on ops)
+        return False
+    return True
+
+
+def choose_processor(processor: str = "auto", device=None) -> str:
+    """'pil' (the reference: PIL processor, per image, in the DataLoader workers) or 'fast' (the checkpoint's
+    torchvision processor, a batch at a time on ``device``). ``auto``: fast on CUDA where torchvision imports."""
+    if processor not in PROCESSORS:
+        raise ModelError(f"--processor {processor!r}: choose one of {', '.join(PROCESSORS)}")
+    if processor == "auto":
+        return "fast" if torch.device(device or "cpu").type == "cuda" and has_torchvision() else "pil"
+    if processor == "fast" and not has_torchvision():
+        raise ModelError(f"--processor fast needs torchvision, which does not import beside torch {torch.__version__} "
+                         f"here; install the torchvision that matches your torch, or use --processor pil")
+    return processor
+
+
+def is_fast(image_processor) -> bool:
+    """True for transformers' torchvision-backed image processors (named ``...Fast`` before v5.2x)."""
+    if type(image_processor).__name__.endswith("Fast"):
+        return True
+    for module, name in (("transformers.image_processing_backends", "TorchvisionBackend"),
+                         ("transformers.image_processing_utils_fast", "BaseImageProcessorFast")):
+        try:
+            cls = getattr(__import__(module, fromlist=[name]), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(image_processor, cls) and not type(image_processor).__name__.endswith("Pil"):
+            return True
+    return False
+
+
+def load_processor(spec: ModelSpec, processor: str = "pil"):
+    """The checkpoint's image processor: ``pil`` (reference) or ``fast`` (torchvision). Which one ran is
+    recorded in the cache (``processor``, ``processor_class``, ``processor_settings``)."""
     from transformers import AutoImageProcessor
     from transformers.utils import logging
     level = logging.get_verbosity()
     logging.set_verbosity_error()  # silence the "falling back to the PIL processor" warning
     try:
-        return AutoImageProcessor.from_pretrained(spec.folder)
+        fast = processor == "fast"
+        try:  # transformers >= 5.2x names a backend; earlier releases take use_fast
+            loaded = AutoImageProcessor.from_pretrained(spec.folder, backend="torchvision" if fast else "pil")
+        except (TypeError, ValueError):
+            loaded = None
+        if loaded is None or is_fast(loaded) != fast:
+            loaded = AutoImageProcessor.from_pretrained(spec.folder, use_fast=fast)
+        if is_fast(loaded) != fast:
+            raise ModelError(f"model {spec.model_id!r}: transformers gave {type(loaded).__name__} when asked for the "
+                             f"{processor} image processor; use --processor {'pil' if fast else 'fast'}")
+        return loaded
     finally:
         logging.set_verbosity(level)
 

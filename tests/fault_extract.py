@@ -2,6 +2,7 @@
 
     PACS_FAULT=slow-batches   pause 0.25 s after each embedded batch
     PACS_FAULT=final-write    write half of the final cache file, then hang (kill it there)
+    PACS_FAULT=kill-rank-1    under torchrun: rank 1 kills itself (SIGKILL) right after its first journal shard
 """
 import importlib
 import os
@@ -25,4 +26,13 @@ elif fault == "final-write":
         print("WRITING", flush=True)
         time.sleep(60)
     cache.atomic_write = half_then_hang
+elif fault == "kill-rank-1" and os.environ.get("RANK") == "1":
+    import signal
+    ex = importlib.import_module("pacs_embed.extraction")
+    _save = ex.Journal.save
+
+    def save_then_die(self, *args, **kwargs):
+        _save(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    ex.Journal.save = save_then_die
 sys.exit(main(sys.argv[1:]))
