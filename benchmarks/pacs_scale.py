@@ -11,6 +11,7 @@ Two kinds, both made here on any machine (no Hub, no PACS download):
   ``data/bench/``.
 
     .venv/bin/python benchmarks/pacs_scale.py          # builds both into data/bench/ (if missing)
+    python benchmarks/pacs_scale.py --images DIR [--source PACS_MINI]   # only the 9,991 images, into DIR
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def random_cache(path=BENCH / "random.h5", dim: int = 512, seed: int = 0) -> Pat
     return path
 
 
-def _images(folder: Path, seed: int = 0) -> Path:
+def _images(folder: Path, seed: int = 0, source: Path = PACS_MINI) -> Path:
     """9,991 real-image files, PACS's counts, from pacs-mini by seeded random crops and flips."""
     from PIL import Image, ImageOps
     done = folder / ".complete"
@@ -71,7 +72,7 @@ def _images(folder: Path, seed: int = 0) -> Path:
     for domain, n in COUNTS.items():
         for i in range(n):
             cls = CLASSES[i % 7]
-            files = sorted((PACS_MINI / domain / cls).iterdir())
+            files = sorted((Path(source) / domain / cls).iterdir())
             src = files[rng.integers(len(files))]
             with Image.open(src) as im:
                 im = im.convert("RGB")
@@ -112,6 +113,11 @@ def encode_report_prompts(path) -> None:
 
 
 if __name__ == "__main__":
+    if "--images" in sys.argv:
+        a = sys.argv
+        print(_images(Path(a[a.index("--images") + 1]),
+                      source=Path(a[a.index("--source") + 1]) if "--source" in a else PACS_MINI))
+        sys.exit(0)
     print(random_cache())
     p = clip_cache()
     encode_report_prompts(p)

@@ -65,6 +65,7 @@ class Summary:
     processor: str = ""        # "pil" or "fast"
     ranks: int = 1             # torchrun processes that embedded
     rank: int = 0              # this process's rank (> 0: it embedded its share; rank 0 wrote the file)
+    embed_seconds: float = 0.0  # decoding + preprocessing + the image tower, after the model was loaded
 
     def __str__(self) -> str:
         if self.rank:
@@ -78,7 +79,8 @@ class Summary:
                  + (f", {self.resumed} resumed from an earlier run" if self.resumed else "")
                  + (f"; kept {self.kept:,}, embedded {self.n_images - self.kept:,}" if self.kept else "") + ")",
                  f"  time       {self.seconds:.1f} s ({rate:.1f} images/s) on {self.device} / {self.dtype}"
-                 + (f" x {self.ranks} ranks" if self.ranks > 1 else "") + f", {self.processor} preprocessing",
+                 + (f" x {self.ranks} ranks" if self.ranks > 1 else "") + f", {self.processor} preprocessing"
+                 + (f"; embedding {self.embed_seconds:.1f} s of it" if self.embed_seconds else ""),
                  f"  output     {self.out}"]
         for p, r in self.failures[:20]:
             lines.append(f"  FAILED     {p}: {r}")
@@ -316,6 +318,7 @@ class _Lead:
     resumed: int = 0
     up_to_date: bool = False
     model: object = None
+    embed_seconds: float = 0.0
 
 
 def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision: str | None = None,
@@ -360,7 +363,8 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
                 ranks.share(("up to date", str(out)))
                 return _top_up(plan, dev)
             ranks.share(("plan", replace(plan, lead=None)))
-            _embed(plan, ranks, dev, plan.lead.model, plan.lead.image_processor, workers, progress)
+            plan.lead.embed_seconds = _embed(plan, ranks, dev, plan.lead.model, plan.lead.image_processor, workers,
+                                             progress)
             plan.lead.model = None
             ranks.barrier()
             try:
@@ -386,14 +390,14 @@ def _follow(ranks: _Ranks, dev: torch.device, workers, progress, t0) -> Summary:
     if share:
         model = load_image_tower(plan.spec, dev, choose_dtype(dev, plan.dtype))
         image_processor = load_processor(plan.spec, plan.processor)
-    _embed(plan, ranks, dev, model, image_processor, workers, progress)
+    seconds = _embed(plan, ranks, dev, model, image_processor, workers, progress)
     ranks.barrier()
     kind, detail = ranks.share(None)
     if kind == "error":
         raise ExtractionError(f"rank {ranks.rank}: rank 0 could not write the cache: {detail}")
     n = sum(len(plan.batches[s]) for s in share)
     return Summary(plan.out, len(plan.paths), n, seconds=time.perf_counter() - t0, device=str(dev), dtype=plan.dtype,
-                   processor=plan.processor, ranks=ranks.world, rank=ranks.rank)
+                   processor=plan.processor, ranks=ranks.world, rank=ranks.rank, embed_seconds=seconds)
 
 
 def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, force, restart, progress) -> Plan:
@@ -484,11 +488,13 @@ def _top_up(plan: Plan, dev) -> Summary:
                    processor=lead.old.get("processor", ""))
 
 
-def _embed(plan: Plan, ranks: _Ranks, dev, model, image_processor, workers, progress) -> None:
-    """Embed this rank's share of the pending batches into the journal, one atomic shard per batch."""
+def _embed(plan: Plan, ranks: _Ranks, dev, model, image_processor, workers, progress) -> float:
+    """Embed this rank's share of the pending batches into the journal, one atomic shard per batch; returns
+    the seconds it took."""
     share = plan.share(ranks)
     if not share:
-        return
+        return 0.0
+    t0 = time.perf_counter()
     journal = Journal(plan.out)
     loader = torch.utils.data.DataLoader(
         _Images(plan.root, plan.paths, image_processor, plan.processor), batch_sampler=[plan.batches[s] for s in share],
@@ -507,6 +513,7 @@ def _embed(plan: Plan, ranks: _Ranks, dev, model, image_processor, workers, prog
             journal.save(indices[0], emb, np.array([i not in errors for i in indices]),
                          [errors.get(i, "") for i in indices])
             bar.update(len(indices))
+    return time.perf_counter() - t0
 
 
 def _paths_sha256(paths) -> str:
@@ -580,4 +587,5 @@ def _assemble(plan: Plan, dev, strict: bool, ranks: _Ranks) -> Summary:
                  prompts, np.stack([vectors[p] for p in prompts]))
     journal.remove()
     return Summary(plan.out, n, int(ok.sum()), failures, time.perf_counter() - lead.t0, str(dev), plan.dtype,
-                   resumed=lead.resumed, kept=len(lead.kept), processor=plan.processor, ranks=ranks.world)
+                   resumed=lead.resumed, kept=len(lead.kept), processor=plan.processor, ranks=ranks.world,
+                   embed_seconds=lead.embed_seconds)

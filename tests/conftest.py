@@ -1,3 +1,4 @@
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -6,7 +7,7 @@ import pytest
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
-PACS_MINI = (TESTS.parent / ".." / "shared" / "data" / "pacs-mini").resolve()
+PACS_MINI = Path(os.environ.get("PACS_MINI", TESTS.parent / ".." / "shared" / "data" / "pacs-mini")).resolve()
 
 from tiny_clip import make_clip  # noqa: E402
 

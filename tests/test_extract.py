@@ -257,3 +257,40 @@ def test_a_few_changed_files_are_embedded_again_and_the_rest_kept(small_dataset,
                     progress=False)
     assert np.allclose(read_images(fresh.out)["embedding"], after["embedding"], atol=1e-5)
     assert extract(small_dataset, str(tiny_clip), out, dtype="bfloat16", progress=False).kept == 0  # other dtype: all again
+
+
+needs_torchvision = pytest.mark.skipif(not __import__("pacs_embed.models").models.has_torchvision(),
+                                       reason="torchvision does not import beside this torch (CPU wheel)")
+devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def test_auto_picks_pil_on_cpu_and_records_it(mini_cache):
+    from pacs_embed.models import choose_processor
+    assert choose_processor("auto", "cpu") == "pil" and choose_processor("pil", "cuda") == "pil"
+    assert read_attrs(mini_cache)["processor"] == "pil"
+
+
+@pytest.mark.skipif(__import__("pacs_embed.models").models.has_torchvision(), reason="torchvision is importable here")
+def test_fast_without_torchvision_is_a_clear_error(small_dataset, tiny_clip, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pacs_embed", "extract", "--data", str(small_dataset), "--model",
+                        str(tiny_clip), "--out", str(tmp_path / "c.h5"), "--processor", "fast"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--processor fast needs torchvision" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.journal").exists()
+
+
+@needs_torchvision
+@pytest.mark.parametrize("device", devices)
+def test_fast_processor_stays_close_to_pil_and_is_never_mixed_with_it(mini_cache, pacs_mini, tiny_clip, tmp_path,
+                                                                      device, capsys):
+    out = tmp_path / "fast.h5"
+    s = extract(pacs_mini, str(tiny_clip), out, dtype="float32", batch_size=8, workers=2, processor="fast",
+                device=device, progress=False)
+    assert s.processor == "fast" and read_attrs(out)["processor"] == "fast" and s.n_embedded == 224
+    a, b = read_images(mini_cache)["embedding"], read_images(out)["embedding"]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    print(f"cosine(fast on {device}, pil): min {cos.min():.5f} mean {cos.mean():.5f}")
+    assert cos.min() > 0.95
+    again = extract(pacs_mini, str(tiny_clip), out, dtype="float32", batch_size=8, processor="pil", device=device,
+                    progress=False)                                        # a switch re-embeds everything
+    assert not again.up_to_date and again.kept == 0 and read_attrs(out)["processor"] == "pil"

@@ -14,6 +14,11 @@ VIT_B_32 = dict(text=dict(hidden_size=512, intermediate_size=2048, num_hidden_la
                 vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                             image_size=224, patch_size=32),
                 projection_dim=512)
+VIT_L_14 = dict(text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+                vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                            image_size=224, patch_size=14),
+                projection_dim=768)
+ARCHS = {"tiny": TINY, "b32": VIT_B_32, "l14": VIT_L_14}
 
 
 def byte_tokenizer() -> CLIPTokenizer:
