@@ -19,6 +19,7 @@ file after a barrier. The journal does not depend on the world size, so any run 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import hashlib
@@ -26,8 +27,10 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,7 +43,7 @@ from . import cache as _cache
 from .datasets import compare, scan
 from .files import atomic_write
 from .models import (DEFAULT_MODEL, PROCESSORS, ModelSpec, check_clip, check_device, choose_device, choose_dtype,
-                     choose_processor, dtype_name, encode_images, encode_text, load_image_tower, load_processor,
+                     choose_processor, dtype_name, embed_images, encode_text, load_image_tower, load_processor,
                      load_text_tower, processor_settings, resolve)
 from .prompts import default_prompts, load_templates
 from .errors import PacsEmbedError
@@ -147,12 +150,12 @@ def read_uint8(path) -> torch.Tensor:
 
 
 def _collate(items):
-    """(indices, readable indices, pixels, {index: error}); pixels are one stacked tensor (PIL processor) or
-    a list of uint8 images of any size (fast processor)."""
+    """(indices, readable indices, pixels, {index: error}); pixels are one stacked tensor (PIL processor, or
+    uint8 images of one size) or a list of uint8 images of different sizes (fast processor)."""
     ok = [(i, px) for i, px, err in items if err is None]
     pixels = [px for _, px in ok] or None
-    if pixels and all(px.dtype != torch.uint8 for px in pixels):
-        pixels = torch.stack(pixels)
+    if pixels and (pixels[0].dtype != torch.uint8 or len({px.shape for px in pixels}) == 1):
+        pixels = torch.stack(pixels)  # one tensor: one pinned copy to the device
     return ([i for i, _, _ in items], [i for i, _ in ok], pixels,
             {i: err for i, _, err in items if err is not None})
 
@@ -280,8 +283,10 @@ class _Ranks:
 
 
 def _default_workers(device: torch.device, ranks: _Ranks) -> int:
+    """CUDA: every core of this process's share but one decodes (the GPU outruns them); CPU: half the cores
+    decode and the rest run the tower."""
     cores = max(1, (os.cpu_count() or 1) // ranks.local_world)
-    return min(8, cores) if device.type == "cuda" else max(1, min(8, cores // 2))
+    return max(1, min(32, cores - 1)) if device.type == "cuda" else max(1, min(8, cores // 2))
 
 
 @dataclass
@@ -490,30 +495,70 @@ def _top_up(plan: Plan, dev) -> Summary:
 
 def _embed(plan: Plan, ranks: _Ranks, dev, model, image_processor, workers, progress) -> float:
     """Embed this rank's share of the pending batches into the journal, one atomic shard per batch; returns
-    the seconds it took."""
+    the seconds it took.
+
+    Pipeline: DataLoader workers decode (and, with the PIL processor, preprocess) upcoming batches; this
+    thread preprocesses on the device (fast processor) and launches the tower; a writer thread waits for the
+    vectors and writes the shard, so the device is not idle while a shard is written.
+    ``PACS_EMBED_PROFILE=1`` prints where the time went (it synchronises the device, so it is slower)."""
     share = plan.share(ranks)
     if not share:
         return 0.0
     t0 = time.perf_counter()
     journal = Journal(plan.out)
+    n_workers = _default_workers(dev, ranks) if workers is None else workers
     loader = torch.utils.data.DataLoader(
         _Images(plan.root, plan.paths, image_processor, plan.processor), batch_sampler=[plan.batches[s] for s in share],
-        num_workers=_default_workers(dev, ranks) if workers is None else workers, collate_fn=_collate,
-        worker_init_fn=_worker_init, pin_memory=dev.type == "cuda")
+        num_workers=n_workers, collate_fn=_collate, worker_init_fn=_worker_init, pin_memory=dev.type == "cuda")
     dim = model.config.projection_dim
     total = sum(len(plan.batches[s]) for s in share)
     desc = "embedding images" + (f" (rank {ranks.rank} of {ranks.world})" if ranks.world > 1 else "")
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar:
-        for indices, ok_indices, pixels, errors in loader:
-            emb = np.full((len(indices), dim), np.nan, np.float32)
+    profile = collections.Counter() if os.environ.get("PACS_EMBED_PROFILE") else None
+
+    def save(indices, ok_indices, vectors, errors):
+        t = time.perf_counter()
+        emb = np.full((len(indices), dim), np.nan, np.float32)
+        if vectors is not None:
+            emb[[indices.index(i) for i in ok_indices]] = vectors.float().cpu().numpy()  # waits for the device
+        journal.save(indices[0], emb, np.array([i not in errors for i in indices]),
+                     [errors.get(i, "") for i in indices])
+        if profile is not None:
+            profile["writer: wait for vectors + write shard"] += time.perf_counter() - t
+        return len(indices)
+
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="pacs-embed-journal") as writer:
+        inflight = collections.deque()
+        batches = iter(loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                indices, ok_indices, pixels, errors = next(batches)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            vectors = None
             if pixels is not None:
                 if plan.processor == "fast":  # resize, crop, normalise the whole batch on the device
+                    if isinstance(pixels, torch.Tensor):
+                        pixels = pixels.to(dev, non_blocking=True)
                     pixels = image_processor(images=pixels, return_tensors="pt", device=dev)["pixel_values"]
-                emb[[indices.index(i) for i in ok_indices]] = encode_images(model, pixels)
-            journal.save(indices[0], emb, np.array([i not in errors for i in indices]),
-                         [errors.get(i, "") for i in indices])
-            bar.update(len(indices))
-    return time.perf_counter() - t0
+                vectors = embed_images(model, pixels)
+            if profile is not None:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                profile["main: wait for decoded batch"] += t1 - t
+                profile["main: preprocess + tower"] += time.perf_counter() - t1
+            inflight.append(writer.submit(save, indices, ok_indices, vectors, errors))
+            while len(inflight) > 2 or (inflight and inflight[0].done()):
+                bar.update(inflight.popleft().result())  # re-raises a failed write (e.g. a full disk)
+        while inflight:
+            bar.update(inflight.popleft().result())
+    seconds = time.perf_counter() - t0
+    if profile is not None:
+        print(f"profile ({n_workers} workers, {total} images, {seconds:.2f} s): "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in profile.items()), file=sys.stderr)
+    return seconds
 
 
 def _paths_sha256(paths) -> str:

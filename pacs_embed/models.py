@@ -264,10 +264,15 @@ def features(output) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def encode_images(model, pixel_values: torch.Tensor) -> np.ndarray:
+def embed_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Projected image embeddings, left on the model's device (on CUDA the call returns before they are done)."""
     p = next(model.parameters())
-    out = model(pixel_values=pixel_values.to(p.device, p.dtype))
-    return features(out).float().cpu().numpy()
+    return features(model(pixel_values=pixel_values.to(p.device, p.dtype, non_blocking=True)))
+
+
+def encode_images(model, pixel_values: torch.Tensor) -> np.ndarray:
+    """Projected image embeddings as float32 numpy."""
+    return embed_images(model, pixel_values).float().cpu().numpy()
 
 
 @torch.inference_mode()

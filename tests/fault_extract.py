@@ -14,8 +14,8 @@ from pacs_embed.cli import main
 fault = os.environ.get("PACS_FAULT", "")
 if fault == "slow-batches":
     ex = importlib.import_module("pacs_embed.extraction")
-    _encode = ex.encode_images
-    ex.encode_images = lambda model, pixels: (time.sleep(0.25), _encode(model, pixels))[1]
+    _encode = ex.embed_images
+    ex.embed_images = lambda model, pixels: (time.sleep(0.25), _encode(model, pixels))[1]
 elif fault == "final-write":
     cache = importlib.import_module("pacs_embed.cache")
 

@@ -7,7 +7,7 @@ import importlib
 ex = importlib.import_module("pacs_embed.extraction")
 from pacs_embed.cli import main
 
-_encode = ex.encode_images
+_encode = ex.embed_images
 
 
 def slow_encode(model, pixels):
@@ -15,5 +15,5 @@ def slow_encode(model, pixels):
     return _encode(model, pixels)
 
 
-ex.encode_images = slow_encode
+ex.embed_images = slow_encode
 sys.exit(main(sys.argv[1:]))

@@ -195,7 +195,7 @@ def test_a_new_prompt_file_on_an_up_to_date_cache_encodes_only_its_prompts(cache
 
 
 def test_each_image_goes_through_the_model_exactly_once(small_dataset, tiny_clip, tmp_path, spy):
-    batches = spy("pacs_embed.extraction", "encode_images")
+    batches = spy("pacs_embed.extraction", "embed_images")
     s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", batch_size=5, workers=2,
                 progress=False)
     seen = [len(pixels) for pixels in batches]
@@ -245,7 +245,7 @@ def test_a_few_changed_files_are_embedded_again_and_the_rest_kept(small_dataset,
     shutil.copy(sorted((small_dataset / "sketch" / "horse").iterdir())[0], dog[1])   # modified
     shutil.copy(sorted((small_dataset / "cartoon" / "house").iterdir())[0],
                 small_dataset / "photo" / "dog" / "new.png")                 # added
-    batches = spy("pacs_embed.extraction", "encode_images")
+    batches = spy("pacs_embed.extraction", "embed_images")
     s = extract(small_dataset, str(tiny_clip), out, dtype="float32", batch_size=4, workers=0, progress=False)
     assert sum(len(b) for b in batches) == 2 and s.kept == 54 and "kept 54, embedded 2" in str(s)
     after = read_images(out)
