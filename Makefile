@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make extract   set up .venv, fetch PACS into data/PACS, write data/embeddings/PACS/<model>.h5
+#                  (MODEL="a b c": one cache per model)
 #   make test      set up .venv, run the test suite
 # Override e.g. MODEL=openai/clip-vit-large-patch14 DATA=data/VLCS TORCH="torch==2.13.0" EXTRACT_ARGS="--batch-size 512"
 PYTHON ?= python3
@@ -23,7 +24,7 @@ setup: $(BIN)/.installed
 
 extract: setup
 	@if [ "$(DATA)" = "data/PACS" ]; then $(BIN)/pacs-embed download --dest data/PACS; fi
-	$(BIN)/pacs-embed extract --data $(DATA) --model $(MODEL) $(EXTRACT_ARGS)
+	@for m in $(MODEL); do echo "== $$m"; $(BIN)/pacs-embed extract --data $(DATA) --model $$m $(EXTRACT_ARGS) || exit 1; done
 
 test: setup
 	$(BIN)/python -m pytest -q

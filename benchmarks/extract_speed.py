@@ -29,7 +29,7 @@ from tiny_clip import ARCHS, make_clip  # noqa: E402
 
 from pacs_embed import extract  # noqa: E402
 from pacs_embed.cache import read_images  # noqa: E402
-from pacs_embed.extraction import read_rgb  # noqa: E402
+from pacs_embed.extraction import default_batch_size, read_rgb  # noqa: E402
 from pacs_embed.models import (choose_device, choose_dtype, dtype_name, load_image_tower, load_processor,  # noqa: E402
                                resolve)
 
@@ -98,7 +98,7 @@ def main():
     ap.add_argument("--arch", default="b32", choices=sorted(ARCHS), help="CLIP shape (default: b32 = ViT-B/32)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None, help="default: what extract picks for the device")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: what extract picks (256 CUDA, 64 CPU)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: what extract picks (256 CUDA, 32 CPU)")
     ap.add_argument("--processor", nargs="+", default=["pil"], choices=["pil", "fast"])
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--naive", type=int, default=64, help="images for the naive loop (0: skip)")
@@ -106,7 +106,7 @@ def main():
     args = ap.parse_args()
     dev = choose_device(args.device)
     dtype = choose_dtype(dev, args.dtype)
-    batch_size = args.batch_size or (256 if dev.type == "cuda" else 64)
+    batch_size = args.batch_size or default_batch_size(dev)
     files = sorted(p for p in Path(args.data).glob("*/*/*") if p.is_file())
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, device {dev} ({name}), {torch.get_num_threads()} threads, "

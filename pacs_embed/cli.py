@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="cache file (default: data/embeddings/<dataset>/<model>.h5)")
     e.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda if available)")
     e.add_argument("--dtype", help="float32, float16 or bfloat16 (default: bf16 on CUDA and AMX/AVX512-BF16 CPUs)")
-    e.add_argument("--batch-size", type=int, help="images per batch (default: 256 on CUDA, 64 on CPU)")
+    e.add_argument("--batch-size", type=int, help="images per batch (default: 256 on CUDA, 32 on CPU)")
     e.add_argument("--workers", type=int, help="DataLoader worker processes for decoding (per process under torchrun)")
     e.add_argument("--processor", choices=["auto", "fast", "pil"], default="auto",
                    help="image preprocessing: pil (reference; in the workers), fast (torchvision, a batch at a time "
@@ -48,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--data", help="dataset folder to check against (default: the one recorded in the cache)")
 
     r = sub.add_parser("report", help="evaluate every method on a cache; write CSV, Markdown and figures")
-    r.add_argument("cache", nargs="?", default="data/embeddings/PACS/openai__clip-vit-base-patch32.h5",
-                   help="embedding cache (default: data/embeddings/PACS/openai__clip-vit-base-patch32.h5)")
+    r.add_argument("cache", nargs="*", default=["data/embeddings/PACS/openai__clip-vit-base-patch32.h5"],
+                   help="embedding cache(s) (default: data/embeddings/PACS/openai__clip-vit-base-patch32.h5); "
+                        "with several, one report per cache in OUT/<cache name>/ and models.md/models.png side by side")
     r.add_argument("--out", default="results", help="folder for the tables (default: results)")
     r.add_argument("--figures", default="figures", help="folder for the figures (default: figures)")
     r.add_argument("--seeds", type=int, default=5, help="number of seeds of the source split (default: 5)")
@@ -109,11 +110,15 @@ def _run(args) -> int:
         else:
             print("dataset    unchanged" if not changes else f"dataset    CHANGED since extraction:\n{changes.describe()}")
     elif args.command == "report":
-        from .analysis import report
-        paths = report(args.cache, args.out, args.figures, seeds=range(args.seeds), descriptions=args.descriptions,
+        from .analysis import compare_models, report
+        options = dict(seeds=range(args.seeds), descriptions=args.descriptions,
                        domain_prompts=parse_domain_prompts(args.domain_prompt), methods=args.methods,
                        n_nouns=args.n_nouns, n_boot=args.bootstrap, head_cache=not args.no_head_cache,
                        progress=not args.no_progress)
+        if len(args.cache) == 1:
+            paths = report(args.cache[0], args.out, args.figures, **options)
+        else:
+            paths = compare_models(args.cache, args.out, args.figures, **options)
         print("\n".join(f"{name:22s} {path}" for name, path in paths.items()))
     elif args.command == "prompts":
         from .prompts import prompt_embeddings

@@ -42,3 +42,28 @@ def test_bad_domain_prompts_are_clear_errors(cache_copy, tmp_path, capsys):
     assert main(args + ["--domain-prompt", "comics=a comic strip"]) == 2
     err = capsys.readouterr().err
     assert "'comics'" in err and "domains are" in err
+
+
+def test_several_caches_are_reported_side_by_side(small_dataset, tiny_clip, tmp_path):
+    """Two random CLIPs of different widths: one report each, and one table + figure with both."""
+    from tiny_clip import WIDE, make_clip
+    from pacs_embed import extract
+    caches = {"narrow": tiny_clip, "wide": make_clip(tmp_path / "wide-clip", WIDE)}
+    for name, model in caches.items():
+        extract(small_dataset, str(model), tmp_path / f"{name}.h5", dtype="float32", workers=0, progress=False)
+    out, figs = tmp_path / "results", tmp_path / "figures"
+    assert main(["report", str(tmp_path / "narrow.h5"), str(tmp_path / "wide.h5"), "--out", str(out), "--figures",
+                 str(figs), "--seeds", "2", "--descriptions", "paper", "--bootstrap", "50", "--no-progress"]) == 0
+    models = pd.read_csv(out / "models.csv")
+    assert list(models.model) == ["narrow", "wide"] and list(models.dim) == [16, 24]
+    assert {"sim photo", "sim sketch", "own domain first", "none", "translate", "best method", "best"} <= set(models)
+    for name, (_, row) in zip(["narrow", "wide"], models.iterrows()):
+        assert (out / name / "report.md").is_file() and (figs / name / "gains.png").is_file()
+        means = pd.read_csv(out / name / "methods.csv")                   # the model's own report agrees
+        none = means[means.method == "none"].iloc[0]
+        translate = means[(means.method == "translate") & (means.description == "paper")].iloc[0]
+        best = means[~means.method.isin(["none", "zeroshot", "zeroshot_domain", "in_domain"])].iloc[0]
+        assert row["none"].startswith(f"{none['mean']:.3f} [")
+        assert row["translate"].startswith(f"{translate['mean']:.3f} [")
+        assert row["best method"] == f"{best.method} / {best.description}" and row["best"].startswith(f"{best['mean']:.3f} [")
+    assert (figs / "models.png").stat().st_size > 1000 and "| narrow |" in (out / "models.md").read_text()

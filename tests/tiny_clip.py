@@ -10,6 +10,7 @@ TINY = dict(text=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
             vision=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                         image_size=32, patch_size=8),
             projection_dim=16)
+WIDE = dict(text=dict(TINY["text"], hidden_size=48), vision=dict(TINY["vision"], hidden_size=48), projection_dim=24)
 VIT_B_32 = dict(text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
                 vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                             image_size=224, patch_size=32),
@@ -18,7 +19,7 @@ VIT_L_14 = dict(text=dict(hidden_size=768, intermediate_size=3072, num_hidden_la
                 vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                             image_size=224, patch_size=14),
                 projection_dim=768)
-ARCHS = {"tiny": TINY, "b32": VIT_B_32, "l14": VIT_L_14}
+ARCHS = {"tiny": TINY, "wide": WIDE, "b32": VIT_B_32, "l14": VIT_L_14}
 
 
 def byte_tokenizer() -> CLIPTokenizer:

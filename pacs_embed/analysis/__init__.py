@@ -16,7 +16,7 @@ from .evaluation import Results, evaluate
 from .heads import C_GRID, Head, HeadCache, fit_head, split
 from . import lads  # noqa: F401  (registers the opt-in method "lads")
 from .methods import METHODS, Method, Source, default_methods, delta, register
-from .reporting import markdown, record, report
+from .reporting import compare_models, markdown, record, report
 from .similarity import description_similarity, paper_table1, prompt_similarity, similarity_matrix, table1
 from .stats import gains, grid, method_means, summary
 from .text import DESCRIPTIONS, NO_DESCRIPTION, Description, TextSide, text_side
@@ -31,7 +31,7 @@ __all__ = [
     # evaluation, statistics, output
     "evaluate", "Results", "summary", "method_means", "gains", "grid",
     "table1", "paper_table1", "prompt_similarity", "description_similarity", "similarity_matrix",
-    "report", "record", "markdown", "plots",
+    "report", "compare_models", "record", "markdown", "plots",
 ]
 
 

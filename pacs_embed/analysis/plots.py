@@ -182,5 +182,44 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     return fig
 
 
+def models_plot(rows: list[dict]):
+    """Models side by side (``headline`` dicts): left, Table 1's diagonal per domain (cosine scales differ
+    between models: compare patterns); right, mean cross-domain accuracy of none, translate and the best
+    other method, with 95% intervals over seeds. The best method is picked on the same results, so its
+    bar is optimistic (the maximum of many noisy means); the axis label says so."""
+    names = [r["name"] for r in rows]
+    domains = list(dict.fromkeys(d for r in rows for d in r["domains"]))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(9, 2.2 * len(rows) + 5), 4.2),
+                                   gridspec_kw={"width_ratios": [1, 1.2]})
+    width = 0.8 / max(1, len(rows))
+    colors = sns.color_palette("colorblind", max(len(rows), 3))
+    for i, r in enumerate(rows):
+        diag = dict(zip(r["domains"], r["table1_diagonal"]))
+        ax1.bar(np.arange(len(domains)) - 0.4 + width * (i + 0.5), [diag.get(d, np.nan) for d in domains], width,
+                color=colors[i], label=r["name"])
+    ax1.set_xticks(np.arange(len(domains)), domains, rotation=20)
+    ax1.set_ylabel("Sim(description of the domain, its images)")
+    ax1.set_title("Table 1's diagonal (scales differ by model)", fontsize=10)
+    ax1.legend(fontsize=7)
+    kinds = ["none", "translate", "best"]
+    for i, r in enumerate(rows):
+        xs = np.arange(len(kinds)) - 0.4 + width * (i + 0.5)
+        vals = [r[k] for k in kinds]
+        means = [v["mean"] if v else np.nan for v in vals]
+        err = np.array([[v["mean"] - v["ci_low"], v["ci_high"] - v["mean"]] if v else [0, 0] for v in vals]).T
+        best = f"best: {vals[2]['method']} / {vals[2]['description']}" if vals[2] else "no other method"
+        ax2.bar(xs, means, width, yerr=err, capsize=3, color=colors[i], label=f"{r['name']} ({best})")
+    chance = {1 / r["classes"] for r in rows if r.get("classes")}
+    if len(chance) == 1:
+        ax2.axhline(chance.pop(), color="gray", ls="--", lw=1, label="chance (1 / classes)")
+    ax2.set_xticks(np.arange(len(kinds)), ["none", "translate (paper)", "best other method\n(picked on these results)"])
+    ax2.set_ylabel("mean cross-domain accuracy\n(95% interval over seeds)")
+    ax2.set_ylim(0, 1.05)
+    ax2.set_title("accuracy on other domains, per model", fontsize=10)
+    ax2.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def use_headless_backend():
     matplotlib.use("Agg")

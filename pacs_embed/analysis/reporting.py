@@ -4,6 +4,7 @@ Usage::
 
     paths = report("data/embeddings/PACS/openai__clip-vit-base-patch32.h5", out="results", figures="figures",
                    domain_prompts={"cartoon": "a comic strip"})
+    paths = compare_models(["data/embeddings/PACS/a.h5", "data/embeddings/PACS/b.h5"])   # one report per model + models.md
 """
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from ..cache import read_attrs
 from ..files import atomic_write
 from .embeddings import domain_order, load
 from .evaluation import evaluate
-from .similarity import table1
+from .similarity import similarity_matrix, table1
 from .stats import gains, method_means, summary
 from .text import text_side
 
 DEFAULT_DESCRIPTIONS = ("paper", "ensemble", "nouns")
+BASELINES = ("none", "zeroshot", "zeroshot_domain", "in_domain")   # not candidates for "best method"
 
 
 def markdown(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
@@ -89,6 +91,9 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
           markdown(summ[["source", "target", "method", "description", "accuracy", "seeds"]])]
     paths["markdown"] = out / "report.md"
     atomic_write(paths["markdown"], ("\n".join(md) + "\n").encode())
+    paths["headline"] = out / "headline.json"
+    atomic_write(paths["headline"], json.dumps(headline(emb, means, descriptions[0], domain_prompts), indent=1,
+                                               default=float).encode())
     first = descriptions[0]
     figs = {"table1": plots.table1_heatmap(t1),
             "accuracy_grid": plots.accuracy_grid(res.table, first),
@@ -99,3 +104,82 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
         paths[f"figure_{name}"] = plots.save(fig, figures, name)[0]
         plt.close(fig)
     return paths
+
+
+def headline(emb, means: pd.DataFrame, description: str = "paper", domain_prompts: dict | None = None) -> dict:
+    """One model's result in a few numbers: Table 1's diagonal, `none`, the paper's `translate` and the best
+    other method (mean cross-domain accuracy with its 95% seed interval)."""
+    text = text_side(emb, ("paper",), domain_prompts)
+    sims = similarity_matrix(text.vectors("paper"), emb.x, emb.domain, len(emb.domains))   # description x images
+    order = domain_order(emb.domains)
+    idx = [emb.domains.index(d) for d in order]
+
+    def row(method, how=None):
+        rows = means[means.method == method]
+        if how is not None and (rows.description == how).any():
+            rows = rows[rows.description == how]
+        if rows.empty:
+            return None
+        r = rows.sort_values("mean", ascending=False).iloc[0]
+        return {"method": method, "description": r.description, "mean": float(r["mean"]),
+                "ci_low": float(r.ci_low), "ci_high": float(r.ci_high)}
+    others = means[~means.method.isin(BASELINES)]
+    best = others.sort_values("mean", ascending=False).iloc[0] if not others.empty else None
+    attrs = read_attrs(emb.cache)
+    return {"cache": str(emb.cache), "model_id": attrs["model_id"], "dim": int(emb.x.shape[1]), "images": int(len(emb.x)),
+            "classes": len(emb.classes),
+            "domains": order, "table1_diagonal": [float(sims[i, i]) for i in idx],
+            "own_domain_first": int(sum(int(np.argmax(sims[i])) == i for i in idx)),
+            "none": row("none"), "translate": row("translate", description),
+            "best": None if best is None else row(best.method, best.description)}
+
+
+def _names(caches) -> list[str]:
+    stems = [Path(c).stem for c in caches]
+    return [s if stems.count(s) == 1 else f"{i + 1}-{s}" for i, s in enumerate(stems)]
+
+
+def compare_models(caches, out="results", figures="figures", **kwargs) -> dict[str, Path]:
+    """``report`` for each cache (into ``out/<cache name>/``, ``figures/<cache name>/``), then one table
+    (``models.csv``, ``models.md``) and one figure (``models.png``) side by side: does the paper's conclusion
+    depend on the backbone? ``kwargs`` go to ``report``."""
+    from . import plots
+    out, figures = Path(out), Path(figures)
+    rows = []
+    for name, cache in zip(_names(caches), caches):
+        paths = report(cache, out / name, figures / name, **kwargs)
+        rows.append({"name": name, **json.loads(paths["headline"].read_text())})
+    table = models_table(rows)
+    paths = {"models": out / "models.csv", "models_markdown": out / "models.md"}
+    table.to_csv(paths["models"], index=False)
+    md = ["# pacs_embed: models side by side", "",
+          "Per model (one cache each): Table 1's diagonal, Sim(description of a domain, its images) — cosine "
+          "scales differ between models, so compare the pattern, not the level; how many domains' descriptions "
+          "are closest to their own domain's images; mean cross-domain accuracy of `none`, of the paper's "
+          "`translate` and of the best other method (95% Student-t intervals over seeds). The best method is "
+          "picked as the highest of the model's methods on these same results, so its accuracy is optimistic "
+          "(a maximum of noisy means); check it on other seeds before reading it as a gain. Each model's full "
+          "report is in its folder.", "", markdown(table)]
+    atomic_write(paths["models_markdown"], ("\n".join(md) + "\n").encode())
+    fig = plots.models_plot(rows)
+    paths["figure_models"] = plots.save(fig, figures, "models")[0]
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return paths
+
+
+def models_table(rows: list[dict]) -> pd.DataFrame:
+    """One row per model from ``headline`` dicts."""
+    def acc(r):
+        return "" if r is None else f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+    out = []
+    for r in rows:
+        line = {"model": r["name"], "dim": r["dim"], "images": r["images"]}
+        line.update({f"sim {d}": v for d, v in zip(r["domains"], r["table1_diagonal"])})
+        line["own domain first"] = f"{r['own_domain_first']}/{len(r['domains'])}"
+        line["none"], line["translate"] = acc(r["none"]), acc(r["translate"])
+        best = r["best"]
+        line["best method"] = "" if best is None else f"{best['method']} / {best['description']}"
+        line["best"] = acc(best)
+        out.append(line)
+    return pd.DataFrame(out)
