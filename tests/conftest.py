@@ -45,16 +45,20 @@ def cache_copy(mini_cache, tmp_path) -> Path:
     return Path(shutil.copy(mini_cache, tmp_path / "mini.h5"))
 
 
-@pytest.fixture
-def small_dataset(pacs_mini, tmp_path) -> Path:
-    """Two images per domain x class of pacs-mini, copied so a test may change them."""
-    root = tmp_path / "data"
+def copy_sample(pacs_mini: Path, root: Path, per_class: int = 2) -> Path:
+    """The first ``per_class`` images of each domain x class of pacs-mini, copied into ``root``."""
     for cls_dir in sorted(pacs_mini.glob("*/*")):
-        for f in sorted(cls_dir.iterdir())[:2]:
+        for f in sorted(cls_dir.iterdir())[:per_class]:
             dest = root / cls_dir.parent.name / cls_dir.name / f.name
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dest)
     return root
+
+
+@pytest.fixture
+def small_dataset(pacs_mini, tmp_path) -> Path:
+    """Two images per domain x class of pacs-mini, copied so a test may change them."""
+    return copy_sample(pacs_mini, tmp_path / "data")
 
 
 @pytest.fixture

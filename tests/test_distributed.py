@@ -14,14 +14,11 @@ TESTS = Path(__file__).parent
 
 def run(*args, ranks=1, fault="", script=None):
     """`pacs-embed extract ...` as one process or under `torchrun --nproc_per_node ranks` (gloo, CPU)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PACS_FAULT": fault}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PACS_FAULT": fault}   # both ways: one thread per process
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []
     target = [str(script)] if script else ["-m", "pacs_embed"]
-    if ranks > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-        cmd += [str(script)] if script else ["-m", "pacs_embed"]
-    else:
-        cmd = [sys.executable] + target
-    return subprocess.run(cmd + ["extract", *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, *launcher, *target, "extract", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300)
 
 
 def extract_args(data, model, out):
@@ -39,14 +36,9 @@ def single(small_dataset_module, tiny_clip, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_dataset_module(pacs_mini, tmp_path_factory):
-    import shutil
-    root = tmp_path_factory.mktemp("data") / "data"
-    for cls_dir in sorted(pacs_mini.glob("*/*")):
-        for f in sorted(cls_dir.iterdir())[:2]:
-            dest = root / cls_dir.parent.name / cls_dir.name / f.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, dest)
-    return root
+    """``small_dataset``, shared by this module's tests (none changes it)."""
+    from conftest import copy_sample
+    return copy_sample(pacs_mini, tmp_path_factory.mktemp("data") / "data")
 
 
 def same_cache(a, b):
