@@ -2,10 +2,12 @@
 #   make extract   set up .venv, fetch PACS into data/PACS, write data/embeddings/PACS/<model>.h5
 #                  (MODEL="a b c": one cache per model)
 #   make test      set up .venv, run the test suite
-# Override e.g. MODEL=openai/clip-vit-large-patch14 DATA=data/VLCS TORCH="torch==2.13.0" EXTRACT_ARGS="--batch-size 512"
+# Override e.g. MODEL=openai/clip-vit-large-patch14 DATA=data/VLCS TORCH="torch==2.13.0" VISION= EXTRACT_ARGS="--batch-size 512"
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+# torchvision (fast preprocessing) where there is an NVIDIA GPU; it does not import beside the CPU-only torch
+VISION ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torchvision==0.28.0)
 DATA ?= data/PACS
 MODEL ?= openai/clip-vit-base-patch32
 EXTRACT_ARGS ?=
@@ -16,7 +18,7 @@ BIN = $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q $(TORCH) $(VISION)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
