@@ -140,13 +140,24 @@ def read_rgb(path) -> Image.Image:
 
 def read_uint8(path) -> torch.Tensor:
     """The image as a 3 x H x W uint8 tensor: 8-bit RGB or grey JPEG/PNG decoded by torchvision (libjpeg-turbo,
-    libpng), anything else through ``read_rgb`` so that both paths treat odd files alike."""
+    libpng), anything else (and JPEGs without their end marker) through ``read_rgb``, so that both processors
+    treat odd files alike."""
     with _open_image(path) as im:
         fast = im.format in ("JPEG", "PNG") and im.mode in ("RGB", "L")
+        if fast and im.format == "JPEG":  # libjpeg decodes a truncated file with a warning; PIL refuses it
+            fast = _ends_with_jpeg_eoi(path)
     if fast:
         from torchvision.io import ImageReadMode, decode_image, read_file
         return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     return torch.from_numpy(np.array(read_rgb(path))).permute(2, 0, 1).contiguous()
+
+
+def _ends_with_jpeg_eoi(path) -> bool:
+    """True when the JPEG's end-of-image marker is in its last bytes (some writers pad after it)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64))
+        return b"\xff\xd9" in f.read()
 
 
 def _collate(items):

@@ -294,3 +294,21 @@ def test_fast_processor_stays_close_to_pil_and_is_never_mixed_with_it(mini_cache
     again = extract(pacs_mini, str(tiny_clip), out, dtype="float32", batch_size=8, processor="pil", device=device,
                     progress=False)                                        # a switch re-embeds everything
     assert not again.up_to_date and again.kept == 0 and read_attrs(out)["processor"] == "pil"
+
+
+@needs_torchvision
+def test_fast_processor_fails_the_same_files_as_pil(broken_dataset, tiny_clip, tmp_path):
+    root, bad = broken_dataset
+    s = extract(root, str(tiny_clip), tmp_path / "c.h5", dtype="float32", batch_size=4, processor="fast", progress=False)
+    assert sorted(p for p, _ in s.failures) == bad and s.n_embedded == 56
+
+
+def test_fast_decoding_refuses_a_truncated_jpeg_as_pil_does(broken_dataset):
+    """libjpeg would decode the first half with a warning; the fast path sends such a file through PIL."""
+    from pacs_embed.extraction import read_rgb, read_uint8
+    truncated = broken_dataset[0] / "photo/dog/truncated.jpg"
+    with pytest.raises(OSError) as pil:
+        read_rgb(truncated)
+    with pytest.raises(OSError) as fast:
+        read_uint8(truncated)
+    assert str(fast.value) == str(pil.value)

@@ -1,4 +1,6 @@
 """`pacs-embed report` writes the tidy results table (CSV + Markdown) and every figure."""
+import shutil
+
 import pandas as pd
 
 from pacs_embed.cli import main
@@ -67,3 +69,15 @@ def test_several_caches_are_reported_side_by_side(small_dataset, tiny_clip, tmp_
         assert row["translate"].startswith(f"{translate['mean']:.3f} [")
         assert row["best method"] == f"{best.method} / {best.description}" and row["best"].startswith(f"{best['mean']:.3f} [")
     assert (figs / "models.png").stat().st_size > 1000 and "| narrow |" in (out / "models.md").read_text()
+
+
+def test_models_are_compared_only_when_every_cache_is_there_and_of_one_dataset(cache_copy, small_dataset, tiny_clip,
+                                                                                tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["report", str(cache_copy), str(tmp_path / "missing.h5"), "--out", str(out), "--seeds", "1"]) == 2
+    assert "missing.h5" in capsys.readouterr().err and not out.exists()          # refused before any work
+    from pacs_embed import extract
+    shutil.rmtree(small_dataset / "sketch")
+    extract(small_dataset, str(tiny_clip), tmp_path / "three.h5", dtype="float32", workers=0, progress=False)
+    assert main(["report", str(cache_copy), str(tmp_path / "three.h5"), "--out", str(out), "--seeds", "1"]) == 2
+    assert "compared on one dataset" in capsys.readouterr().err and not out.exists()

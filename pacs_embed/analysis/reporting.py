@@ -145,6 +145,7 @@ def compare_models(caches, out="results", figures="figures", **kwargs) -> dict[s
     depend on the backbone? ``kwargs`` go to ``report``."""
     from . import plots
     out, figures = Path(out), Path(figures)
+    _check_comparable(caches)
     rows = []
     for name, cache in zip(_names(caches), caches):
         paths = report(cache, out / name, figures / name, **kwargs)
@@ -166,6 +167,22 @@ def compare_models(caches, out="results", figures="figures", **kwargs) -> dict[s
     import matplotlib.pyplot as plt
     plt.close(fig)
     return paths
+
+
+def _check_comparable(caches) -> None:
+    """Every cache readable, and all of one dataset (same domains and classes), before any work."""
+    from ..cache import read_images
+    if not caches:
+        raise ValueError("compare_models needs at least one cache")
+    seen = {}
+    for c in caches:
+        a = read_images(c)   # a missing or damaged cache fails here, naming it
+        seen[str(c)] = (a["domains"], a["classes"])
+    first, (domains, classes) = next(iter(seen.items()))
+    for c, (d, k) in seen.items():
+        if (d, k) != (domains, classes):
+            raise ValueError(f"models are compared on one dataset: {c} has domains {d} and classes {k}, "
+                             f"{first} has {domains} and {classes}")
 
 
 def models_table(rows: list[dict]) -> pd.DataFrame:
