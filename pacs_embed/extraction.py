@@ -23,26 +23,23 @@ import collections
 import contextlib
 import datetime as _dt
 import hashlib
-import io
-import json
 import os
-import shutil
 import sys
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from . import cache as _cache
 from .datasets import compare, scan
-from .files import atomic_write
-from .models import (DEFAULT_MODEL, PROCESSORS, ModelSpec, check_clip, check_device, choose_device, choose_dtype,
+from .distributed import Ranks
+from .images import ImageFiles, collate, worker_init
+from .journal import Journal
+from .models import (DEFAULT_MODEL, PROCESSORS, ModelSpec, check_clip, check_device, choose_dtype,
                      choose_processor, dtype_name, embed_images, encode_text, load_image_tower, load_processor,
                      load_text_tower, processor_settings, resolve)
 from .prompts import default_prompts, load_templates
@@ -92,130 +89,6 @@ class Summary:
         return "\n".join(lines)
 
 
-class _Images(torch.utils.data.Dataset):
-    """Decodes (and with the PIL processor, preprocesses) one image in a DataLoader worker; failures are
-    returned, not raised. With the fast processor it returns the decoded uint8 CHW tensor: resizing, cropping
-    and normalising happen on the extraction device, a batch at a time."""
-
-    def __init__(self, root: Path, paths: list[str], processor, kind: str):
-        self.root, self.paths, self.processor, self.kind = root, paths, processor, kind
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        try:
-            if self.kind == "fast":
-                return i, read_uint8(self.root / self.paths[i]), None
-            rgb = read_rgb(self.root / self.paths[i])
-            return i, self.processor(images=rgb, return_tensors="pt")["pixel_values"][0], None
-        except Exception as e:  # noqa: BLE001 - any unreadable file is recorded, not fatal
-            return i, None, f"{type(e).__name__}: {e}"
-
-
-@contextlib.contextmanager
-def _open_image(path):
-    """Image.open, refusing images over Pillow's pixel limit (a decompression bomb) before decoding."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            yield im
-
-
-def read_rgb(path) -> Image.Image:
-    """Decode an image to 8-bit RGB. High-bit-depth images are scaled to 8 bits (Pillow's convert("RGB")
-    would clip 16-bit values to white); images over Pillow's pixel limit (a decompression bomb, e.g. a
-    15 KB PNG of 11,000 x 11,000) are refused before they are decoded."""
-    with _open_image(path) as im:
-        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-            a = np.asarray(im).astype(np.int64)
-            bits = 16 if im.mode.startswith("I;16") or a.max() > 255 else 8
-            a = np.clip(a >> (bits - 8), 0, 255).astype(np.uint8)
-            return Image.fromarray(a, "L").convert("RGB")
-        if im.mode == "F":
-            raise ValueError("floating-point images are not supported")
-        im.load()
-        return im.convert("RGB")
-
-
-def read_uint8(path) -> torch.Tensor:
-    """The image as a 3 x H x W uint8 tensor: 8-bit RGB or grey JPEG/PNG decoded by torchvision (libjpeg-turbo,
-    libpng), anything else (and JPEGs without their end marker) through ``read_rgb``, so that both processors
-    treat odd files alike."""
-    with _open_image(path) as im:
-        fast = im.format in ("JPEG", "PNG") and im.mode in ("RGB", "L")
-        if fast and im.format == "JPEG":  # libjpeg decodes a truncated file with a warning; PIL refuses it
-            fast = _ends_with_jpeg_eoi(path)
-    if fast:
-        from torchvision.io import ImageReadMode, decode_image, read_file
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    return torch.from_numpy(np.array(read_rgb(path))).permute(2, 0, 1).contiguous()
-
-
-def _ends_with_jpeg_eoi(path) -> bool:
-    """True when the JPEG's end-of-image marker is in its last bytes (some writers pad after it)."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 64))
-        return b"\xff\xd9" in f.read()
-
-
-def _collate(items):
-    """(indices, readable indices, pixels, {index: error}); pixels are one stacked tensor (PIL processor, or
-    uint8 images of one size) or a list of uint8 images of different sizes (fast processor)."""
-    ok = [(i, px) for i, px, err in items if err is None]
-    pixels = [px for _, px in ok] or None
-    if pixels and (pixels[0].dtype != torch.uint8 or len({px.shape for px in pixels}) == 1):
-        pixels = torch.stack(pixels)  # one tensor: one pinned copy to the device
-    return ([i for i, _, _ in items], [i for i, _ in ok], pixels,
-            {i: err for i, _, err in items if err is not None})
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)
-
-
-
-
-class Journal:
-    """Finished batches of an unfinished run, one atomically written .npz per batch."""
-
-    def __init__(self, out: Path):
-        self.dir = out.with_name(out.name + ".journal")
-
-    def meta(self) -> dict | None:
-        try:
-            return json.loads((self.dir / "meta.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    def start(self, meta: dict) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.dir / "meta.json", json.dumps(meta, indent=1).encode(), durable=True)
-
-    def done(self) -> dict[int, Path]:
-        """Finished batches by start index; a damaged shard is named, removed, and its batch redone."""
-        out = {}
-        for p in sorted(self.dir.glob("batch_*.npz")) if self.dir.is_dir() else []:
-            try:
-                with np.load(p, allow_pickle=False) as f:
-                    if len(f["embedding"]) != len(f["ok"]) or len(f["reasons"]) != len(f["ok"]):
-                        raise ValueError("arrays of different lengths")
-                out[int(p.stem.split("_")[1])] = p
-            except Exception as e:  # noqa: BLE001 - truncated, empty, not a zip, ...
-                print(f"note: journal shard {p} is damaged ({type(e).__name__}: {e}); its batch will be embedded again")
-                p.unlink(missing_ok=True)
-        return out
-
-    def save(self, start: int, embedding: np.ndarray, ok: np.ndarray, reasons: list[str]) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, embedding=embedding, ok=ok, reasons=np.array(reasons, dtype=str))
-        atomic_write(self.dir / f"batch_{start:09d}.npz", buf.getvalue(), durable=True)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def _read_old(out: Path, force: bool) -> dict | None:
     """The attributes of the cache at ``out``; refuses to replace a file that is not one (unless ``force``)."""
     if not out.exists():
@@ -241,65 +114,13 @@ def check_arguments(batch_size=None, workers=None) -> None:
         raise ExtractionError(f"--workers {workers!r}: give 0 (decode in this process) or more worker processes")
 
 
-class _Ranks:
-    """This process's place among torchrun's processes (rank 0 of 1 without torchrun)."""
-
-    def __init__(self):
-        env = os.environ
-        self.world = int(env.get("WORLD_SIZE", "1"))
-        self.rank = int(env.get("RANK", "0"))
-        self.local_rank = int(env.get("LOCAL_RANK", "0"))
-        self.local_world = int(env.get("LOCAL_WORLD_SIZE", str(self.world)))
-        self.started = False
-
-    @property
-    def lead(self) -> bool:
-        return self.rank == 0
-
-    def device(self, requested: str | None) -> torch.device:
-        dev = choose_device(requested)
-        if self.world > 1 and dev.type == "cuda":
-            return torch.device("cuda", self.local_rank)  # one GPU per process, as torchrun numbers them
-        return dev
-
-    def start(self, dev: torch.device) -> None:
-        import torch.distributed as dist
-        if self.world == 1 or dist.is_initialized():
-            return
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        # rank 0 may scan a large dataset while the others wait: a generous timeout
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=_dt.timedelta(hours=6))
-        self.started = True
-
-    def share(self, value):
-        """Rank 0's ``value``, on every rank."""
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.started:
-            import torch.distributed as dist
-            dist.destroy_process_group()
-            self.started = False
-
-
 def default_batch_size(device: torch.device) -> int:
     """256 on CUDA; 32 on CPUs, the fastest of 16/32/64/128 in fp32 and bf16 on a 16-core Xeon (AMX) and a
     2-core EPYC (AVX512-BF16) (benchmarks/results/cpu-*.log): larger batches fall out of cache."""
     return 256 if device.type == "cuda" else 32
 
 
-def _default_workers(device: torch.device, ranks: _Ranks) -> int:
+def _default_workers(device: torch.device, ranks: Ranks) -> int:
     """CUDA: every core of this process's share but one decodes (the GPU outruns them); CPU: half the cores
     decode and the rest run the tower."""
     cores = max(1, (os.cpu_count() or 1) // ranks.local_world)
@@ -321,7 +142,7 @@ class Plan:
     pending: list[int]                  # first images of the batches still to embed
     lead: "_Lead | None" = None
 
-    def share(self, ranks: _Ranks) -> list[int]:
+    def share(self, ranks: Ranks) -> list[int]:
         """This rank's pending batches: every ``world``-th, so shares differ by at most one batch."""
         return self.pending[ranks.rank::ranks.world]
 
@@ -364,7 +185,7 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
     templates = load_templates(prompts_file)
     if not root.is_dir():  # fail before touching the model
         scan(root)
-    ranks = _Ranks()
+    ranks = Ranks()
     dev = ranks.device(device)
     ranks.start(dev)
     try:
@@ -400,7 +221,7 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
         ranks.close()
 
 
-def _follow(ranks: _Ranks, dev: torch.device, workers, progress, t0) -> Summary:
+def _follow(ranks: Ranks, dev: torch.device, workers, progress, t0) -> Summary:
     """Rank > 0: take rank 0's plan, embed this rank's share, wait for rank 0 to write the file."""
     kind, plan = ranks.share(None)
     if kind == "error":
@@ -510,7 +331,7 @@ def _top_up(plan: Plan, dev) -> Summary:
                    processor=lead.old.get("processor", ""))
 
 
-def _embed(plan: Plan, ranks: _Ranks, dev, model, image_processor, workers, progress) -> float:
+def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progress) -> float:
     """Embed this rank's share of the pending batches into the journal, one atomic shard per batch; returns
     the seconds it took.
 
@@ -525,8 +346,8 @@ def _embed(plan: Plan, ranks: _Ranks, dev, model, image_processor, workers, prog
     journal = Journal(plan.out)
     n_workers = _default_workers(dev, ranks) if workers is None else workers
     loader = torch.utils.data.DataLoader(
-        _Images(plan.root, plan.paths, image_processor, plan.processor), batch_sampler=[plan.batches[s] for s in share],
-        num_workers=n_workers, collate_fn=_collate, worker_init_fn=_worker_init, pin_memory=dev.type == "cuda")
+        ImageFiles(plan.root, plan.paths, image_processor, plan.processor), batch_sampler=[plan.batches[s] for s in share],
+        num_workers=n_workers, collate_fn=collate, worker_init_fn=worker_init, pin_memory=dev.type == "cuda")
     dim = model.config.projection_dim
     total = sum(len(plan.batches[s]) for s in share)
     desc = "embedding images" + (f" (rank {ranks.rank} of {ranks.world})" if ranks.world > 1 else "")
@@ -601,7 +422,7 @@ def _reusable(out, old, ds, settings, image_processor) -> dict:
             if now.get(p) == h}
 
 
-def _assemble(plan: Plan, dev, strict: bool, ranks: _Ranks) -> Summary:
+def _assemble(plan: Plan, dev, strict: bool, ranks: Ranks) -> Summary:
     """Kept vectors + journal shards + prompt vectors -> the HDF5 file; then the journal goes."""
     lead = plan.lead
     ds, journal = lead.ds, lead.journal

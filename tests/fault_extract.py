@@ -28,11 +28,11 @@ elif fault == "final-write":
     cache.atomic_write = half_then_hang
 elif fault == "kill-rank-1" and os.environ.get("RANK") == "1":
     import signal
-    ex = importlib.import_module("pacs_embed.extraction")
-    _save = ex.Journal.save
+    jr = importlib.import_module("pacs_embed.journal")
+    _save = jr.Journal.save
 
     def save_then_die(self, *args, **kwargs):
         _save(self, *args, **kwargs)
         os.kill(os.getpid(), signal.SIGKILL)
-    ex.Journal.save = save_then_die
+    jr.Journal.save = save_then_die
 sys.exit(main(sys.argv[1:]))

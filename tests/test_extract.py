@@ -305,7 +305,7 @@ def test_fast_processor_fails_the_same_files_as_pil(broken_dataset, tiny_clip, t
 
 def test_fast_decoding_refuses_a_truncated_jpeg_as_pil_does(broken_dataset):
     """libjpeg would decode the first half with a warning; the fast path sends such a file through PIL."""
-    from pacs_embed.extraction import read_rgb, read_uint8
+    from pacs_embed.images import read_rgb, read_uint8
     truncated = broken_dataset[0] / "photo/dog/truncated.jpg"
     with pytest.raises(OSError) as pil:
         read_rgb(truncated)

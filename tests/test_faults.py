@@ -8,10 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from pacs_embed import extract, prompt_embeddings
+from pacs_embed import prompt_embeddings
 from pacs_embed.cache import locked, read_images, read_prompts
 
 TESTS = Path(__file__).parent

@@ -19,7 +19,7 @@ from pacs_embed import extract, prompt_embeddings
 from pacs_embed.cache import CacheError, read_attrs, read_images, read_prompts
 from pacs_embed.cli import main
 from pacs_embed.download import DownloadError, convert_parquet
-from pacs_embed.extraction import ExtractionError, read_rgb
+from pacs_embed.images import read_rgb
 
 
 def run(*args):

@@ -187,7 +187,6 @@ def models_plot(rows: list[dict]):
     between models: compare patterns); right, mean cross-domain accuracy of none, translate and the best
     other method, with 95% intervals over seeds. The best method is picked on the same results, so its
     bar is optimistic (the maximum of many noisy means); the axis label says so."""
-    names = [r["name"] for r in rows]
     domains = list(dict.fromkeys(d for r in rows for d in r["domains"]))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(9, 2.2 * len(rows) + 5), 4.2),
                                    gridspec_kw={"width_ratios": [1, 1.2]})

@@ -1,0 +1,100 @@
+"""Image files -> pixels: decoding (PIL, or torchvision for the fast processor) in DataLoader workers.
+
+Usage::
+
+    rgb = read_rgb("photo/dog/1.jpg")            # PIL RGB, 8-bit; 16-bit scaled, bombs refused
+    loader = DataLoader(ImageFiles(root, paths, processor, "pil"), batch_sampler=..., collate_fn=collate)
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decodes (and with the PIL processor, preprocesses) one image in a DataLoader worker; failures are
+    returned, not raised. With the fast processor it returns the decoded uint8 CHW tensor: resizing, cropping
+    and normalising happen on the extraction device, a batch at a time."""
+
+    def __init__(self, root: Path, paths: list[str], processor, kind: str):
+        self.root, self.paths, self.processor, self.kind = root, paths, processor, kind
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            if self.kind == "fast":
+                return i, read_uint8(self.root / self.paths[i]), None
+            rgb = read_rgb(self.root / self.paths[i])
+            return i, self.processor(images=rgb, return_tensors="pt")["pixel_values"][0], None
+        except Exception as e:  # noqa: BLE001 - any unreadable file is recorded, not fatal
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+@contextlib.contextmanager
+def _open_image(path):
+    """Image.open, refusing images over Pillow's pixel limit (a decompression bomb) before decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            yield im
+
+
+def read_rgb(path) -> Image.Image:
+    """Decode an image to 8-bit RGB. High-bit-depth images are scaled to 8 bits (Pillow's convert("RGB")
+    would clip 16-bit values to white); images over Pillow's pixel limit (a decompression bomb, e.g. a
+    15 KB PNG of 11,000 x 11,000) are refused before they are decoded."""
+    with _open_image(path) as im:
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            a = np.asarray(im).astype(np.int64)
+            bits = 16 if im.mode.startswith("I;16") or a.max() > 255 else 8
+            a = np.clip(a >> (bits - 8), 0, 255).astype(np.uint8)
+            return Image.fromarray(a, "L").convert("RGB")
+        if im.mode == "F":
+            raise ValueError("floating-point images are not supported")
+        im.load()
+        return im.convert("RGB")
+
+
+def read_uint8(path) -> torch.Tensor:
+    """The image as a 3 x H x W uint8 tensor: 8-bit RGB or grey JPEG/PNG decoded by torchvision (libjpeg-turbo,
+    libpng), anything else (and JPEGs without their end marker) through ``read_rgb``, so that both processors
+    treat odd files alike."""
+    with _open_image(path) as im:
+        fast = im.format in ("JPEG", "PNG") and im.mode in ("RGB", "L")
+        if fast and im.format == "JPEG":  # libjpeg decodes a truncated file with a warning; PIL refuses it
+            fast = _ends_with_jpeg_eoi(path)
+    if fast:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    return torch.from_numpy(np.array(read_rgb(path))).permute(2, 0, 1).contiguous()
+
+
+def _ends_with_jpeg_eoi(path) -> bool:
+    """True when the JPEG's end-of-image marker is in its last bytes (some writers pad after it)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64))
+        return b"\xff\xd9" in f.read()
+
+
+def collate(items):
+    """(indices, readable indices, pixels, {index: error}); pixels are one stacked tensor (PIL processor, or
+    uint8 images of one size) or a list of uint8 images of different sizes (fast processor)."""
+    ok = [(i, px) for i, px, err in items if err is None]
+    pixels = [px for _, px in ok] or None
+    if pixels and (pixels[0].dtype != torch.uint8 or len({px.shape for px in pixels}) == 1):
+        pixels = torch.stack(pixels)  # one tensor: one pinned copy to the device
+    return ([i for i, _, _ in items], [i for i, _ in ok], pixels,
+            {i: err for i, _, err in items if err is not None})
+
+
+def worker_init(_):
+    torch.set_num_threads(1)
