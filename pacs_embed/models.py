@@ -145,13 +145,20 @@ def _tower_config(cfg, part: str):
     return sub
 
 
-def _quiet_load(cls, folder, config, dtype):
+def _attention(device) -> str:
+    """Eager attention on CPUs: PyTorch's fused CPU attention splits its work by thread count, so its results
+    depend (in the last bits) on how many threads ran it; eager attention's do not, and it is as fast at
+    CLIP's sequence lengths. So a cache is bit-identical whatever the threads (torchrun gives each rank one)."""
+    return "eager" if torch.device(device).type == "cpu" else "sdpa"
+
+
+def _quiet_load(cls, folder, config, dtype, device="cpu"):
     from transformers.utils import logging
     level = logging.get_verbosity()
     logging.set_verbosity_error()  # the other tower's weights are "unexpected": expected here
     logging.disable_progress_bar()
     try:
-        return cls.from_pretrained(folder, config=config, dtype=dtype).eval()
+        return cls.from_pretrained(folder, config=config, dtype=dtype, attn_implementation=_attention(device)).eval()
     except Exception as e:  # noqa: BLE001 - truncated or damaged weights
         raise ModelError(f"cannot load the weights in {folder} ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); the file may be truncated — fetch it again") from e
@@ -164,7 +171,7 @@ def load_image_tower(spec: ModelSpec, device, dtype=torch.float32):
     """The vision model with projection, on ``device`` in ``dtype``; the text weights are not loaded."""
     from transformers import CLIPVisionModelWithProjection
     cfg = _clip_config(spec)
-    model = _quiet_load(CLIPVisionModelWithProjection, spec.folder, _tower_config(cfg, "vision_config"), dtype)
+    model = _quiet_load(CLIPVisionModelWithProjection, spec.folder, _tower_config(cfg, "vision_config"), dtype, device)
     return model.to(device)
 
 
@@ -248,7 +255,8 @@ def load_text_tower(spec: ModelSpec, device=None) -> TextTower:
     from transformers import AutoTokenizer, CLIPTextModelWithProjection
     device = choose_device(device)
     cfg = _clip_config(spec)
-    model = _quiet_load(CLIPTextModelWithProjection, spec.folder, _tower_config(cfg, "text_config"), torch.float32)
+    model = _quiet_load(CLIPTextModelWithProjection, spec.folder, _tower_config(cfg, "text_config"), torch.float32,
+                        device)
     return TextTower(model.to(device), AutoTokenizer.from_pretrained(spec.folder), device)
 
 

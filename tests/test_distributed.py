@@ -14,7 +14,8 @@ TESTS = Path(__file__).parent
 
 def run(*args, ranks=1, fault="", script=None):
     """`pacs-embed extract ...` as one process or under `torchrun --nproc_per_node ranks` (gloo, CPU)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PACS_FAULT": fault}   # both ways: one thread per process
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}   # each as it would run by default:
+    env["PACS_FAULT"] = fault                                  # all cores for one process, one thread per rank
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []
     target = [str(script)] if script else ["-m", "pacs_embed"]
     return subprocess.run([sys.executable, *launcher, *target, "extract", *map(str, args)], capture_output=True,
