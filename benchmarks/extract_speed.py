@@ -12,6 +12,7 @@ Hub is not needed). Prints images/s, the ratios, and how far fast preprocessing'
     .venv/bin/python benchmarks/extract_speed.py                          # CPU, pacs-mini, ViT-B/32
     python benchmarks/extract_speed.py --data /tmp/pacs-like --arch l14 --processor pil fast   # a GPU box
     .venv/bin/python benchmarks/extract_speed.py --sweep 16 32 64 128    # CPU default batch size
+    .venv/bin/python benchmarks/extract_speed.py --attention --dtype float32   # eager vs fused attention
 """
 from __future__ import annotations
 
@@ -79,13 +80,37 @@ def bound(model_dir, files, dev, dtype, batch_size, n_images) -> float:
         return n_batches * batch_size / (time.perf_counter() - t)
 
 
-def pacs_embed(data, model_dir, tmp, dev, dtype, batch_size, processor, workers, warm_data):
+def extract_rate(data, model_dir, tmp, dev, dtype, batch_size, processor, workers, warm_data):
     """(images/s after the model load, Summary) of ``extract``; a small warm-up run first (CUDA init, caches)."""
     kw = dict(device=str(dev), dtype=dtype_name(dtype), batch_size=batch_size, processor=processor, workers=workers,
               progress=False)
     extract(warm_data, model_dir, Path(tmp) / f"warm-{processor}.h5", **kw)
     s = extract(data, model_dir, Path(tmp) / f"{processor}-{batch_size}.h5", **kw)
     return s.n_images / s.embed_seconds, s
+
+
+def attention_check(model_dir, files, dev, dtype, batch_size, reps: int = 4) -> dict:
+    """Median seconds per batch of the image tower with eager vs PyTorch's fused (sdpa) attention, alternated."""
+    from transformers import CLIPVisionModelWithProjection
+    from transformers.utils import logging
+    logging.set_verbosity_error()   # the text weights in the checkpoint are "unexpected" here: expected
+    processor = load_processor(resolve(model_dir), "pil")
+    px = torch.stack([processor(images=read_rgb(f), return_tensors="pt")["pixel_values"][0]
+                      for f in (files * batch_size)[:batch_size]]).to(dev, dtype)
+    towers = {a: CLIPVisionModelWithProjection.from_pretrained(model_dir, dtype=dtype, attn_implementation=a).eval()
+              .to(dev) for a in ("eager", "sdpa")}
+    times = {a: [] for a in towers}
+    with torch.inference_mode():
+        for t in towers.values():
+            t(pixel_values=px[:4])
+        for _ in range(reps):
+            for a, t in towers.items():
+                _sync(dev)
+                t0 = time.perf_counter()
+                t(pixel_values=px)
+                _sync(dev)
+                times[a].append(time.perf_counter() - t0)
+    return {a: float(np.median(v)) for a, v in times.items()}
 
 
 def cosine(a, b):
@@ -104,6 +129,8 @@ def main():
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--naive", type=int, default=64, help="images for the naive loop (0: skip)")
     ap.add_argument("--sweep", type=int, nargs="+", help="instead: pacs_embed images/s at each of these batch sizes")
+    ap.add_argument("--attention", action="store_true",
+                    help="instead: the tower's time per batch with eager vs fused (sdpa) attention, side by side")
     args = ap.parse_args()
     dev = choose_device(args.device)
     dtype = choose_dtype(dev, args.dtype)
@@ -115,9 +142,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(make_clip(Path(tmp) / args.arch, ARCHS[args.arch]))
         warm = args.warm_data or args.data
+        if args.attention:
+            t = attention_check(model_dir, files, dev, dtype, batch_size)
+            print(f"seconds per batch of {batch_size}: eager {t['eager']:.3f}, sdpa {t['sdpa']:.3f} "
+                  f"(eager / sdpa = {t['eager'] / t['sdpa']:.2f})")
+            return
         if args.sweep:
             for b in args.sweep:
-                rate, _ = pacs_embed(args.data, model_dir, tmp, dev, dtype, b, args.processor[0], args.workers, warm)
+                rate, _ = extract_rate(args.data, model_dir, tmp, dev, dtype, b, args.processor[0], args.workers, warm)
                 print(f"batch {b:4d}: pacs_embed {rate:8.1f} images/s")
             return
         rates = {}
@@ -127,7 +159,7 @@ def main():
             model_dir, files, dev, dtype, batch_size, min(len(files), 2048 if dev.type == "cuda" else 256))
         caches = {}
         for proc in args.processor:
-            rate, s = pacs_embed(args.data, model_dir, tmp, dev, dtype, batch_size, proc, args.workers, warm)
+            rate, s = extract_rate(args.data, model_dir, tmp, dev, dtype, batch_size, proc, args.workers, warm)
             rates[f"pacs_embed ({proc} preprocessing)"] = rate
             caches[proc] = s.out
             print(f"pacs_embed {proc}: {s.n_images} images, {s.embed_seconds:.2f} s after the model load "

@@ -12,6 +12,7 @@ Two kinds, both made here on any machine (no Hub, no PACS download):
 
     .venv/bin/python benchmarks/pacs_scale.py          # builds both into data/bench/ (if missing)
     python benchmarks/pacs_scale.py --images DIR [--source PACS_MINI]   # only the 9,991 images, into DIR
+    python benchmarks/pacs_scale.py --subset DIR OUT N   # the first N files of each domain x class of DIR, into OUT
 """
 from __future__ import annotations
 
@@ -90,6 +91,17 @@ def _images(folder: Path, seed: int = 0, source: Path = PACS_MINI) -> Path:
     return folder
 
 
+def subset(folder: Path, out: Path, per_class: int) -> Path:
+    """The first ``per_class`` files (sorted) of each domain x class folder of ``folder``, copied into ``out``."""
+    import shutil
+    for cls_dir in sorted(p for p in Path(folder).glob("*/*") if p.is_dir()):
+        dest = Path(out) / cls_dir.parent.name / cls_dir.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls_dir.iterdir())[:per_class]:
+            shutil.copy2(f, dest / f.name)
+    return Path(out)
+
+
 def clip_cache(path=BENCH / "random-clip-vit-b-32.h5") -> Path:
     """``pacs-embed extract`` of a random-weight CLIP (real ViT-B/32 shape) over 9,991 real images."""
     path = Path(path)
@@ -113,6 +125,10 @@ def encode_report_prompts(path) -> None:
 
 
 if __name__ == "__main__":
+    if "--subset" in sys.argv:
+        a = sys.argv[sys.argv.index("--subset") + 1:]
+        print(subset(Path(a[0]), Path(a[1]), int(a[2])))
+        sys.exit(0)
     if "--images" in sys.argv:
         a = sys.argv
         print(_images(Path(a[a.index("--images") + 1]),

@@ -167,6 +167,12 @@ def read_attrs(path) -> dict:
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
 
 
+def read_names(path) -> tuple[list[str], list[str]]:
+    """(domains, classes) without reading any vectors."""
+    with _open(path) as f:
+        return f["domains"].asstr()[:].tolist(), f["classes"].asstr()[:].tolist()
+
+
 def read_images(path) -> dict:
     """Every image's embedding and labels: keys embedding, path, domain, label, ok, sha256, domains, classes."""
     with _open(path) as f:

@@ -8,6 +8,7 @@ Usage::
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -178,6 +179,7 @@ def load_image_tower(spec: ModelSpec, device, dtype=torch.float32):
 PROCESSORS = ("auto", "fast", "pil")
 
 
+@functools.lru_cache(maxsize=1)
 def has_torchvision() -> bool:
     """True where torchvision imports beside this torch (it does not beside the CPU-only torch wheel here)."""
     try:

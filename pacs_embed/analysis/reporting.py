@@ -171,15 +171,12 @@ def compare_models(caches, out="results", figures="figures", **kwargs) -> dict[s
 
 def _check_comparable(caches) -> None:
     """Every cache readable, and all of one dataset (same domains and classes), before any work."""
-    from ..cache import read_images
+    from ..cache import read_names
     if not caches:
         raise ValueError("compare_models needs at least one cache")
-    seen = {}
-    for c in caches:
-        a = read_images(c)   # a missing or damaged cache fails here, naming it
-        seen[str(c)] = (a["domains"], a["classes"])
-    first, (domains, classes) = next(iter(seen.items()))
-    for c, (d, k) in seen.items():
+    names = {str(c): read_names(c) for c in caches}   # a missing or damaged cache fails here, naming it
+    first, (domains, classes) = next(iter(names.items()))
+    for c, (d, k) in names.items():
         if (d, k) != (domains, classes):
             raise ValueError(f"models are compared on one dataset: {c} has domains {d} and classes {k}, "
                              f"{first} has {domains} and {classes}")
