@@ -215,7 +215,7 @@ def models_plot(rows: list[dict]):
     ax2.set_ylabel("mean cross-domain accuracy\n(95% interval over seeds)")
     ax2.set_ylim(0, 1.05)
     ax2.set_title("accuracy on other domains, per model", fontsize=10)
-    ax2.legend(fontsize=7, loc="upper left")
+    ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))   # below: bars may reach 1
     fig.tight_layout()
     return fig
 
