@@ -252,7 +252,7 @@ def _lbfgs_path(x, y, classes, Cs, shifts=None):
             e = np.exp(z)
             se = e.sum(1, keepdims=True)
             # summed in float64: float32 sums made the loss too noisy for L-BFGS's line search at large C
-            # (it failed and retried: 3-4 loss evaluations per iteration on random-CLIP features; now 1.4-2.6)
+            # (it failed and retried, several loss evaluations per iteration, on random-CLIP features)
             fit = np.log(se).sum(dtype=np.float64) - z[pick].sum(dtype=np.float64)
             loss = float(fit) * C + 0.5 * float((W * W).sum())
             P = e / se
