@@ -353,11 +353,12 @@ def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progr
     desc = "embedding images" + (f" (rank {ranks.rank} of {ranks.world})" if ranks.world > 1 else "")
     profile = collections.Counter() if os.environ.get("PACS_EMBED_PROFILE") else None
 
-    def save(indices, ok_indices, vectors, errors):
+    def save(indices, vectors, errors):
         t = time.perf_counter()
         emb = np.full((len(indices), dim), np.nan, np.float32)
         if vectors is not None:
-            emb[[indices.index(i) for i in ok_indices]] = vectors.float().cpu().numpy()  # waits for the device
+            ok = [row for row, i in enumerate(indices) if i not in errors]   # the readable images, in order
+            emb[ok] = vectors.float().cpu().numpy()  # waits for the device
         journal.save(indices[0], emb, np.array([i not in errors for i in indices]),
                      [errors.get(i, "") for i in indices])
         if profile is not None:
@@ -371,7 +372,7 @@ def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progr
         while True:
             t = time.perf_counter()
             try:
-                indices, ok_indices, pixels, errors = next(batches)
+                indices, pixels, errors = next(batches)
             except StopIteration:
                 break
             t1 = time.perf_counter()
@@ -387,7 +388,7 @@ def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progr
                     torch.cuda.synchronize(dev)
                 profile["main: wait for decoded batch"] += t1 - t
                 profile["main: preprocess + tower"] += time.perf_counter() - t1
-            inflight.append(writer.submit(save, indices, ok_indices, vectors, errors))
+            inflight.append(writer.submit(save, indices, vectors, errors))
             while len(inflight) > 2 or (inflight and inflight[0].done()):
                 bar.update(inflight.popleft().result())  # re-raises a failed write (e.g. a full disk)
         while inflight:

@@ -86,14 +86,12 @@ def _ends_with_jpeg_eoi(path) -> bool:
 
 
 def collate(items):
-    """(indices, readable indices, pixels, {index: error}); pixels are one stacked tensor (PIL processor, or
-    uint8 images of one size) or a list of uint8 images of different sizes (fast processor)."""
-    ok = [(i, px) for i, px, err in items if err is None]
-    pixels = [px for _, px in ok] or None
+    """(indices, pixels of the readable ones in that order, {index: error}); pixels are one stacked tensor (PIL
+    processor, or uint8 images of one size) or a list of uint8 images of different sizes (fast processor)."""
+    pixels = [px for _, px, err in items if err is None] or None
     if pixels and (pixels[0].dtype != torch.uint8 or len({px.shape for px in pixels}) == 1):
         pixels = torch.stack(pixels)  # one tensor: one pinned copy to the device
-    return ([i for i, _, _ in items], [i for i, _ in ok], pixels,
-            {i: err for i, _, err in items if err is not None})
+    return [i for i, _, _ in items], pixels, {i: err for i, _, err in items if err is not None}
 
 
 def worker_init(_):
