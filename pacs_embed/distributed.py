@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import sys
 
 import torch
 
@@ -61,7 +62,12 @@ class Ranks:
             dist.barrier()
 
     def close(self) -> None:
+        """Tear the group down together (after a barrier, unless this rank is failing). Even so, gloo's threads
+        can abort the interpreter's own teardown afterwards; ``pacs-embed`` therefore ends torchrun ranks
+        with ``os._exit`` (see ``cli.main``)."""
         if self.started:
             import torch.distributed as dist
+            if sys.exc_info()[0] is None:   # after a failure the other ranks may never come: do not wait
+                dist.barrier()
             dist.destroy_process_group()
             self.started = False
