@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from pacs_embed.analysis.heads import C_GRID, Head, HeadCache, fit_head, shifted, split
+from pacs_embed.analysis.heads import C_GRID, Head, HeadCache, fit_head, head_key, shifted, split
 
 
 def problem(n=700, d=24, k=5, seed=0, signal=1.0):
@@ -75,3 +75,23 @@ def test_a_source_with_one_class_is_a_clear_error():
     x = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
     with pytest.raises(ValueError, match="only class"):
         fit_head(x, np.zeros(20, int), *split(20, 0, "photo"))
+
+
+def test_a_key_follows_the_bytes_and_read_only_images_are_hashed_once(monkeypatch):
+    from pacs_embed.analysis import heads
+    x, y = problem()[:2]
+    x = x.astype(np.float32)                                    # as embeddings are
+    train, holdout = split(len(y), 0, "d")
+    before = head_key(x, y, train, holdout, C_GRID)
+    x[0, 0] += 1e-3                                             # a writable array is hashed as it is now
+    assert head_key(x, y, train, holdout, C_GRID) != before
+    x.flags.writeable = False                                   # evaluate hands methods read-only source images
+    calls = []
+    monkeypatch.setattr(heads.hashlib, "sha256", lambda *a, real=heads.hashlib.sha256: calls.append(1) or real(*a))
+    keys = {head_key(x, y, train, holdout, C_GRID) for _ in range(3)}
+    assert len(keys) == 1
+    assert len(calls) == 1 + 5 + 2 * 4                          # the key, the first call's 5 parts, 4 parts twice
+    y2 = y.copy()
+    y2[0] = (y2[0] + 1) % 5
+    assert head_key(x, y2, train, holdout, C_GRID) not in keys  # labels, split, grid and shifts still count
+    assert head_key(x, y, train, holdout, C_GRID, shifts=np.ones((1, x.shape[1]))) not in keys

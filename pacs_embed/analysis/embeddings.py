@@ -18,8 +18,13 @@ from ..cache import check_dataset, read_attrs, read_images
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """x / ||x|| along ``axis`` (zero vectors stay zero)."""
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.where(norm == 0, 1, norm)
+    x = np.asarray(x)
+    if x.ndim == 0 or not np.issubdtype(x.dtype, np.floating):
+        x = np.asarray(x, np.float64)
+    norm = np.sqrt(np.einsum("...i,...i->...", np.moveaxis(x, axis, -1), np.moveaxis(x, axis, -1)))
+    norm = np.expand_dims(norm, axis)
+    norm[norm == 0] = 1
+    return x / norm
 
 
 @dataclass
