@@ -90,7 +90,7 @@ def test_a_key_follows_the_bytes_and_read_only_images_are_hashed_once(monkeypatc
     monkeypatch.setattr(heads.hashlib, "sha256", lambda *a, real=heads.hashlib.sha256: calls.append(1) or real(*a))
     keys = {head_key(x, y, train, holdout, C_GRID) for _ in range(3)}
     assert len(keys) == 1
-    assert len(calls) == 1 + 5 + 2 * 4                          # the key, the first call's 5 parts, 4 parts twice
+    assert len(calls) == (1 + 5) + 2 * (1 + 4)                  # key + 5 parts, then key + 4 (x memoised) twice
     y2 = y.copy()
     y2[0] = (y2[0] + 1) % 5
     assert head_key(x, y2, train, holdout, C_GRID) not in keys  # labels, split, grid and shifts still count
