@@ -68,13 +68,19 @@ def resolve(model: str, revision: str | None = None) -> ModelSpec:
 
 
 def _weights_sha256(folder: Path) -> str:
+    """Hash of a local checkpoint's config and weights; re-read only when a file's size or mtime changed
+    (a notebook resolves the model at every prompt edit)."""
+    files = [folder / name for name in ("config.json",) + _WEIGHT_FILES if (folder / name).is_file()]
+    return _files_sha256(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@functools.lru_cache(maxsize=16)
+def _files_sha256(files: tuple) -> str:
     h = hashlib.sha256()
-    for name in ("config.json",) + _WEIGHT_FILES:
-        p = folder / name
-        if p.is_file():
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
+    for path, _, _ in files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
     return h.hexdigest()[:40]
 
 
