@@ -70,8 +70,8 @@ def resolve(model: str, revision: str | None = None) -> ModelSpec:
 def _weights_sha256(folder: Path) -> str:
     """Hash of a local checkpoint's config and weights; re-read only when a file's size or mtime changed
     (a notebook resolves the model at every prompt edit)."""
-    files = [folder / name for name in ("config.json",) + _WEIGHT_FILES if (folder / name).is_file()]
-    return _files_sha256(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    stats = [(str(p), p.stat()) for p in (folder / n for n in ("config.json",) + _WEIGHT_FILES) if p.is_file()]
+    return _files_sha256(tuple((p, st.st_size, st.st_mtime_ns) for p, st in stats))
 
 
 @functools.lru_cache(maxsize=16)

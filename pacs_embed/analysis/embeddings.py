@@ -21,8 +21,8 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 0 or not np.issubdtype(x.dtype, np.floating):
         x = np.asarray(x, np.float64)
-    norm = np.sqrt(np.einsum("...i,...i->...", np.moveaxis(x, axis, -1), np.moveaxis(x, axis, -1)))
-    norm = np.expand_dims(norm, axis)
+    last = np.moveaxis(x, axis, -1)
+    norm = np.expand_dims(np.sqrt(np.einsum("...i,...i->...", last, last)), axis)
     norm[norm == 0] = 1
     return x / norm
 

@@ -129,12 +129,11 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     with single_threaded_blas(), ThreadPoolExecutor(max(1, workers)) as pool:
         size = {s: len(emb.in_domain(s)) for s in domains}   # the largest sources first: no core idles at the end
         futures = {j: pool.submit(job, *j) for j in sorted(jobs, key=lambda j: -size[j[0]])}
-        futures = [futures[j] for j in jobs]
         with tqdm(total=len(jobs), desc="fitting methods", unit="source x seed", disable=not progress) as bar:
-            for f in as_completed(futures):
+            for f in as_completed(futures.values()):
                 bar.update()
-        for (s, seed), f in zip(jobs, futures):  # in job order, whatever order they finished in
-            plain, job_rows, hits_by, job_fitted = f.result()
+        for s, seed in jobs:  # in job order, whatever order they ran in
+            plain, job_rows, hits_by, job_fitted = futures[(s, seed)].result()
             heads[(s, seed)] = plain
             rows += job_rows
             fitted.update(job_fitted)
