@@ -51,7 +51,7 @@ from ..files import atomic_write
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 HOLDOUT = 0.2
-SOLVER = "pacs_embed-lbfgs-precond/3"   # part of every cache key: a solver change never reuses old heads
+SOLVER = "pacs_embed-lbfgs-precond/4"   # part of every cache key: a solver change never reuses old heads
 TOL = 3e-5                              # max |gradient| of the per-image mean loss at convergence (sklearn: 1e-4)
 
 
@@ -244,12 +244,14 @@ def _lbfgs_path(x, y, classes, Cs, shifts=None):
     x64 = x.astype(np.float64)
     R = np.stack([1 / np.linalg.norm(x64 + c, axis=1) if c.any() else np.ones(n) for c in C_all])
     G, N = len(C_all), len(C_all) * n
-    scatter, total = np.zeros((d, d)), np.zeros(d)
-    for r, c in zip(R, C_all):
-        rows = (r[:, None] * (x64 + c)).astype(np.float32)
-        scatter += (rows.T @ rows).astype(np.float64)
-        total += rows.sum(0, dtype=np.float64)
-    mu = total / N
+    # scatter of every group's rows r ⊙ (x + c), with one n x d x d product for all groups:
+    # Σ_g (r_g ⊙ (x + c_g))ᵀ(r_g ⊙ (x + c_g)) = xᵀ diag(Σ_g r_g²) x + Σ_g [m_g c_gᵀ + c_g m_gᵀ + |r_g|² c_g c_gᵀ],
+    # m_g = xᵀ r_g²
+    R2 = R * R
+    xw = (np.sqrt(R2.sum(0))[:, None] * x64).astype(np.float32)
+    M = R2 @ x64                                                      # (G, d): m_g
+    scatter = (xw.T @ xw).astype(np.float64) + M.T @ C_all + C_all.T @ M + (C_all.T * R2.sum(1)) @ C_all
+    mu = (R.sum(0) @ x64 + R.sum(1) @ C_all) / N
     lam, V = scipy.linalg.eigh((scatter - N * np.outer(mu, mu)).astype(np.float32), driver="evd")   # any rotation is exact
     lam, V = lam.astype(np.float64), V.astype(np.float64)
     lam = np.maximum(lam, 0.0)
@@ -257,8 +259,7 @@ def _lbfgs_path(x, y, classes, Cs, shifts=None):
     A, mu_r = C_all @ V, mu @ V
     R = R.astype(np.float32)[:, None, :]                              # (G, 1, n)
     # layout (G, K, n): reductions over classes are element-wise over contiguous rows
-    pick = np.zeros((G, K, n), bool)
-    pick[:, label, np.arange(n)] = True
+    pick = np.sort((np.arange(G)[:, None] * K + label) * n + np.arange(n)).ravel()   # flat indices of [g, yᵢ, i]
     Wr, b = np.zeros((d, K)), np.zeros(K)                             # weights in the rotated basis
     bs = np.sqrt(N / K)
     for C in sorted(Cs):
@@ -274,10 +275,10 @@ def _lbfgs_path(x, y, classes, Cs, shifts=None):
             se = e.sum(1, keepdims=True)
             # summed in float64: float32 sums made the loss too noisy for L-BFGS's line search at large C
             # (it failed and retried, several loss evaluations per iteration, on random-CLIP features)
-            fit = np.log(se).sum(dtype=np.float64) - z[pick].sum(dtype=np.float64)
+            fit = np.log(se).sum(dtype=np.float64) - z.reshape(-1).take(pick).sum(dtype=np.float64)
             loss = float(fit) * C + 0.5 * float((W * W).sum())
             P = e / se
-            P[pick] -= 1.0                                             # (G, K, n): softmax − one-hot
+            P.reshape(-1)[pick] -= 1.0                                 # (G, K, n): softmax − one-hot
             RP = R * P
             gW = C * ((ZT @ RP.sum(0).T).astype(np.float64) + A.T @ RP.sum(2).astype(np.float64)
                       - np.outer(mu_r, P.sum((0, 2)))) + W
