@@ -83,7 +83,7 @@ def test_encoding_prompts_never_loads_the_vision_model(cache_copy, monkeypatch):
         raise AssertionError("the vision tower was loaded to encode text")
     monkeypatch.setattr(transformers.CLIPVisionModelWithProjection, "from_pretrained", refuse)
     monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", refuse)
-    prompts_module._text_tower.cache_clear()
+    prompts_module._load_text_tower.cache_clear()
     assert prompt_embeddings(cache_copy, ["a never seen prompt"]).shape == (1, 16)
 
 
@@ -131,3 +131,23 @@ def test_a_bare_string_is_never_split_into_letters(cache_copy):
     with pytest.raises(TypeError, match="list of strings"):
         prompt_embeddings(cache_copy, "watercolor")
     assert "w" not in read_prompts(cache_copy)
+
+
+def test_a_preloaded_text_tower_is_the_one_that_encodes_the_first_new_prompt(cache_copy, spy):
+    prompts_module._load_text_tower.cache_clear()
+    loads = spy("pacs_embed.models", "load_text_tower")
+    prompts_module.preload_text_tower(cache_copy).join()
+    assert len(loads) == 1
+    assert prompt_embeddings(cache_copy, ["a prompt after the preload"]).shape == (1, 16)
+    assert len(loads) == 1   # not loaded again
+
+
+def test_a_failed_preload_leaves_the_error_to_the_call_that_needs_the_tower(cache_copy, tmp_path, monkeypatch):
+    import threading
+    raised = []
+    monkeypatch.setattr(threading, "excepthook", raised.append)
+    prompts_module._load_text_tower.cache_clear()
+    prompts_module.preload_text_tower(cache_copy, model=str(tmp_path / "no-such-model")).join()
+    assert raised == []   # nothing printed from the background thread
+    with pytest.raises(Exception, match="no-such-model"):
+        prompt_embeddings(cache_copy, ["another new prompt"], model=str(tmp_path / "no-such-model"))

@@ -19,13 +19,13 @@ from .methods import METHODS, Method, Source, default_methods, delta, register
 from .reporting import compare_models, markdown, record, report
 from .similarity import description_similarity, paper_table1, prompt_similarity, similarity_matrix, table1
 from .stats import gains, grid, method_means, summary
-from .text import DESCRIPTIONS, NO_DESCRIPTION, Description, TextSide, text_side
+from .text import DESCRIPTIONS, NO_DESCRIPTION, Description, TextSide, preload_text_tower, text_side
 
 __all__ = [
     # the cache
     "load", "Embeddings", "l2_normalize", "dataset_status", "provenance", "prompt_embeddings", "load_templates",
     # the text side
-    "text_side", "TextSide", "Description", "DESCRIPTIONS", "NO_DESCRIPTION",
+    "text_side", "TextSide", "Description", "DESCRIPTIONS", "NO_DESCRIPTION", "preload_text_tower",
     # methods and heads
     "METHODS", "Method", "Source", "register", "default_methods", "delta", "fit_head", "Head", "HeadCache", "split", "C_GRID",
     # evaluation, statistics, output

@@ -115,8 +115,9 @@ class Operator(Method):
     def fit(self, src):
         t = src.description.vector
         features = self.op(src.x, t, t)
-        if np.allclose(features, src.x, rtol=0, atol=1e-6):   # no shift, no change (up to rounding): the plain head
-            features = src.x
+        features = np.asarray(features)
+        if features.shape == src.x.shape and float(np.abs(features - src.x).max()) <= 1e-6:
+            features = src.x   # no shift, no change (up to rounding): the plain head
         self.head = src.fit_head(features)
         return self
 

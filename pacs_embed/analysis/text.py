@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import prompts as _prompts
 from ..prompts import class_prompts, domain_class_prompts, domain_prompt, load_templates, prompt_embeddings
 from .embeddings import Embeddings, l2_normalize
 
@@ -153,3 +154,12 @@ def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | N
 
     return TextSide({how: [encoded(d) for d in ds] for how, ds in descs.items()},
                     np.stack([unit[p] for p in class_prompts(emb.classes, templates)]).astype(np.float32), encode)
+
+
+def preload_text_tower(emb: Embeddings):
+    """Load ``emb``'s text tower in a background thread (returned), so the first prompt edit of a session
+    does not wait for torch, transformers and the weights; see ``pacs_embed.prompts.preload_text_tower``.
+
+    Usage: ``pa.preload_text_tower(emb)`` right after ``pa.load``.
+    """
+    return _prompts.preload_text_tower(emb.cache)
