@@ -38,8 +38,9 @@ class ModelSpec:
     revision: str      # hub commit hash, or 'sha256:<...>' of a local folder's weights
 
 
-def resolve(model: str, revision: str | None = None) -> ModelSpec:
-    """Find ``model`` as a local folder or in the Hugging Face cache/Hub (honours HF_HUB_OFFLINE)."""
+def resolve(model: str, revision: str | None = None, local_only: bool = False) -> ModelSpec:
+    """Find ``model`` as a local folder or in the Hugging Face cache/Hub (honours HF_HUB_OFFLINE;
+    ``local_only``: never download)."""
     local = Path(model).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
@@ -52,7 +53,7 @@ def resolve(model: str, revision: str | None = None) -> ModelSpec:
                          f"(a folder with the same weights is accepted).")
     from huggingface_hub import snapshot_download
     try:
-        folder = snapshot_download(model, revision=revision, allow_patterns=[
+        folder = snapshot_download(model, revision=revision, local_files_only=local_only, allow_patterns=[
             "*.json", "*.txt", "model.safetensors", "pytorch_model.bin"])
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")

@@ -103,13 +103,14 @@ def _load_text_tower(spec, device):
 def preload_text_tower(path, model: str | None = None, device: str | None = None) -> threading.Thread:
     """Start loading the cache's text tower (torch, transformers, the weights) in a background thread and
     return at once, so that the first prompt the cache lacks is encoded without that wait (about 4 s on a
-    2-core CPU). A failure is not raised here: the call that needs the tower loads it again and raises it.
+    2-core CPU). Nothing is downloaded: a model that is not on disk is left to the call that needs it, and
+    so is any failure (that call loads the tower again and raises it).
 
     Usage: ``preload_text_tower(cache_path)`` while the cache's own prompts are analysed.
     """
     def load():
         try:
-            _text_tower(_spec_for(path, model), device)
+            _text_tower(_spec_for(path, model, local_only=True), device)
         except Exception:  # noqa: BLE001 - the encoding call that needs the tower reports it
             pass
     thread = threading.Thread(target=load, name="pacs_embed text tower")
@@ -117,11 +118,11 @@ def preload_text_tower(path, model: str | None = None, device: str | None = None
     return thread
 
 
-def _spec_for(path, model):
+def _spec_for(path, model, local_only: bool = False):
     from .models import resolve
     attrs = _cache.read_attrs(path)
     spec = resolve(model or attrs["model_id"], revision=None if model or attrs["revision"].startswith("sha256:")
-                   else attrs["revision"])
+                   else attrs["revision"], local_only=local_only)
     if not _cache.same_model(attrs, spec.model_id, spec.revision):
         raise _cache.CacheError(
             f"{str(path)!r} was made with {attrs['model_id']} @ {attrs['revision']}, but the model given resolves "

@@ -151,3 +151,17 @@ def test_a_failed_preload_leaves_the_error_to_the_call_that_needs_the_tower(cach
     assert raised == []   # nothing printed from the background thread
     with pytest.raises(Exception, match="no-such-model"):
         prompt_embeddings(cache_copy, ["another new prompt"], model=str(tmp_path / "no-such-model"))
+
+
+def test_a_preload_never_downloads_a_model(cache_copy, monkeypatch):
+    import huggingface_hub
+    asked = []
+
+    def snapshot_download(model, **kwargs):
+        asked.append((model, kwargs.get("local_files_only")))
+        raise OSError("not in the local cache")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(prompts_module._cache, "read_attrs", lambda path: {"model_id": "org/a-hub-model", "revision": "abc"})
+    prompts_module._load_text_tower.cache_clear()
+    prompts_module.preload_text_tower(cache_copy).join()
+    assert asked == [("org/a-hub-model", True)]
