@@ -150,7 +150,7 @@ def bench(name, cache, skip_notebook, full_sklearn):
             print(f"notebook 4, first run (heads the reports cached): {first:5.1f} s")
             for e, t in zip(edits, again):
                 print(f"notebook 4 re-run in its kernel, cartoon -> {e['cartoon']!r}: {t:4.1f} s   (target <= 10 s; "
-                      f"new prompts encoded{', torch and the text tower loaded' if e is edits[0] else ''})")
+                      f"new prompts encoded{'; the first edit: text tower preloaded during the first run' if e is edits[0] else ''})")
             print(f"notebook 4 in a fresh kernel, cartoon -> 'a pixel-art sprite': {fresh:4.1f} s   (kernel start, "
                   f"imports, text tower load and encoding included)")
 
