@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                    help='describe DOMAIN by PROMPT in every experiment, e.g. --domain-prompt cartoon="a comic strip"; '
                         "repeat it (also for one domain: its prompts are averaged)")
     r.add_argument("--methods", nargs="+", help="methods to run (default: every default method)")
+    r.add_argument("--sources", nargs="+", metavar="DOMAIN",
+                   help="source domains to train heads on (default: every domain; all are scored as targets)")
     r.add_argument("--n-nouns", type=int, default=100, help="generic nouns for the 'nouns' description (default: 100)")
     r.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     r.add_argument("--no-head-cache", action="store_true",
@@ -113,7 +115,7 @@ def _run(args) -> int:
     elif args.command == "report":
         from .analysis import compare_models, report
         options = dict(seeds=range(args.seeds), descriptions=args.descriptions,
-                       domain_prompts=parse_domain_prompts(args.domain_prompt), methods=args.methods,
+                       domain_prompts=parse_domain_prompts(args.domain_prompt), methods=args.methods, sources=args.sources,
                        n_nouns=args.n_nouns, n_boot=args.bootstrap, head_cache=not args.no_head_cache,
                        progress=not args.no_progress)
         if len(args.cache) == 1:

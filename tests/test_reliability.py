@@ -10,6 +10,7 @@ import warnings
 
 import h5py
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -214,7 +215,12 @@ def test_11_degenerate_datasets_get_a_message_about_the_dataset(small_dataset, t
             shutil.rmtree(c)                                                   # a domain with one class
     extract(lone, str(tiny_clip), tmp_path / "lone.h5", dtype="float32", workers=0, progress=False)
     r = run("report", tmp_path / "lone.h5", "--out", tmp_path / "r3", "--figures", tmp_path / "f3", "--seeds", "1")
-    assert r.returncode == 2 and "source domain 'sketch'" in r.stderr and "only class" in r.stderr
+    assert r.returncode == 2 and "source domain 'sketch'" in r.stderr and "only class" in r.stderr and "--sources" in r.stderr
+    r = run("report", tmp_path / "lone.h5", "--out", tmp_path / "r4", "--figures", tmp_path / "f4", "--seeds", "1",
+            "--descriptions", "paper", "--sources", "photo", "art_painting", "cartoon", "--no-progress")
+    assert r.returncode == 0, r.stderr                                         # ... left out as a source, kept as a target
+    results = pd.read_csv(tmp_path / "r4" / "results.csv")
+    assert "sketch" not in set(results.source[results.method == "none"]) and "sketch" in set(results.target)
 
 
 # 12

@@ -90,7 +90,8 @@ class Source:
         try:
             return fit_head(features, y, train, self.holdout, self.Cs, self.heads, self.solver, shifts)
         except ValueError as e:
-            raise ValueError(f"source domain {self.domain!r}: {e}") from None
+            raise ValueError(f"source domain {self.domain!r}: {e}. Leave it out as a source (`pacs-embed report "
+                             f"--sources ...`, evaluate(..., sources=[...])); it is still scored as a target") from None
 
 
 class Method:

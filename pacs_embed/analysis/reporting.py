@@ -47,8 +47,9 @@ def record(path, **values) -> None:
 
 def report(cache, out="results", figures="figures", seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS,
            domain_prompts: dict | None = None, methods=None, n_nouns: int | None = 100, n_boot: int = 1000,
-           head_cache=True, progress: bool = True) -> dict[str, Path]:
-    """Evaluate every method on ``cache`` and write tables (CSV + Markdown) and figures (PNG + PDF)."""
+           head_cache=True, progress: bool = True, sources=None) -> dict[str, Path]:
+    """Evaluate every method on ``cache`` and write tables (CSV + Markdown) and figures (PNG + PDF).
+    ``sources`` limits the source domains (default: all); every domain is scored as a target."""
     from . import plots   # matplotlib (and Pillow) only when a report is drawn
     plots.use_headless_backend()
     out, figures = Path(out), Path(figures)
@@ -56,7 +57,7 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
     emb = load(cache)
     t1 = table1(emb, domain_prompts)
     text = text_side(emb, tuple(descriptions), domain_prompts, n_nouns)
-    res = evaluate(emb, methods, seeds=seeds, text=text, head_cache=head_cache, progress=progress)
+    res = evaluate(emb, methods, seeds=seeds, text=text, head_cache=head_cache, progress=progress, sources=sources)
     summ, gain, means = summary(res.table), gains(res, n_boot=n_boot), method_means(res.table)
     paths = {}
     for name, df in [("results", res.table), ("summary", summ), ("gains", gain), ("methods", means),
