@@ -104,3 +104,17 @@ def test_each_domain_description_matches_its_own_images_best_on_synthetic_data()
     sims = description_similarity(emb, text).loc["paper"]
     assert list(sims.index) == emb.domains and list(sims.columns) == emb.domains
     assert (sims.values.argmax(axis=1) == np.arange(N_DOMAINS)).all()
+
+
+def test_with_some_sources_every_domain_is_still_a_target_in_the_tables_and_the_grid():
+    import matplotlib
+    matplotlib.use("Agg")
+    from pacs_embed.analysis import plots
+    from pacs_embed.analysis.stats import grid
+    emb, text = synthetic(n_per=10)
+    res = evaluate(emb, text=text, seeds=range(2), sources=["d1"], methods=["none", "zeroshot"], progress=False)
+    assert set(res.table.source) == {"d1"} and set(res.table.target) == set(emb.domains)
+    g = grid(res.table, "none")
+    assert list(g.index) == ["d1"] and list(g.columns) == emb.domains
+    fig = plots.accuracy_grid(res.table)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == emb.domains

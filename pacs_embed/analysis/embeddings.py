@@ -57,6 +57,14 @@ def domain_order(domains) -> list[str]:
     return first + [d for d in domains if d not in first]
 
 
+def table_domains(table, column: str) -> list[str]:
+    """The domains in a results table's ``column`` ("source" or "target"), in the one order: the cache's
+    (``evaluate`` keeps it in ``table.attrs["domains"]``), then any other in order of appearance."""
+    present = list(dict.fromkeys(table[column]))
+    known = [d for d in table.attrs.get("domains", []) if d in present]
+    return domain_order(known + [d for d in present if d not in known])
+
+
 class StaleCacheWarning(UserWarning):
     """The dataset files changed since the cache was made."""
 

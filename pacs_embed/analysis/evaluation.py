@@ -145,4 +145,5 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
             for key, hits in hits_by.items():
                 correct.setdefault(key, [None] * len(seeds))[seeds.index(seed)] = hits
     table = pd.DataFrame(rows, columns=COLUMNS)
+    table.attrs["domains"] = list(domains)   # the cache's order, for tables and figures
     return Results(table, {k: np.stack(v) for k, v in correct.items()}, fitted, heads, cache)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .embeddings import Embeddings, domain_order
+from .embeddings import Embeddings, domain_order, table_domains
 from .stats import seeded
 from .text import NO_DESCRIPTION
 
@@ -65,7 +65,8 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
     the source domain."""
     t = table[(table.description.isin([description, NO_DESCRIPTION]))]
     methods = methods or [m for m in dict.fromkeys(t.method) if m != "in_domain"]
-    domains = domain_order(dict.fromkeys(table.source))
+    sources = table_domains(table, "source")   # rows; columns: every target (all domains, also when only some
+    targets = table_domains(table, "target")   # were sources)
     head_diag = table[table.method == "in_domain"].groupby("source").accuracy.mean()
     cols = min(4, len(methods))
     rows = -(-len(methods) // cols)
@@ -75,12 +76,12 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
         ax.set_visible(False)
     for ax, m in zip(axes.flat, methods):
         mine = t[t.method == m]
-        grid = mine.groupby(["source", "target"]).accuracy.mean().unstack().reindex(index=domains, columns=domains)
+        grid = mine.groupby(["source", "target"]).accuracy.mean().unstack().reindex(index=sources, columns=targets)
         head_diagonal = seeded(m) or mine[mine.source == mine.target].empty
-        for d in domains:
-            if head_diagonal:
+        for d in sources:
+            if head_diagonal and d in targets:
                 grid.loc[d, d] = head_diag.get(d, np.nan)
-        _annotated_grid(ax, grid.values.astype(float), domains)
+        _annotated_grid(ax, grid.values.astype(float), sources, targets)
         ax.set_title(f"{m}\n(diagonal: {'head on source hold-out' if head_diagonal else 'its accuracy on the source'})",
                      fontsize=9)
         ax.set_ylabel("source")
@@ -90,19 +91,21 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
     return fig
 
 
-def _annotated_grid(ax, values, domains):
-    """A 0-1 heatmap with its values written in (plain imshow: several times faster than seaborn's)."""
+def _annotated_grid(ax, values, rows, cols):
+    """A 0-1 heatmap with its values written in (plain imshow: several times faster than seaborn's); the cells
+    where the row's domain is the column's are outlined."""
     cmap = plt.get_cmap("magma")
     ax.imshow(values, vmin=0, vmax=1, cmap=cmap, aspect="equal")
-    for i in range(len(domains)):
-        for j in range(len(domains)):
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
             v = values[i, j]
             if np.isfinite(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
                         color="black" if v > 0.6 else "white")
-        ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="white", lw=1.5, ls="--"))
-    ax.set_xticks(range(len(domains)), domains, rotation=90)
-    ax.set_yticks(range(len(domains)), domains)
+            if r == c:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="white", lw=1.5, ls="--"))
+    ax.set_xticks(range(len(cols)), cols, rotation=90)
+    ax.set_yticks(range(len(rows)), rows)
 
 
 def gains_plot(gains: pd.DataFrame, description: str | None = None):
@@ -124,7 +127,7 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
     ax.axhline(0, color="gray", lw=1)
     ax.set_xticks(np.arange(len(pairs)), pairs, rotation=45, ha="right")
     ax.set_ylabel("accuracy gain over 'none'\n(95% interval over seeds of the source split)")
-    ax.set_title("above 0: the method beats the source head applied to target images as they are")
+    ax.set_title("above 0: the method beats the source head\napplied to target images as they are", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig

@@ -110,10 +110,9 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
 
 def grid(table: pd.DataFrame, method: str, description: str = NO_DESCRIPTION) -> pd.DataFrame:
     """Source x target accuracy for one method (diagonal: in-domain hold-out accuracy of the plain head)."""
-    from .embeddings import domain_order
+    from .embeddings import table_domains
     s = summary(table)
     keep = ((s.method == method) & (s.description == description)) | (s.method == "in_domain")
     g = s[keep & ((s.method != "in_domain") | (s.source == s.target))]
     g = g[(g.source != g.target) | (g.method == "in_domain")].pivot(index="source", columns="target", values="accuracy")
-    order = domain_order(list(dict.fromkeys(table.source)))
-    return g.reindex(index=order, columns=order).fillna("")
+    return g.reindex(index=table_domains(table, "source"), columns=table_domains(table, "target")).fillna("")
