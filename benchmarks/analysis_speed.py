@@ -1,7 +1,7 @@
 """Analysis speed at PACS scale (9,991 images x 512 dims), measured side by side in one run.
 
-For each full-size cache (random PACS-shaped vectors, and a random-weight ViT-B/32 CLIP over 9,991
-real images: see pacs_scale.py), on a private copy with an empty head cache:
+For each full-size cache (random PACS-shaped vectors, and a random-weight ViT-B/32 CLIP with CLIP's BPE
+tokenizer over 9,991 real images: see pacs_scale.py), on a private copy with an empty head cache:
 
 1. head fitting, the same heads both ways: scikit-learn's LogisticRegression (the old path) vs
    pacs_embed's solver — every source's plain head for one seed, the full C grid;
@@ -11,7 +11,7 @@ real images: see pacs_scale.py), on a private copy with an empty head cache:
    prompts are encoded first and timed on their own) — target <= 20% of the cold time;
 4. notebook 4 as a researcher uses it — run every cell, edit ``domain_prompts``, run every cell again
    in the same kernel, twice, each time with prompts never encoded before (their encoding included;
-   the first edit also imports torch and loads the text tower) — target <= 10 s; and once in a fresh
+   notebook 4 loads the text tower in the background during its first run) — target <= 10 s; and once in a fresh
    kernel (kernel start and imports included). Random-vector caches have no text tower, so this runs
    on the CLIP cache only.
 
@@ -169,7 +169,9 @@ def main():
     if args.only != "random":
         path = pacs_scale.clip_cache()
         pacs_scale.encode_report_prompts(path)
-        bench("random-weight CLIP ViT-B/32 over 9,991 real images", path, args.skip_notebook, args.full_sklearn)
+        tokenizer = "CLIP's BPE tokenizer" if path.stem.endswith("-bpe") else "a byte-level tokenizer (2-3x the tokens)"
+        bench(f"random-weight CLIP ViT-B/32 with {tokenizer} over 9,991 real images", path, args.skip_notebook,
+              args.full_sklearn)
 
 
 if __name__ == "__main__":

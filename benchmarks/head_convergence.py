@@ -32,7 +32,7 @@ def main():
     ap.add_argument("--source", default="sketch")
     ap.add_argument("--tol", action="store_true", help="time and agreement of pacs_embed's solver per tolerance")
     args = ap.parse_args()
-    emb = pa.load(pacs_scale.clip_cache(), check=False)
+    emb = pa.load(pacs_scale.clip_cache("byte"), check=False)   # the cache its logs were printed on
     if args.tol:
         return tolerances(emb)
     i = emb.in_domain(args.source)

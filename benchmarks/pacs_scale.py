@@ -8,7 +8,9 @@ Two kinds, both made here on any machine (no Hub, no PACS download):
   9,991 real images made from the 224 pacs-mini images (seeded random crops and flips). Random CLIP
   features are the slow, badly conditioned case for logistic regression. Making the images and
   extracting them took 20 s + 320 s on this project's 2-core CPU (fp32), once: the cache is kept in
-  ``data/bench/``.
+  ``data/bench/``. Its tokenizer is CLIP's own BPE (merges from the ``open_clip_torch`` wheel on PyPI),
+  so prompts cost what they cost with the real model; ``clip_cache("byte")`` is the older variant with a
+  one-token-per-character tokenizer (~2-3x the tokens).
 
     .venv/bin/python benchmarks/pacs_scale.py          # builds both into data/bench/ (if missing)
     python benchmarks/pacs_scale.py --images DIR [--source PACS_MINI]   # only the 9,991 images, into DIR
@@ -102,16 +104,45 @@ def subset(folder: Path, out: Path, per_class: int) -> Path:
     return Path(out)
 
 
-def clip_cache(path=BENCH / "random-clip-vit-b-32.h5") -> Path:
-    """``pacs-embed extract`` of a random-weight CLIP (real ViT-B/32 shape) over 9,991 real images."""
-    path = Path(path)
+OPEN_CLIP_WHEEL = "open_clip_torch==2.32.0"   # ships OpenAI's BPE merges (bpe_simple_vocab_16e6.txt.gz)
+
+
+def clip_bpe_file() -> Path | None:
+    """OpenAI CLIP's BPE merges file, taken from the open_clip_torch wheel on PyPI (fetched once into
+    data/bench/); None when PyPI cannot be reached."""
+    import subprocess
+    import zipfile
+    out = BENCH / "bpe_simple_vocab_16e6.txt.gz"
+    if out.is_file():
+        return out
+    wheels = BENCH / "wheels"
+    r = subprocess.run([sys.executable, "-m", "pip", "download", OPEN_CLIP_WHEEL, "--no-deps", "-q", "-d", str(wheels)],
+                       capture_output=True, text=True)
+    found = sorted(wheels.glob("open_clip_torch-*.whl")) if r.returncode == 0 else []
+    if not found:
+        print(f"cannot fetch {OPEN_CLIP_WHEEL} from PyPI ({r.stderr.strip()[-200:]}): byte-level tokenizer instead")
+        return None
+    with zipfile.ZipFile(found[-1]) as z:
+        out.write_bytes(z.read("open_clip/bpe_simple_vocab_16e6.txt.gz"))
+    return out
+
+
+def clip_cache(tokenizer: str = "bpe") -> Path:
+    """``pacs-embed extract`` of a random-weight CLIP (real ViT-B/32 shape) over 9,991 real images.
+
+    ``tokenizer="bpe"``: CLIP's own tokenizer (prompts as many tokens as with the real model: "a comic strip of
+    a dog" is 6); ``"byte"`` (or when PyPI is out of reach): one token per character, ~2-3x the tokens, so
+    encoding prompts costs more than with the real model.
+    """
+    from tiny_clip import VIT_B_32, bpe_tokenizer, make_clip
+    from pacs_embed import extract
+    bpe = clip_bpe_file() if tokenizer == "bpe" else None
+    name = "random-clip-vit-b-32" + ("-bpe" if bpe else "")
+    path, model = BENCH / f"{name}.h5", BENCH / name
     if path.is_file():
         return path
-    from tiny_clip import VIT_B_32, make_clip
-    from pacs_embed import extract
-    model = BENCH / "random-clip-vit-b-32"
     if not (model / "config.json").is_file():
-        make_clip(model, VIT_B_32)
+        make_clip(model, VIT_B_32, tokenizer=bpe_tokenizer(bpe) if bpe else None)
     extract(_images(BENCH / "pacs-like"), str(model), path, batch_size=64)
     return path
 

@@ -31,10 +31,21 @@ def byte_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[])
 
 
-def make_clip(folder, size=TINY, seed=0) -> Path:
-    """Save a random-weight CLIPModel, tokenizer and image processor to ``folder``."""
+def bpe_tokenizer(bpe_file) -> CLIPTokenizer:
+    """CLIP's own tokenizer (49,408 tokens) from OpenAI's BPE merges file ``bpe_simple_vocab_16e6.txt.gz``
+    (shipped in the ``open_clip_torch`` wheel), built as openai/CLIP's SimpleTokenizer builds it."""
+    import gzip
+    lines = gzip.open(bpe_file).read().decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={s: i for i, s in enumerate(vocab)}, merges=merges)
+
+
+def make_clip(folder, size=TINY, seed=0, tokenizer: CLIPTokenizer | None = None) -> Path:
+    """Save a random-weight CLIPModel, tokenizer (default: ``byte_tokenizer``) and image processor to ``folder``."""
     folder = Path(folder)
-    tok = byte_tokenizer()
+    tok = tokenizer or byte_tokenizer()
     special = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     config = CLIPConfig(text_config=dict(vocab_size=len(tok), max_position_embeddings=77, **special, **size["text"]),
                         vision_config=size["vision"], projection_dim=size["projection_dim"])
