@@ -23,12 +23,15 @@ from .text import NO_DESCRIPTION
 
 
 def save(fig, folder, name: str) -> list[Path]:
-    """Write ``folder/name.png`` and ``folder/name.pdf``; returns the paths."""
+    """Write ``folder/name.png`` and ``folder/name.pdf``, cropped to what is drawn; returns the paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.{ext}" for ext in ("png", "pdf")]
+    bbox = "tight"   # measured once for both files where the canvas can (savefig measures it per file)
+    if hasattr(fig.canvas, "get_renderer"):
+        bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
     for p in paths:
-        fig.savefig(p, bbox_inches="tight", dpi=150)
+        fig.savefig(p, bbox_inches=bbox, dpi=150)
     return paths
 
 
