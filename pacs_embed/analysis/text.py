@@ -28,8 +28,8 @@ from typing import Callable
 
 import numpy as np
 
-from .. import prompts as _prompts
 from ..prompts import class_prompts, domain_class_prompts, domain_prompt, load_templates, prompt_embeddings
+from ..prompts import preload_text_tower as _preload_text_tower
 from .embeddings import Embeddings, l2_normalize
 
 NO_DESCRIPTION = "-"   # the ``description`` of results from methods that use no domain description
@@ -162,4 +162,4 @@ def preload_text_tower(emb: Embeddings):
 
     Usage: ``pa.preload_text_tower(emb)`` right after ``pa.load``.
     """
-    return _prompts.preload_text_tower(emb.cache)
+    return _preload_text_tower(emb.cache)
