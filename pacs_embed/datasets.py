@@ -8,6 +8,7 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,16 +61,22 @@ LINK_OUTSIDE = "link to a file outside the data folder, not followed"
 BROKEN_LINK = "broken link"
 
 
+def _entries(folder) -> list[os.DirEntry]:
+    """The visible entries of ``folder``, sorted by name (one directory read; types come with the listing)."""
+    with os.scandir(folder) as it:
+        return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+
+
 def _visible_dirs(folder: Path, skipped: list[str] | None = None, root: Path | None = None) -> list[Path]:
     out = []
-    for p in sorted(folder.iterdir(), key=lambda p: p.name):
-        if p.name.startswith(".") or not p.is_dir():
+    for e in _entries(folder):
+        if not e.is_dir():
             continue
-        if p.is_symlink():
+        if e.is_symlink():
             if skipped is not None:
-                skipped.append(f"{p.relative_to(root).as_posix()} ({LINK_TO_FOLDER})")
+                skipped.append(f"{Path(e.path).relative_to(root).as_posix()} ({LINK_TO_FOLDER})")
             continue
-        out.append(p)
+        out.append(Path(e.path))
     return out
 
 
@@ -87,7 +94,8 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
     """List and hash every image under ``root`` in sorted (domain, class, file) order.
 
     ``known`` maps paths to records from an earlier scan: a file whose size and mtime are
-    unchanged keeps its stored hash instead of being read again.
+    unchanged keeps its stored hash instead of being read again (so checking a 10,000-image
+    dataset for changes takes a directory listing and one ``stat`` per file).
     """
     root = Path(root)
     if not root.is_dir():
@@ -105,18 +113,19 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
     class_index = {c: i for i, c in enumerate(classes)}
     found = []
     for di, d in enumerate(domain_dirs):
-        ignored += [f"{f.relative_to(root).as_posix()} (not in a class folder)" for f in sorted(d.iterdir())
-                    if f.is_file() and not f.name.startswith(".")]
+        ignored += [f"{d.name}/{e.name} (not in a class folder)" for e in _entries(d) if e.is_file()]
         for c in class_dirs[d]:
-            for f in sorted(c.iterdir(), key=lambda p: p.name):
-                if f.name.startswith(".") or (f.is_dir() and not f.is_symlink()):
+            prefix = f"{d.name}/{c.name}/"
+            for e in _entries(c):
+                link = e.is_symlink()
+                if e.is_dir() and not link:
                     continue
-                rel = f.relative_to(root).as_posix()
-                problem = LINK_TO_FOLDER if f.is_dir() else _file_problem(f, root)
+                rel = prefix + e.name
+                problem = LINK_TO_FOLDER if e.is_dir() else _file_problem(Path(e.path), root) if link else None
                 if problem:
                     ignored.append(f"{rel} ({problem})")
-                elif f.suffix.lower() in IMAGE_EXTENSIONS:
-                    found.append((rel, di, class_index[c.name], f.stat()))
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                    found.append((rel, di, class_index[c.name], e.stat()))
                 else:
                     ignored.append(f"{rel} (not a .jpg/.jpeg/.png image)")
     if not found:
