@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cache as _cache
+from .errors import PacsEmbedError
 
 
 def load_templates(file=None) -> dict:
@@ -155,7 +156,14 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
     have = _cache.read_prompts(path)
     missing = [p for p in dict.fromkeys(prompts) if p not in have]
     if missing or model:
-        spec = _spec_for(path, model)
+        try:
+            spec = _spec_for(path, model)
+        except PacsEmbedError as e:
+            if not missing:
+                raise
+            shown = ", ".join(repr(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise type(e)(f"{str(path)!r} does not hold {len(missing)} prompt(s) asked for ({shown}); encoding them "
+                          f"needs the cache's own model, which cannot be loaded here: {e}") from e
     if missing:
         from .models import encode_text
         vectors = encode_text(_text_tower(spec, device), missing)

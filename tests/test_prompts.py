@@ -93,6 +93,17 @@ def test_a_local_model_moved_elsewhere_is_still_recognised_by_its_weights(cache_
     assert prompt_embeddings(cache_copy, ["a brand new prompt"], model=str(moved)).shape == (1, 16)
 
 
+def test_a_cache_whose_model_is_gone_still_serves_its_prompts_and_names_the_ones_it_cannot_encode(cache_copy, tmp_path):
+    import h5py
+    from pacs_embed.errors import PacsEmbedError
+    with h5py.File(cache_copy, "a") as f:
+        f.attrs["model_id"] = str(tmp_path / "deleted-model")
+    assert prompt_embeddings(cache_copy, ["a photo"]).shape == (1, 16)      # cached: no model needed
+    with pytest.raises(PacsEmbedError, match=r"does not hold 1 prompt\(s\) asked for \('a brand new prompt'\).*"
+                                             r"deleted-model' does not exist"):
+        prompt_embeddings(cache_copy, ["a photo", "a brand new prompt"])
+
+
 def test_a_failed_append_leaves_the_cache_as_it_was(cache_copy):
     from pacs_embed.cache import append_prompts, read_attrs
     before = cache_copy.read_bytes()
