@@ -211,18 +211,33 @@ def read_prompts(path) -> dict[str, np.ndarray]:
         return dict(zip(f["prompts/text"].asstr()[:], f["prompts/embedding"][:]))
 
 
-def same_model(attrs, model_id: str, revision: str) -> bool:
-    """Whether (model_id, revision) is the model a cache was made with.
+def same_model(attrs, model_id: str, revision: str, tokenizer: str | None = None) -> bool:
+    """Whether (model_id, revision) is the model a cache was made with, and (when ``tokenizer`` is given) its
+    tokenizer files the ones the cache's prompts were encoded with.
 
     Local folders are identified by the hash of their weights (``sha256:...``), wherever they lie now.
+    Caches made before the tokenizer was recorded (no ``tokenizer_sha256``) cannot be checked for it.
     """
+    if tokenizer is not None and attrs.get("tokenizer_sha256", tokenizer) != tokenizer:
+        return False
     if str(revision).startswith("sha256:"):
         return attrs["revision"] == revision
     return (attrs["model_id"], attrs["revision"]) == (model_id, revision)
 
 
-def append_prompts(path, texts: list[str], vectors: np.ndarray, model_id: str, revision: str) -> None:
-    """Append prompt embeddings; refuses vectors from another model or revision.
+def model_mismatch(attrs, model_id: str, revision: str, tokenizer: str | None = None) -> str:
+    """Why (model_id, revision, tokenizer) is not what the cache was made with ("" when it is)."""
+    if not same_model(attrs, model_id, revision):
+        return f"made with {attrs['model_id']} @ {attrs['revision']}, not {model_id} @ {revision}"
+    if not same_model(attrs, model_id, revision, tokenizer):
+        return (f"made with {attrs['model_id']} @ {attrs['revision']} and other tokenizer files (tokenizer_sha256 "
+                f"{attrs['tokenizer_sha256']}, now {tokenizer}): the model folder's tokenizer changed since")
+    return ""
+
+
+def append_prompts(path, texts: list[str], vectors: np.ndarray, model_id: str, revision: str,
+                   tokenizer: str | None = None) -> None:
+    """Append prompt embeddings; refuses vectors from another model, revision or tokenizer.
 
     Copy-on-write: the append goes to ``<path>.partial``, renamed over ``path`` when done, so a crash
     mid-append never damages the cache (the image embeddings are the expensive part).
@@ -230,9 +245,9 @@ def append_prompts(path, texts: list[str], vectors: np.ndarray, model_id: str, r
     path = Path(path)
     with locked(path):
         with _open(path) as f:
-            if not same_model(f.attrs, model_id, revision):
-                raise CacheError(f"{str(path)!r} holds embeddings of {f.attrs['model_id']} @ {f.attrs['revision']}; "
-                                 f"refusing to add prompts encoded by {model_id} @ {revision}.")
+            why = model_mismatch(f.attrs, model_id, revision, tokenizer)
+            if why:
+                raise CacheError(f"{str(path)!r} was {why}; refusing to add prompts encoded otherwise.")
             have = set(f["prompts/text"].asstr()[:])
         keep = [i for i, t in enumerate(texts) if t not in have]
         if not keep:
@@ -261,7 +276,7 @@ def describe(path) -> str:
              f"run        {a['device']} / {a['dtype']}, batch {a['batch_size']}, {a['created']}",
              f"dataset    {a['dataset_root']} ({len(imgs['domains'])} domains x {len(imgs['classes'])} classes)",
              f"images     {len(imgs['path'])} ({int(imgs['ok'].sum())} embedded, {len(failures)} failed), dim {a['embed_dim']}",
-             f"prompts    {n_prompts}",
+             f"prompts    {n_prompts}, tokenizer files sha256 {a.get('tokenizer_sha256') or 'not recorded'}",
              f"versions   torch {a['torch_version']}, transformers {a['transformers_version']}, pacs_embed {a['pacs_embed_version']}"]
     lines += [f"  failed: {p}: {r}" for p, r in failures[:10]]
     return "\n".join(lines)

@@ -254,7 +254,8 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
     if ds.ignored:
         print(f"note: {len(ds.ignored)} files skipped: " + ", ".join(ds.ignored[:10])
               + (f" ... ({len(ds.ignored) - 10} more)" if len(ds.ignored) > 10 else ""))
-    settings = {"model_id": spec.model_id, "revision": spec.revision, "dtype": dtype_name(dt),
+    settings = {"model_id": spec.model_id, "revision": spec.revision, "tokenizer_sha256": spec.tokenizer,
+                "dtype": dtype_name(dt),
                 "processor": kind, "processor_class": type(image_processor).__name__,
                 "manifest_sha256": ds.manifest_sha256(), "n_images": len(ds.records)}
     lead = _Lead(t0, ds, templates, image_processor, settings, Journal(out), old)
@@ -264,14 +265,15 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
     for earlier in (old, meta):  # caches and journals made before --processor existed ran the PIL path
         if earlier is not None:
             earlier.setdefault("processor", "pil" if "Pil" in str(earlier.get("processor_class", "Pil")) else "fast")
+            earlier.setdefault("tokenizer_sha256", spec.tokenizer)   # not recorded before: cannot be checked
     if meta and old and all(old.get(k) == meta.get(k) for k in settings) and old.get("batch_size") == meta.get("batch_size"):
         journal.remove()  # left by a run that finished (the cache holds it) but was killed before cleaning up
         meta = None
 
     differs = []
     if old:
-        if _cache.same_model(old, spec.model_id, spec.revision):
-            lead.carried_prompts = _cache.read_prompts(out)
+        if _cache.same_model(old, spec.model_id, spec.revision, spec.tokenizer):
+            lead.carried_prompts = _cache.read_prompts(out)   # else every prompt is encoded again
         differs = [k for k in settings if old.get(k) != settings[k]]
         if not differs and not force:
             lead.up_to_date = True
@@ -324,7 +326,7 @@ def _top_up(plan: Plan, dev) -> Summary:
     new = [p for p in default_prompts(ds.domains, ds.classes, lead.templates) if p not in lead.carried_prompts]
     if new:  # e.g. a new --prompts file: text only, images stay as they are
         _cache.append_prompts(out, new, encode_text(load_text_tower(plan.spec, dev), new),
-                              plan.spec.model_id, plan.spec.revision)
+                              plan.spec.model_id, plan.spec.revision, plan.spec.tokenizer)
         print(f"{out}: encoded {len(new)} new prompts")
     return Summary(out, len(ds.records), int(len(ds.records) - lead.old.get("n_failed", 0)),
                    device=lead.old["device"], dtype=lead.old["dtype"], up_to_date=True,

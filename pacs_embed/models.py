@@ -24,6 +24,8 @@ from .errors import PacsEmbedError
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                    "added_tokens.json", "tokenizer.model")
 
 
 class ModelError(PacsEmbedError, RuntimeError):
@@ -36,6 +38,7 @@ class ModelSpec:
     model_id: str      # as the user named it: hub id, or absolute local path
     folder: str        # local folder holding config.json and weights
     revision: str      # hub commit hash, or 'sha256:<...>' of a local folder's weights
+    tokenizer: str = ""   # sha256 of the tokenizer files (names and bytes): prompt vectors depend on them too
 
 
 def resolve(model: str, revision: str | None = None, local_only: bool = False) -> ModelSpec:
@@ -47,7 +50,8 @@ def resolve(model: str, revision: str | None = None, local_only: bool = False) -
             raise ModelError(f"model folder {str(local)!r} has no config.json; is it a Hugging Face checkpoint?")
         if not any((local / w).is_file() for w in _WEIGHT_FILES):
             raise ModelError(f"model folder {str(local)!r} has no weights (model.safetensors or pytorch_model.bin)")
-        return ModelSpec(str(local.resolve()), str(local.resolve()), "sha256:" + _weights_sha256(local))
+        return ModelSpec(str(local.resolve()), str(local.resolve()), "sha256:" + _weights_sha256(local),
+                         _tokenizer_sha256(local))
     if model.startswith(("/", ".", "~")):
         raise ModelError(f"model folder {model!r} does not exist. If it moved, pass its new location "
                          f"(a folder with the same weights is accepted).")
@@ -65,7 +69,7 @@ def resolve(model: str, revision: str | None = None, local_only: bool = False) -
     folder = Path(folder)
     if not any((folder / w).is_file() for w in _WEIGHT_FILES):
         raise ModelError(f"model {model!r}: no model.safetensors or pytorch_model.bin in {folder}")
-    return ModelSpec(model, str(folder), folder.name)  # snapshot folders are named by commit hash
+    return ModelSpec(model, str(folder), folder.name, _tokenizer_sha256(folder))  # snapshots: named by commit
 
 
 def _weights_sha256(folder: Path) -> str:
@@ -73,6 +77,22 @@ def _weights_sha256(folder: Path) -> str:
     (a notebook resolves the model at every prompt edit)."""
     stats = [(str(p), p.stat()) for p in (folder / n for n in ("config.json",) + _WEIGHT_FILES) if p.is_file()]
     return _files_sha256(tuple((p, st.st_size, st.st_mtime_ns) for p, st in stats))
+
+
+def _tokenizer_sha256(folder: Path) -> str:
+    """Hash of the tokenizer files in ``folder`` ("" if none): a local folder's revision covers only its config
+    and weights, so without this an edited tokenizer would add prompt vectors that do not match the cached ones."""
+    stats = [(p, p.stat()) for p in (folder / n for n in _TOKENIZER_FILES) if p.is_file()]
+    return _named_files_sha256(tuple((str(p), st.st_size, st.st_mtime_ns) for p, st in stats)) if stats else ""
+
+
+@functools.lru_cache(maxsize=16)
+def _named_files_sha256(files: tuple) -> str:
+    h = hashlib.sha256()
+    for path, _, _ in files:
+        h.update(f"{Path(path).name}\n".encode())
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:40]
 
 
 @functools.lru_cache(maxsize=16)

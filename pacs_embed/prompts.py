@@ -124,10 +124,11 @@ def _spec_for(path, model, local_only: bool = False):
     attrs = _cache.read_attrs(path)
     spec = resolve(model or attrs["model_id"], revision=None if model or attrs["revision"].startswith("sha256:")
                    else attrs["revision"], local_only=local_only)
-    if not _cache.same_model(attrs, spec.model_id, spec.revision):
-        raise _cache.CacheError(
-            f"{str(path)!r} was made with {attrs['model_id']} @ {attrs['revision']}, but the model given resolves "
-            f"to {spec.model_id} @ {spec.revision}; embeddings of different models or revisions do not mix.")
+    why = _cache.model_mismatch(attrs, spec.model_id, spec.revision, spec.tokenizer)
+    if why:
+        raise _cache.CacheError(f"{str(path)!r} was {why}; prompt vectors of different models, revisions or "
+                                f"tokenizers do not mix (restore the model, or re-run `pacs-embed extract` with it: "
+                                f"images whose model is unchanged are kept, prompts are encoded again).")
     return spec
 
 
@@ -167,6 +168,6 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
     if missing:
         from .models import encode_text
         vectors = encode_text(_text_tower(spec, device), missing)
-        _cache.append_prompts(path, missing, vectors, spec.model_id, spec.revision)
+        _cache.append_prompts(path, missing, vectors, spec.model_id, spec.revision, spec.tokenizer)
         have.update(zip(missing, vectors))
     return np.stack([have[p] for p in prompts]).astype(np.float32)

@@ -64,6 +64,33 @@ def test_weights_changed_in_place_are_refused(small_dataset, tmp_path):
     assert prompt_embeddings(out, ["a photo"]).shape == (1, 16)  # cached prompts still read
 
 
+def test_a_tokenizer_changed_in_place_is_refused_and_extraction_re_encodes_the_prompts_keeping_the_images(
+        small_dataset, tmp_path):
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from pacs_embed.cache import read_images
+    model_dir = make_clip(tmp_path / "model")
+    out = tmp_path / "c.h5"
+    extract(small_dataset, str(model_dir), out, dtype="float32", progress=False)
+    before, images = read_prompts(out), read_images(out)["embedding"]
+    symbols = list(bytes_to_unicode().values())[::-1]        # same size, other token ids: other prompt vectors
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"])}
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(model_dir)   # the weights (the revision) stay
+    with pytest.raises(CacheError, match="tokenizer changed"):
+        prompt_embeddings(out, ["a new prompt"])
+    assert np.array_equal(prompt_embeddings(out, ["a photo"])[0], before["a photo"])   # cached prompts still read
+    again = extract(small_dataset, str(model_dir), out, dtype="float32", progress=False)
+    assert again.kept == again.n_images and np.array_equal(read_images(out)["embedding"], images)   # images kept ...
+    assert not np.allclose(read_prompts(out)["a photo"], before["a photo"])          # ... prompts encoded again
+    assert prompt_embeddings(out, ["a new prompt"]).shape == (1, 16)
+
+
+def test_a_cache_made_before_tokenizers_were_recorded_still_takes_new_prompts(cache_copy):
+    import h5py
+    with h5py.File(cache_copy, "a") as f:
+        del f.attrs["tokenizer_sha256"]
+    assert prompt_embeddings(cache_copy, ["a brand new prompt"]).shape == (1, 16)
+
+
 def test_generic_nouns_are_not_pacs_classes():
     ps = load_templates()
     assert len(ps["nouns"]) == 100 and len(set(ps["nouns"])) == 100
