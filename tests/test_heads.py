@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from pacs_embed.analysis.heads import C_GRID, Head, HeadCache, fit_head, head_key, shifted, split
+from pacs_embed.analysis.heads import (C_GRID, Head, HeadBatch, HeadCache, PendingHead, fit_head, fit_heads, head_key,
+                                      minimize_lbfgs, shifted, split)
 
 
 def problem(n=700, d=24, k=5, seed=0, signal=1.0):
@@ -95,3 +96,60 @@ def test_a_key_follows_the_bytes_and_read_only_images_are_hashed_once(monkeypatc
     y2[0] = (y2[0] + 1) % 5
     assert head_key(x, y2, train, holdout, C_GRID) not in keys  # labels, split, grid and shifts still count
     assert head_key(x, y, train, holdout, C_GRID, shifts=np.ones((1, x.shape[1]))) not in keys
+
+
+def test_heads_of_several_seeds_fitted_together_are_the_heads_fitted_one_by_one():
+    x, y = problem(n=500, d=16, k=4, seed=5)
+    shifts = np.random.default_rng(1).standard_normal((2, 16)) * 0.2
+    splits = [split(len(y), seed, "art") for seed in range(3)]
+    for s in (None, shifts):
+        together = fit_heads(x, y, splits, shifts=s)
+        for (train, holdout), head in zip(splits, together):
+            alone = fit_head(x, y, train, holdout, shifts=s)
+            assert head.C == alone.C and head.key == alone.key
+            assert np.mean(head.predict(x) == alone.predict(x)) >= 0.995
+
+
+def test_a_batch_fits_a_head_asked_twice_once_and_fits_when_a_head_is_first_used(monkeypatch):
+    from pacs_embed.analysis import heads
+    x, y = problem(n=300, d=8, k=3)
+    calls = []
+    monkeypatch.setattr(heads, "_lbfgs_paths", lambda *a, real=heads._lbfgs_paths: calls.append(len(a[2])) or real(*a))
+    batch = HeadBatch(HeadCache())
+    asked = [batch.ask(x, y, *split(len(y), seed, "photo")) for seed in (0, 1, 0)]
+    assert all(isinstance(h, PendingHead) for h in asked) and asked[0] is asked[2] and len(batch) == 2
+    assert calls == []                                          # nothing fitted until a head is used ...
+    accuracy = asked[1].holdout_accuracy
+    assert calls == [2] and len(batch) == 0                     # ... then both seeds, in one solver run
+    assert accuracy == fit_head(x, y, *split(len(y), 1, "photo")).holdout_accuracy
+    assert batch.ask(x, y, *split(len(y), 0, "photo")) is asked[0].resolved()   # now from the cache
+
+
+def test_a_head_that_cannot_be_fitted_raises_where_it_is_used(monkeypatch):
+    from pacs_embed.analysis import heads
+    x, y = problem(n=200, d=6, k=3)
+
+    def broken(*a):
+        raise FloatingPointError("the solver diverged")
+    monkeypatch.setattr(heads, "_lbfgs_paths", broken)
+    batch = HeadBatch()
+    head = batch.ask(x, y, *split(len(y), 0, "photo"))
+    batch.flush()
+    with pytest.raises(FloatingPointError, match="diverged"):
+        head.predict(x)
+    with pytest.raises(ValueError, match="only class"):         # a one-class training set: at once
+        batch.ask(x, np.zeros(len(y), int), *split(len(y), 0, "photo"))
+
+
+def test_lbfgs_solves_problems_of_very_different_scales_side_by_side():
+    rng = np.random.default_rng(0)
+    scales = np.array([1e-2, 1.0, 1e2])
+    targets = rng.standard_normal((3, 50))
+    H = [np.diag(np.linspace(1, 30, 50)) * s for s in scales]   # condition number 30, scales 1e4 apart
+
+    def loss_grad(idx, U):
+        g = np.stack([H[b] @ (u - targets[b]) for b, u in zip(idx, U)])
+        return np.array([0.5 * (u - targets[b]) @ gb for b, u, gb in zip(idx, U, g)]), g
+    U, iterations = minimize_lbfgs(loss_grad, np.zeros((3, 50)), gtol=1e-8 * scales, ftol=0.0)   # gradient test only
+    assert np.abs(U - targets).max() < 1e-6
+    assert (iterations < 200).all()

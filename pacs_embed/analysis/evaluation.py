@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .embeddings import Embeddings
-from .heads import C_GRID, HeadCache, single_threaded_blas, split
+from .heads import C_GRID, HeadBatch, HeadCache, resolved, single_threaded_blas, split
 from .methods import Source, default_methods, make
 from .text import NO_DESCRIPTION, TextSide, text_side
 
@@ -60,7 +60,9 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     DESCRIPTIONS (default: ``paper``, or every one ``text`` holds). ``domain_prompts``:
     {domain: prompt or [prompts]} replacing the packaged descriptions. ``sources`` limits the source
     domains. ``head_cache``: see ``head_cache_for``. ``solver="sklearn"`` fits heads with scikit-learn.
-    ``workers`` threads fit (source, seed) jobs side by side (a method must keep its state on itself).
+    ``workers`` threads fit the methods of (source, seed) jobs side by side (a method must keep its state on
+    itself), then the heads they asked for (``heads.HeadBatch``: the seeds of a source that train on the same
+    features are fitted together), then score them.
     """
     if text is None:
         text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)
@@ -82,6 +84,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     if len(domains) < 2:
         raise ValueError(f"{emb.cache}: cross-domain evaluation needs at least two domains; this cache has {domains}")
     cache = head_cache_for(emb, head_cache)
+    batch = HeadBatch(cache, Cs)   # heads are asked for by every method first, then fitted together per source
     targets = {t: (emb.x[i], emb.label[i]) for t, i in ((t, emb.in_domain(t)) for t in domains)}
     protos = {name: make(name) for name in methods}
 
@@ -97,53 +100,57 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
             x.flags.writeable = False
             data[(s, seed)] = (x, emb.label[idx], *split(len(idx), seed, s))
         return Source(*data[(s, seed)], s, seed, descs(how)[domains.index(s)], descs(how),
-                      text.class_vectors, len(emb.classes), text.encode, cache, tuple(Cs), solver)
+                      text.class_vectors, len(emb.classes), text.encode, cache, tuple(Cs), solver, batch)
 
     def fit(s, seed, name, how):
         return make(name).fit(source(s, seed, how))
-
-    # methods that do not depend on the split are fitted once per source, on the first seed's split
-    once = {(s, name, how): fit(s, seeds[0], name, how) for s in (sources or domains) for name, p in protos.items()
-            if not p.seeded for how in (descriptions if p.uses_text else [NO_DESCRIPTION])}
 
     def hits(m, s, t, how):
         xt, yt = targets[t]
         return np.asarray(m.predict(xt, descs(how)[domains.index(s)], descs(how)[domains.index(t)])) == yt
 
-    once_hits = {(s, t, name, how): hits(m, s, t, how) for (s, name, how), m in once.items() for t in domains}
-
-    def job(s, seed):
-        """Fit every method for one (source, seed) and score it on every other domain."""
+    def fit_job(s, seed):
+        """Fit every method for one (source, seed); their heads are only asked for here (fitted in the flush)."""
         src = source(s, seed, NO_DESCRIPTION)
-        plain = src.fit_head(src.x)
-        rows = [(s, s, "in_domain", NO_DESCRIPTION, seed, plain.holdout_accuracy, len(src.holdout))]
-        hits_by, fitted = {}, {}
-        for name, p in protos.items():
-            for how in (descriptions if p.uses_text else [NO_DESCRIPTION]):
-                m = once[(s, name, how)] if not p.seeded else fit(s, seed, name, how)
-                fitted[(s, seed, name, how)] = m
-                for t in domains:  # methods that never see source labels are also scored on the source itself
-                    if t != s or not p.seeded:
-                        h = hits(m, s, t, how) if p.seeded else once_hits[(s, t, name, how)]
-                        rows.append((s, t, name, how, seed, float(h.mean()), len(h)))
-                        hits_by[(s, t, name, how)] = h
-        return plain, rows, hits_by, fitted
+        fitted = {(s, seed, name, how): once[(s, name, how)] if not p.seeded else fit(s, seed, name, how)
+                  for name, p in protos.items() for how in (descriptions if p.uses_text else [NO_DESCRIPTION])}
+        return src.fit_head(src.x), fitted
+
+    def score_job(s, seed, plain, fitted):
+        """Score every fitted method of one (source, seed) on every other domain."""
+        plain = resolved(plain)
+        rows = [(s, s, "in_domain", NO_DESCRIPTION, seed, plain.holdout_accuracy, len(data[(s, seed)][3]))]
+        hits_by = {}
+        for (_, _, name, how), m in fitted.items():
+            p = protos[name]
+            for t in domains:  # methods that never see source labels are also scored on the source itself
+                if t != s or not p.seeded:
+                    h = hits(m, s, t, how) if p.seeded else once_hits[(s, t, name, how)]
+                    rows.append((s, t, name, how, seed, float(h.mean()), len(h)))
+                    hits_by[(s, t, name, how)] = h
+        return plain, rows, hits_by
 
     jobs = [(s, seed) for s in (sources or domains) for seed in seeds]
+    size = {s: len(emb.in_domain(s)) for s in domains}
+    order = sorted(jobs, key=lambda j: -size[j[0]])   # the largest sources first: no core idles at the end
     rows, correct, fitted, heads = [], {}, {}, {}
     with single_threaded_blas(), ThreadPoolExecutor(max(1, workers)) as pool:
-        size = {s: len(emb.in_domain(s)) for s in domains}   # the largest sources first: no core idles at the end
-        futures = {j: pool.submit(job, *j) for j in sorted(jobs, key=lambda j: -size[j[0]])}
-        with tqdm(total=len(jobs), desc="fitting methods", unit="source x seed", disable=not progress) as bar:
-            for f in as_completed(futures.values()):
-                bar.update()
+        # methods that do not depend on the split are fitted once per source, on the first seed's split
+        once = {(s, name, how): fit(s, seeds[0], name, how) for s in (sources or domains) for name, p in protos.items()
+                if not p.seeded for how in (descriptions if p.uses_text else [NO_DESCRIPTION])}
+        asked = {j: pool.submit(fit_job, *j) for j in order}
+        asked = {j: f.result() for j, f in asked.items()}
+        with tqdm(total=len(batch), desc="fitting heads", unit="head", disable=not progress or not len(batch)) as bar:
+            batch.flush(pool, bar.update)   # the heads not in the head cache, the seeds of a source together
+        once_hits = {(s, t, name, how): hits(m, s, t, how) for (s, name, how), m in once.items() for t in domains}
+        scored = {j: pool.submit(score_job, *j, *asked[j]) for j in order}
         for s, seed in jobs:  # in job order, whatever order they ran in
-            plain, job_rows, hits_by, job_fitted = futures[(s, seed)].result()
+            plain, job_rows, hits_by = scored[(s, seed)].result()
             heads[(s, seed)] = plain
             rows += job_rows
-            fitted.update(job_fitted)
-            for key, hits in hits_by.items():
-                correct.setdefault(key, [None] * len(seeds))[seeds.index(seed)] = hits
+            fitted.update(asked[(s, seed)][1])
+            for key, hit in hits_by.items():
+                correct.setdefault(key, [None] * len(seeds))[seeds.index(seed)] = hit
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs["domains"] = list(domains)   # the cache's order, for tables and figures
     return Results(table, {k: np.stack(v) for k, v in correct.items()}, fitted, heads, cache)

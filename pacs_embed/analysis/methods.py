@@ -47,7 +47,7 @@ from typing import Callable
 import numpy as np
 
 from .embeddings import l2_normalize
-from .heads import C_GRID, Head, HeadCache, fit_head
+from .heads import C_GRID, Head, HeadBatch, HeadCache, fit_head
 from .text import Description
 
 METHODS: dict[str, Callable[[], "Method"]] = {}
@@ -70,6 +70,7 @@ class Source:
     heads: HeadCache | None = None
     Cs: tuple = C_GRID
     solver: str = "fast"
+    batch: HeadBatch | None = None    # evaluate's: heads are fitted together with the other seeds' when first used
 
     def fit_head(self, features: np.ndarray, extra: np.ndarray | None = None,
                  extra_from: np.ndarray | None = None, shifts: np.ndarray | None = None) -> Head:
@@ -88,6 +89,8 @@ class Source:
             features = np.concatenate([features, np.asarray(extra, np.float32)[keep]])
             y = np.concatenate([y, self.y[extra_from[keep]]])
         try:
+            if self.batch is not None and self.solver == "fast":
+                return self.batch.ask(features, y, train, self.holdout, shifts)
             return fit_head(features, y, train, self.holdout, self.Cs, self.heads, self.solver, shifts)
         except ValueError as e:
             raise ValueError(f"source domain {self.domain!r}: {e}. Leave it out as a source (`pacs-embed report "
