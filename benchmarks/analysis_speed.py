@@ -4,7 +4,8 @@ For each full-size cache (random PACS-shaped vectors, and a random-weight ViT-B/
 tokenizer over 9,991 real images: see pacs_scale.py), on a private copy with an empty head cache:
 
 1. head fitting, the same heads both ways: scikit-learn's LogisticRegression (the old path) vs
-   pacs_embed's solver — every source's plain head for one seed, the full C grid;
+   pacs_embed's solver — every source's plain head for one seed, the full C grid; then pacs_embed's
+   plain heads of 5 seeds fitted one by one vs together (``fit_heads``, as ``evaluate`` fits them);
 2. ``pacs-embed report`` with its defaults (5 seeds, descriptions paper/ensemble/nouns, every default
    method), cold (no cached heads) — target <= 60 s;
 3. the same report after describing one domain differently (cartoon -> "a comic strip"; the new
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pacs_scale  # noqa: E402
 
 from pacs_embed import analysis as pa  # noqa: E402
-from pacs_embed.analysis.heads import fit_head, single_threaded_blas, split  # noqa: E402
+from pacs_embed.analysis.heads import fit_head, fit_heads, single_threaded_blas, split  # noqa: E402
 from pacs_embed.analysis.reporting import DEFAULT_DESCRIPTIONS  # noqa: E402
 
 EDIT = {"cartoon": "a comic strip"}
@@ -58,6 +59,25 @@ def heads_side_by_side(cache) -> tuple[float, float, float]:
         times[solver] = time.perf_counter() - t0
         preds[solver] = np.concatenate([h.predict(emb.x) for h in heads])
     return times["sklearn"], times["fast"], float((preds["sklearn"] == preds["fast"]).mean())
+
+
+def seeds_side_by_side(cache, seeds=range(5)) -> tuple[float, float, float]:
+    """Seconds for the plain heads of every source and 5 seeds: one by one vs fitted together (``fit_heads``,
+    as ``evaluate`` fits them); the share of images on which both give the same predictions."""
+    emb = pa.load(cache, check=False)
+    times, preds = {}, {}
+    for how in ("one by one", "together"):
+        t0 = time.perf_counter()
+        heads = []
+        with single_threaded_blas():
+            for d in emb.domains:
+                i = emb.in_domain(d)
+                splits = [split(len(i), seed, d) for seed in seeds]
+                heads += ([fit_head(emb.x[i], emb.label[i], *s) for s in splits] if how == "one by one"
+                          else fit_heads(emb.x[i], emb.label[i], splits))
+        times[how] = time.perf_counter() - t0
+        preds[how] = np.concatenate([h.predict(emb.x) for h in heads])
+    return times["one by one"], times["together"], float((preds["one by one"] == preds["together"]).mean())
 
 
 def encode_edit_prompts(cache):
@@ -126,6 +146,9 @@ def bench(name, cache, skip_notebook, full_sklearn):
         sk, fast, agree = heads_side_by_side(cache)
         print(f"plain heads, 4 sources x 1 seed x 6 C:  scikit-learn {sk:7.1f} s   pacs_embed {fast:6.2f} s   "
               f"ratio {sk / fast:5.1f}x   (same predictions on {agree:.2%} of images)")
+        alone, together, same = seeds_side_by_side(cache)
+        print(f"plain heads, 4 sources x 5 seeds: one by one {alone:6.2f} s   together {together:6.2f} s   "
+              f"ratio {alone / together:4.2f}x   (same predictions on {same:.2%} of images)")
         cold = run_report(cache, tmp)
         warm = run_report(cache, tmp)
         _, enc = timed(encode_edit_prompts, cache)
