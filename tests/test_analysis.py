@@ -118,3 +118,17 @@ def test_with_some_sources_every_domain_is_still_a_target_in_the_tables_and_the_
     assert list(g.index) == ["d1"] and list(g.columns) == emb.domains
     fig = plots.accuracy_grid(res.table)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == emb.domains
+
+
+def test_evaluate_fits_the_seeds_of_a_source_together_and_each_head_once(monkeypatch):
+    from pacs_embed.analysis import heads
+    emb, text = synthetic(n_per=10)
+    runs = []
+    monkeypatch.setattr(heads, "_lbfgs_paths", lambda *a, real=heads._lbfgs_paths: runs.append(len(a[2])) or real(*a))
+    res = evaluate(emb, ["none", "translate", "augment"], seeds=range(3), text=text, head_cache=False, progress=False)
+    assert sorted(runs) == [3] * (2 * N_DOMAINS)        # per source: the plain heads (shared by none and
+    assert res.head_cache.fits == 2 * N_DOMAINS * 3     # translate) and augment's, three seeds in one run each
+    for (source, seed), head in res.heads.items():      # the same heads as fitted one by one
+        i = emb.in_domain(source)
+        alone = fit_head(emb.x[i], emb.label[i], *split(len(i), seed, source))
+        assert head.C == alone.C and np.mean(head.predict(emb.x) == alone.predict(emb.x)) >= 0.995

@@ -153,3 +153,38 @@ def test_lbfgs_solves_problems_of_very_different_scales_side_by_side():
     U, iterations = minimize_lbfgs(loss_grad, np.zeros((3, 50)), gtol=1e-8 * scales, ftol=0.0)   # gradient test only
     assert np.abs(U - targets).max() < 1e-6
     assert (iterations < 200).all()
+
+
+def test_the_compact_lbfgs_product_is_the_two_loop_recursion():
+    from pacs_embed.analysis.heads import _Pairs
+    rng = np.random.default_rng(2)
+    p, m = 30, 5
+    A = rng.standard_normal((p, p))
+    A = A @ A.T + p * np.eye(p)                                 # curvature pairs y = A s of a convex quadratic
+
+    def two_loop(pairs, g):                                     # Nocedal & Wright, algorithm 7.4
+        q, alphas = g.copy(), []
+        for s, y in reversed(pairs):
+            alphas.append((s @ q) / (s @ y))
+            q -= alphas[-1] * y
+        s, y = pairs[-1]
+        q *= (s @ y) / (y @ y)
+        for (s, y), a in zip(pairs, reversed(alphas)):
+            q += (a - (y @ q) / (s @ y)) * s
+        return q
+    pairs, kept = _Pairs(3, p, m), [[], [], []]
+    for step in range(14):                                      # more pairs than slots; problems hold 0-5
+        if step == 8:                                           # a restart (as after a bad direction)
+            pairs.count[0], kept[0] = 0, []
+        for b in range(3):
+            if step < 3 * b:
+                continue
+            s = rng.standard_normal(p)
+            pairs.add(b, s, A @ s)
+            kept[b] = (kept[b] + [(s, A @ s)])[-m:]
+        g = rng.standard_normal((3, p))
+        for idx in (np.arange(3), np.array([1, 2]), np.array([0]), np.array([2])):
+            got = pairs.times(idx, g[idx])
+            for row, b in zip(got, idx):
+                want = two_loop(kept[b], g[b]) if kept[b] else g[b]
+                assert np.allclose(row, want, rtol=1e-9, atol=1e-12), (step, b)

@@ -389,31 +389,35 @@ def _lbfgs_paths(x, y, splits, classes, Cs, shifts=None) -> list[list[tuple]]:
     label = np.searchsorted(classes, y)
     C_all = np.concatenate([np.zeros((1, d)), np.zeros((0, d)) if shifts is None else shifts])   # c per group
     G = len(C_all)
-    x64 = x.astype(np.float64)
-    R = np.stack([1 / np.linalg.norm(x64 + c, axis=1) if c.any() else np.ones(n) for c in C_all])   # (G, n)
+    # r = 1/|x + c| from |x|² + 2x·c + |c|² (no n x d temporaries)
+    R = 1 / np.sqrt(np.maximum(np.einsum("nd,nd->n", x, x, dtype=np.float64)[None] + 2 * (C_all @ x.T.astype(np.float64))
+                               + (C_all * C_all).sum(1)[:, None], 1e-300))   # (G, n)
+    R[0] = 1.0                                                        # the rows themselves, as they are
     R2 = R * R
     # scatter of every group's rows r ⊙ (x + c), with one n x d x d product for all groups:
     # Σ_g (r_g ⊙ (x + c_g))ᵀ(r_g ⊙ (x + c_g)) = xᵀ diag(Σ_g r_g²) x + Σ_g [m_g c_gᵀ + c_g m_gᵀ + |r_g|² c_g c_gᵀ],
     # m_g = xᵀ r_g²
-    xw = (np.sqrt(R2.sum(0))[:, None] * x64).astype(np.float32)
-    M = R2 @ x64                                                      # (G, d): m_g
+    xw = np.sqrt(R2.sum(0)).astype(np.float32)[:, None] * x
+    M = (R2.astype(np.float32) @ x).astype(np.float64)               # (G, d): m_g
     scatter = (xw.T @ xw).astype(np.float64) + M.T @ C_all + C_all.T @ M + (C_all.T * R2.sum(1)) @ C_all
-    mu = (R.sum(0) @ x64 + R.sum(1) @ C_all) / (G * n)
+    mu = ((R.sum(0).astype(np.float32) @ x).astype(np.float64) + R.sum(1) @ C_all) / (G * n)
     _, V = scipy.linalg.eigh((scatter - G * n * np.outer(mu, mu)).astype(np.float32), driver="evd")  # any rotation is exact
     V = V.astype(np.float64)
     used = np.unique(np.concatenate([np.asarray(train, np.int64) for train, _ in splits]))   # rows some split trains on
     x, R, label, n = x[used], R[:, used], label[used], len(used)
     R2 = R * R
-    Z = x @ V.astype(np.float32)                                      # (n, d) rotated rows (not centred)
-    ZT, Z64 = np.ascontiguousarray(Z.T), Z.astype(np.float64)
+    ZT = V.T.astype(np.float32) @ x.T                                 # (d, n) rotated rows (not centred) ...
+    Z = ZT.T                                                          # ... and as (n, d), the same memory
     A = C_all @ V                                                     # (G, d): the shifts, rotated
     mask = np.zeros((B, n))                                           # how often each split trains on each row
     for b, (train, _) in enumerate(splits):
         np.add.at(mask[b], np.searchsorted(used, train), 1.0)
     N = G * mask.sum(1)                                               # training rows per split
     Rm, Rm2 = R[None] * mask[:, None], R2[None] * mask[:, None]       # (B, G, n)
-    mu_r = (Rm.sum(1) @ Z64 + Rm.sum(2) @ A) / N[:, None]             # (B, d): each split's mean, rotated
-    sq = Rm2.sum(1) @ (Z64 * Z64) + 2 * np.einsum("bgd,gd->bd", Rm2 @ Z64, A) + Rm2.sum(2) @ (A * A)
+    f32 = np.float32
+    mu_r = ((Rm.sum(1).astype(f32) @ Z).astype(np.float64) + Rm.sum(2) @ A) / N[:, None]   # (B, d): each split's mean
+    sq = ((Rm2.sum(1).astype(f32) @ (Z * Z)).astype(np.float64)                           # ... and squares, rotated
+          + 2 * np.einsum("bgd,gd->bd", (Rm2.astype(f32) @ Z).astype(np.float64), A) + Rm2.sum(2) @ (A * A))
     lam = np.maximum(sq - N[:, None] * mu_r ** 2, 0.0)               # (B, d): its variance along each eigenvector
     bs = np.sqrt(N / K)
     Rf, maskf = R.astype(np.float32)[None, :, None, :], mask.astype(np.float32)[:, None, None, :]
@@ -478,53 +482,33 @@ def _lbfgs_paths(x, y, splits, classes, Cs, shifts=None) -> list[list[tuple]]:
 
 def minimize_lbfgs(loss_grad, u0: np.ndarray, gtol: np.ndarray, ftol: float = 1e-12, maxiter: int = 3000,
                    memory: int = 10, max_tries: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """Minimise B independent smooth functions by L-BFGS (Nocedal & Wright, alg. 7.4, backtracking Armijo line
-    search), evaluating all of them in one call per round: ``loss_grad(idx, U) -> (f, g)`` for the problems
-    ``idx`` at rows ``U``. Problem b stops when max|g| <= gtol[b] (scipy's ``gtol``), when a step lowers f by
-    no more than ``ftol`` relatively (scipy's ``ftol``), when its line search fails ``max_tries`` times, or
-    after ``maxiter`` iterations. Returns (the solutions (B, p), iterations per problem)."""
+    """Minimise B independent smooth functions by L-BFGS (Nocedal & Wright, alg. 7.4 with the compact form of
+    eq. 7.24, backtracking Armijo line search), evaluating all of them in one call per round:
+    ``loss_grad(idx, U) -> (f, g)`` for the problems ``idx`` at rows ``U``. Problem b stops when
+    max|g| <= gtol[b] (scipy's ``gtol``), when a step lowers f by no more than ``ftol`` relatively (scipy's
+    ``ftol``), when its line search fails ``max_tries`` times, or after ``maxiter`` iterations. Returns
+    (the solutions (B, p), iterations per problem)."""
     B, p = u0.shape
-    m = memory
     U = np.array(u0, np.float64)
     F, Gr = loss_grad(np.arange(B), U)
-    S, Y, rho = np.zeros((B, m, p)), np.zeros((B, m, p)), np.zeros((B, m))
-    pairs, slot = np.zeros(B, int), np.zeros(B, int)                # curvature pairs kept; the next one's slot
+    pairs = _Pairs(B, p, memory)
     nit = np.zeros(B, int)
     going = np.abs(Gr).max(1) > gtol
     searching = np.zeros(B, bool)
     D, step, slope, tries = np.zeros((B, p)), np.zeros(B), np.zeros(B), np.zeros(B, int)
-
-    def direction(idx):
-        """−H·g by the two-loop recursion over each problem's pairs, newest first."""
-        q, a = -Gr[idx], np.zeros((len(idx), m))
-        deep = int(pairs[idx].max())
-        rows = np.arange(len(idx))
-        for j in range(deep):
-            k, ok = (slot[idx] - 1 - j) % m, j < pairs[idx]
-            a[:, j] = np.where(ok, rho[idx, k] * np.einsum("bp,bp->b", S[idx, k], q), 0.0)
-            q -= a[:, j, None] * Y[idx, k]
-        k = (slot[idx] - 1) % m
-        yy = np.einsum("bp,bp->b", Y[idx, k], Y[idx, k])
-        q *= np.where(pairs[idx] > 0, 1.0 / np.maximum(rho[idx, k] * yy, 1e-300), 1.0)[:, None]   # γ = sᵀy / yᵀy
-        for j in reversed(range(deep)):
-            k, ok = (slot[idx] - 1 - j) % m, j < pairs[idx]
-            beta = rho[idx, k] * np.einsum("bp,bp->b", Y[idx, k], q)
-            q += np.where(ok, a[rows, j] - beta, 0.0)[:, None] * S[idx, k]
-        return q
-
     while going.any():
         idx = np.flatnonzero(going)
         new = idx[~searching[idx]]
         if len(new):                                                  # a new direction, its first trial step
-            d = direction(new)
+            d = -pairs.times(new, Gr[new])
             sl = np.einsum("bp,bp->b", d, Gr[new])
             bad = ~(sl < 0)                                           # not a descent direction: restart from −g
             if bad.any():
-                pairs[new[bad]] = 0
+                pairs.count[new[bad]] = 0
                 d[bad] = -Gr[new[bad]]
                 sl[bad] = -np.einsum("bp,bp->b", d[bad], d[bad])
             D[new], slope[new], tries[new], searching[new] = d, sl, 0, True
-            step[new] = np.where(pairs[new] > 0, 1.0, np.minimum(1.0, 1.0 / np.linalg.norm(d, axis=1)))
+            step[new] = np.where(pairs.count[new] > 0, 1.0, np.minimum(1.0, 1.0 / np.linalg.norm(d, axis=1)))
         Ft, Gt = loss_grad(idx, U[idx] + step[idx, None] * D[idx])
         tries[idx] += 1
         accept = np.isfinite(Ft) & (Ft <= F[idx] + 1e-4 * step[idx] * slope[idx])
@@ -537,11 +521,8 @@ def minimize_lbfgs(loss_grad, u0: np.ndarray, gtol: np.ndarray, ftol: float = 1e
                 guess = -slope[b] * t * t / (2 * excess) if np.isfinite(excess) and excess > 0 else 0.1 * t
                 step[b] = min(max(guess, 0.1 * t), 0.5 * t)
                 continue
-            s_, y_ = step[b] * D[b], Gt[j] - Gr[b]
-            sy = float(s_ @ y_)
-            if sy > 1e-10 * float(y_ @ y_):                           # keep the pair only with positive curvature
-                S[b, slot[b]], Y[b, slot[b]], rho[b, slot[b]] = s_, y_, 1.0 / sy
-                slot[b], pairs[b] = (slot[b] + 1) % m, min(pairs[b] + 1, m)
+            s_ = step[b] * D[b]
+            pairs.add(b, s_, Gt[j] - Gr[b])
             f_old = F[b]
             U[b] += s_
             F[b], Gr[b] = Ft[j], Gt[j]
@@ -550,3 +531,61 @@ def minimize_lbfgs(loss_grad, u0: np.ndarray, gtol: np.ndarray, ftol: float = 1e
             going[b] = (np.abs(Gt[j]).max() > gtol[b] and f_old - F[b] > ftol * max(abs(f_old), abs(F[b]), 1.0)
                         and nit[b] < maxiter)
     return U, nit
+
+
+class _Pairs:
+    """The last ``m`` curvature pairs (s, y) of B problems, and products with their L-BFGS inverse Hessians."""
+
+    def __init__(self, B: int, p: int, m: int):
+        self.m = m
+        self.S, self.Y = np.zeros((B, m, p)), np.zeros((B, m, p))   # slots, reused in turn
+        self.SY, self.YY = np.zeros((B, m, m)), np.zeros((B, m, m))  # s_iᵀy_j, y_iᵀy_j between slots
+        self.count, self.next = np.zeros(B, int), np.zeros(B, int)
+
+    def add(self, b: int, s: np.ndarray, y: np.ndarray) -> None:
+        """Keep (s, y) for problem b if its curvature sᵀy is positive (else skip it, as L-BFGS does)."""
+        sy = float(s @ y)
+        if not sy > 1e-10 * float(y @ y):
+            return
+        k = self.next[b]
+        self.S[b, k], self.Y[b, k] = s, y
+        self.SY[b, :, k], self.SY[b, k, :] = self.S[b] @ y, self.Y[b] @ s
+        self.YY[b, :, k] = self.YY[b, k, :] = self.Y[b] @ y
+        self.next[b], self.count[b] = (k + 1) % self.m, min(self.count[b] + 1, self.m)
+
+    def times(self, idx: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """H·g for problems ``idx``, H = γI + [S γY] [[R⁻ᵀ(D + γYᵀY)R⁻¹, −R⁻ᵀ], [−R⁻¹, 0]] [S γY]ᵀ (Nocedal &
+        Wright eq. 7.24; R the upper triangle of SᵀY, D its diagonal, pairs oldest first; γ = sᵀy/yᵀy of
+        the newest pair)."""
+        m, n = self.m, len(idx)
+        count = self.count[idx]
+        deep = int(count.max())
+        if deep == 0:
+            return g.copy()
+        nxt = self.next[idx]
+        hi = int(np.where(nxt >= count, nxt, m).max())               # slots in use lie below hi, unless they wrap
+        everyone = n == len(self.count) and (idx == np.arange(n)).all()
+        S, Y = (self.S[:, :hi], self.Y[:, :hi]) if everyone else (self.S[idx, :hi], self.Y[idx, :hi])
+        # slots oldest first, the first count[b] of them in use
+        age = np.arange(deep)
+        order = (self.next[idx, None] - count[:, None] + age) % m                     # (n, deep)
+        used = age < count[:, None]
+        rows = np.arange(n)[:, None]
+        SY = self.SY[idx[:, None, None], order[:, :, None], order[:, None, :]]       # (n, deep, deep)
+        YY = self.YY[idx[:, None, None], order[:, :, None], order[:, None, :]]
+        both = used[:, :, None] & used[:, None, :]
+        newest = order[rows[:, 0], count - 1]
+        gamma = np.where(count > 0, self.SY[idx, newest, newest] / np.maximum(self.YY[idx, newest, newest], 1e-300), 1.0)
+        eye = np.eye(deep)
+        R = np.where(both, np.triu(SY), 0.0) + np.where(used[:, :, None], 0.0, eye)   # unused: identity rows
+        Dg = np.where(used, np.einsum("bii->bi", SY), 0.0)
+        order = np.minimum(order, hi - 1)                            # unused positions: any slot (masked)
+        sg = np.einsum("bmp,bp->bm", S, g)[rows, order] * used
+        yg = np.einsum("bmp,bp->bm", Y, g)[rows, order] * used
+        t = np.linalg.solve(R, sg[..., None])[..., 0]
+        inner = Dg * t + gamma[:, None] * np.einsum("bij,bj->bi", np.where(both, YY, 0.0), t) - gamma[:, None] * yg
+        top = np.linalg.solve(np.swapaxes(R, 1, 2), inner[..., None])[..., 0]
+        cs, cy = np.zeros((n, hi)), np.zeros((n, hi))
+        np.add.at(cs, (np.broadcast_to(rows, order.shape), order), np.where(used, top, 0.0))
+        np.add.at(cy, (np.broadcast_to(rows, order.shape), order), np.where(used, -gamma[:, None] * t, 0.0))
+        return gamma[:, None] * g + np.einsum("bmp,bm->bp", S, cs) + np.einsum("bmp,bm->bp", Y, cy)

@@ -7,7 +7,9 @@ The contract (the paper's open question 2 is "which method?", so any method plug
    (``src.train``, ``src.holdout``), and the text side: every domain's description under the current
    strategy (``src.descriptions``, ``src.description`` for the source), the class prompts
    (``src.class_vectors``) and an encoder for new prompts (``src.encode``). ``src.fit_head(features)``
-   fits the standard logistic head (C chosen on the source hold-out; cached on disk).
+   gives the standard logistic head (C chosen on the source hold-out; cached on disk). Under
+   ``evaluate`` it returns at once and the head is fitted later, together with the other seeds'
+   heads on the same features — or as soon as the method uses it.
 2. ``predict(x, source, target)`` labels target images ``x`` given the source and target
    ``Description`` (``.vector`` is the unit text vector t; ``.class_vectors`` "{phrasing} of a {class}").
 
@@ -47,7 +49,7 @@ from typing import Callable
 import numpy as np
 
 from .embeddings import l2_normalize
-from .heads import C_GRID, Head, HeadBatch, HeadCache, fit_head
+from .heads import C_GRID, Head, HeadBatch, HeadCache, PendingHead, fit_head
 from .text import Description
 
 METHODS: dict[str, Callable[[], "Method"]] = {}
@@ -73,12 +75,13 @@ class Source:
     batch: HeadBatch | None = None    # evaluate's: heads are fitted together with the other seeds' when first used
 
     def fit_head(self, features: np.ndarray, extra: np.ndarray | None = None,
-                 extra_from: np.ndarray | None = None, shifts: np.ndarray | None = None) -> Head:
+                 extra_from: np.ndarray | None = None, shifts: np.ndarray | None = None) -> Head | PendingHead:
         """The standard head on ``features`` (one row per source image, as ``x``): trained on the 80%,
         C chosen on the 20%. ``extra`` rows (augmentation), each made from source row ``extra_from[i]``,
         join training when their source row is a training row (never the hold-out's). ``shifts``
         (m, D): the head also trains on normalise(features[i] + c) for every training row i and shift
-        c — the same as ``extra`` rows, but fitted without materialising them (much faster)."""
+        c — the same as ``extra`` rows, but fitted without materialising them (much faster). Under
+        ``evaluate`` the head is a ``PendingHead``: fitted with its batch when first used."""
         features = np.asarray(features, np.float32)
         if len(features) != len(self.y):
             raise ValueError(f"fit_head wants one row per source image ({len(self.y)}), got {len(features)}")
