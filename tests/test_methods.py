@@ -37,6 +37,30 @@ def test_user_methods_join_the_grid_and_are_scored_like_the_built_in_ones(user_m
     assert cross["translated_centroids"] > 0.95 and cross["none"] < 0.75   # it learned, and translation works
 
 
+def test_a_method_may_use_its_head_while_it_fits():
+    @register("head_in_fit")
+    class HeadInFit(Method):
+        """Uses its head inside fit (here: to measure how well it fits the training images)."""
+        def fit(self, src):
+            first = src.fit_head(src.x)                          # fitted here: it is used at once
+            right = first.predict(src.x[src.train]) == src.y[src.train]
+            self.head = src.fit_head(src.x)                      # the same head again: not fitted twice
+            self.agreement = float(right.mean())
+            return self
+
+        def predict(self, x, source, target):
+            return self.head.predict(x)
+    try:
+        emb, text = synthetic(n_per=10)
+        res = pa.evaluate(emb, ["none", "head_in_fit"], seeds=range(3), text=text, head_cache=False, progress=False)
+        t = res.table[res.table.source != res.table.target]
+        mine, none = (t[t.method == m].accuracy.to_numpy() for m in ("head_in_fit", "none"))
+        assert np.array_equal(mine, none) and res.head_cache.fits == 4 * 3   # one plain head per source and seed
+        assert all(m.agreement > 0.9 for k, m in res.fitted.items() if k[2] == "head_in_fit")
+    finally:
+        METHODS.pop("head_in_fit")
+
+
 def test_no_method_ever_sees_target_images_or_labels(user_methods):
     """Every registered method, fitted on clean and on poisoned target domains, fits the same."""
     emb, text = synthetic()
