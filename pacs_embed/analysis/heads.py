@@ -270,7 +270,7 @@ class HeadBatch:
         self.lock = threading.Lock()
         self.pending: dict[bytes, list] = {}      # rows (digest of x, y, shifts) -> [(train, holdout, key, head)]
         self.rows: dict[bytes, tuple] = {}        # the same digest -> (x, y, shifts)
-        self.asked: dict[str, PendingHead] = {}   # key -> its pending head, until fitted (asked twice: one fit)
+        self.asked: dict[str, PendingHead] = {}   # key -> its pending head until fitted (asked twice: one fit)
 
     def __len__(self) -> int:
         return sum(len(g) for g in self.pending.values())
@@ -288,9 +288,11 @@ class HeadBatch:
         if len(classes) < 2:
             raise ValueError(f"cannot train a classifier: the training images hold only class(es) {classes.tolist()}")
         rows = xd + _digest(y) + (b"" if shifts is None else _digest(shifts))
-        with self.lock:
+        with self.lock:   # asked for already (maybe being fitted right now), or fitted since the look above?
             if key in self.asked:
                 return self.asked[key]
+            if self.cache is not None and (hit := self.cache.get(key)) is not None:
+                return hit
             head = self.asked[key] = PendingHead(self)
             self.rows.setdefault(rows, (x, y, shifts))
             self.pending.setdefault(rows, []).append((train, holdout, key, head))
@@ -299,7 +301,7 @@ class HeadBatch:
     def _take(self) -> list[tuple]:
         """Every pending group as (x, y, shifts, requests); the most work first."""
         with self.lock:
-            pending, rows, self.pending, self.rows, self.asked = self.pending, self.rows, {}, {}, {}
+            pending, rows, self.pending, self.rows = self.pending, self.rows, {}, {}
         groups = [(*rows[k], g) for k, g in pending.items()]
         return sorted(groups, key=lambda g: -len(g[3]) * g[0].shape[0] * (1 + (0 if g[2] is None else len(g[2]))))
 
@@ -316,6 +318,9 @@ class HeadBatch:
             else:
                 pending._head = head
             pending._done.set()
+        with self.lock:   # from now on the cache answers (a head that failed is tried again when asked again)
+            for _, _, key, _ in requests:
+                self.asked.pop(key, None)
         return len(requests)
 
     def flush(self, pool=None, progress=None) -> None:
