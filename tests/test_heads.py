@@ -188,3 +188,15 @@ def test_the_compact_lbfgs_product_is_the_two_loop_recursion():
             for row, b in zip(got, idx):
                 want = two_loop(kept[b], g[b]) if kept[b] else g[b]
                 assert np.allclose(row, want, rtol=1e-9, atol=1e-12), (step, b)
+
+
+def test_a_batch_too_large_for_memory_is_fitted_in_parts(monkeypatch):
+    from pacs_embed.analysis import heads
+    x, y = problem(n=300, d=8, k=3)
+    splits = [split(len(y), seed, "art") for seed in range(5)]
+    runs = []
+    monkeypatch.setattr(heads, "_lbfgs_paths", lambda *a, real=heads._lbfgs_paths: runs.append(len(a[2])) or real(*a))
+    monkeypatch.setattr(heads, "BATCH_BYTES", 2 * 3 * 300 * 4)      # room for two splits' logits
+    parts = fit_heads(x, y, splits)
+    assert runs == [2, 2, 1]
+    assert all(h.C == fit_head(x, y, *s).C and h.key == fit_head(x, y, *s).key for h, s in zip(parts, splits))

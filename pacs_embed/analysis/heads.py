@@ -57,6 +57,7 @@ C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 HOLDOUT = 0.2
 SOLVER = "pacs_embed-lbfgs-precond/5"   # part of every cache key: a solver change never reuses old heads
 TOL = 3e-5                              # max |gradient| of the per-image mean loss at convergence (sklearn: 1e-4)
+BATCH_BYTES = 256 << 20                 # splits fitted together hold logit arrays of at most this size (PACS: 2 MB)
 
 
 def split(n: int, seed: int, name: str, holdout: float = HOLDOUT) -> tuple[np.ndarray, np.ndarray]:
@@ -218,14 +219,19 @@ def fit_heads(x: np.ndarray, y: np.ndarray, splits, Cs=C_GRID, cache: HeadCache 
         if len(classes) < 2:
             raise ValueError(f"cannot train a classifier: the training images hold only class(es) {classes.tolist()}")
         todo.setdefault(tuple(classes.tolist()), []).append(i)
+    groups = 1 + (0 if shifts is None else len(shifts))
     for classes, batch in todo.items():
         classes = np.array(classes, dtype=y.dtype)
-        with single_threaded_blas():
-            paths = _lbfgs_paths(x, y, [splits[i] for i in batch], classes, Cs, shifts)
-        for i, path in zip(batch, paths):
-            heads[i] = _best(path, classes, x, y, splits[i][1], keys[i])
-            if cache is not None:
-                cache.put(keys[i], heads[i])
+        # the solver holds a few (splits, groups, classes, rows) float32 arrays: at most BATCH_BYTES each
+        per_split = groups * len(classes) * len(x) * 4
+        size = max(1, BATCH_BYTES // per_split)
+        for part in (batch[k:k + size] for k in range(0, len(batch), size)):
+            with single_threaded_blas():
+                paths = _lbfgs_paths(x, y, [splits[i] for i in part], classes, Cs, shifts)
+            for i, path in zip(part, paths):
+                heads[i] = _best(path, classes, x, y, splits[i][1], keys[i])
+                if cache is not None:
+                    cache.put(keys[i], heads[i])
     return heads
 
 
