@@ -91,6 +91,15 @@ def test_statistics(results):
     assert method_means(results.table).iloc[0]["method"] != "none"
 
 
+def test_a_gain_interval_never_leaves_the_possible_range():
+    from types import SimpleNamespace
+    ones, zeros = np.ones(20, bool), np.zeros(20, bool)
+    correct = {("a", "b", "none", "-"): np.stack([zeros, ones]),          # two seeds that disagree completely:
+               ("a", "b", "translate", "paper"): np.stack([ones, zeros])}   # gains +1 and -1, t with 1 df
+    row = gains(SimpleNamespace(correct=correct), n_boot=50).iloc[0]
+    assert row.gain == 0 and (row.ci_low, row.ci_high) == (-1.0, 1.0)
+
+
 def test_paired_bootstrap_of_identical_methods_is_zero():
     hits = np.random.default_rng(0).random((5, 50)) > 0.5
     assert paired_bootstrap(hits, hits) == (0.0, 0.0, 0.0)

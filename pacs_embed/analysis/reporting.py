@@ -79,7 +79,8 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
           "means the method helps. In-domain accuracy is measured on the 20% source hold-out that also chose C, "
           "so it is slightly optimistic.", "",
           "**Intervals.** `[low, high]` and `ci_low`/`ci_high` are 95% Student-t intervals over seeds (each seed "
-          "a new random 80/20 split of the source): they say whether a result would survive another split, for "
+          "a new random 80/20 split of the source; cut to the possible range, [0, 1] for an accuracy and [−1, 1] "
+          "for a gain, which few seeds can overshoot): they say whether a result would survive another split, for "
           "these target images. `image_ci_low`/`image_ci_high` are the paired bootstrap over target images given "
           "these splits; they ignore split variation and are too narrow to compare methods with. "
           "'—' marks methods that do not depend on the split (zero-shot).", "",

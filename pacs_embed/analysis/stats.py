@@ -4,8 +4,9 @@ Two intervals answer two questions (both 95%):
 
 - **over seeds** (``ci_low``/``ci_high``, the headline): would the result hold for another random
   80/20 split of the source domain? Seeds are the unit: per seed, the gain (or accuracy) averaged
-  over the target images; a Student-t interval of their mean. It covers split and seed variation,
-  for these target images.
+  over the target images; a Student-t interval of their mean, cut to the possible range ([0, 1] for an
+  accuracy, [−1, 1] for a gain: with few seeds t is wide). It covers split and seed variation, for these
+  target images.
 - **over target images** (``image_ci_low``/``image_ci_high``): the paired bootstrap — given these
   source splits (seed-averaged per image), how much does the result depend on which target images
   were drawn? It ignores split variation, so it is too narrow for comparing methods across splits.
@@ -102,6 +103,7 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
         if hits.shape != base.shape:
             raise ValueError(f"{method} and {baseline} were scored on different images for {s} -> {t}")
         g, lo, hi = seed_interval(hits.mean(1) - base.mean(1), level)
+        lo, hi = max(lo, -1.0), min(hi, 1.0)             # a gain lies in [-1, 1] (few seeds: t is wide)
         _, ilo, ihi = paired_bootstrap(hits, base, n_boot, seed, level)
         rows.append((s, t, method, how, g, lo, hi, ilo, ihi, len(hits)))
     return pd.DataFrame(rows, columns=["source", "target", "method", "description", "gain", "ci_low", "ci_high",
