@@ -75,30 +75,29 @@ def resolve(model: str, revision: str | None = None, local_only: bool = False) -
 def _weights_sha256(folder: Path) -> str:
     """Hash of a local checkpoint's config and weights; re-read only when a file's size or mtime changed
     (a notebook resolves the model at every prompt edit)."""
-    stats = [(str(p), p.stat()) for p in (folder / n for n in ("config.json",) + _WEIGHT_FILES) if p.is_file()]
-    return _files_sha256(tuple((p, st.st_size, st.st_mtime_ns) for p, st in stats))
+    return _files_sha256(_present(folder, ("config.json",) + _WEIGHT_FILES))
 
 
 def _tokenizer_sha256(folder: Path) -> str:
     """Hash of the tokenizer files in ``folder`` ("" if none): a local folder's revision covers only its config
     and weights, so without this an edited tokenizer would add prompt vectors that do not match the cached ones."""
-    stats = [(p, p.stat()) for p in (folder / n for n in _TOKENIZER_FILES) if p.is_file()]
-    return _named_files_sha256(tuple((str(p), st.st_size, st.st_mtime_ns) for p, st in stats)) if stats else ""
+    files = _present(folder, _TOKENIZER_FILES)
+    return _files_sha256(files, named=True) if files else ""
+
+
+def _present(folder: Path, names) -> tuple:
+    """(path, size, mtime) of the files ``names`` that ``folder`` holds: the cache key of their hash."""
+    stats = [(p, p.stat()) for p in (folder / n for n in names) if p.is_file()]
+    return tuple((str(p), st.st_size, st.st_mtime_ns) for p, st in stats)
 
 
 @functools.lru_cache(maxsize=16)
-def _named_files_sha256(files: tuple) -> str:
+def _files_sha256(files: tuple, named: bool = False) -> str:
+    """sha256 of the files' bytes in order (``named``: each preceded by its file name)."""
     h = hashlib.sha256()
     for path, _, _ in files:
-        h.update(f"{Path(path).name}\n".encode())
-        h.update(Path(path).read_bytes())
-    return h.hexdigest()[:40]
-
-
-@functools.lru_cache(maxsize=16)
-def _files_sha256(files: tuple) -> str:
-    h = hashlib.sha256()
-    for path, _, _ in files:
+        if named:
+            h.update(f"{Path(path).name}\n".encode())
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)

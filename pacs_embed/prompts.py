@@ -164,7 +164,7 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
                 raise
             shown = ", ".join(repr(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise type(e)(f"{str(path)!r} does not hold {len(missing)} prompt(s) asked for ({shown}); encoding them "
-                          f"needs the cache's own model, which cannot be loaded here: {e}") from e
+                          f"needs the cache's own model: {e}") from e
     if missing:
         from .models import encode_text
         vectors = encode_text(_text_tower(spec, device), missing)

@@ -10,11 +10,12 @@ selection never sees target data. What differs from plain scikit-learn is only h
   optimum is the same),
 - the C grid is walked upward, each fit starting from the previous one's solution,
 - the loss and gradient are computed in float32 with single-threaded BLAS (the loss summed in float64),
-  L-BFGS (``minimize_lbfgs``: Nocedal & Wright's two-loop recursion, backtracking line search) in float64,
+  L-BFGS (``minimize_lbfgs``: Nocedal & Wright's compact form, backtracking line search) in float64,
 - several splits of the same rows (the seeds of a source) are fitted together (``fit_heads``): each
-  has its own L-BFGS, and all their loss evaluations take one matrix product, which runs at 2-4x the
-  FLOP rate of a 7-column one on a CPU; ``evaluate`` collects the heads its methods ask for in a
-  ``HeadBatch`` and fits them this way,
+  has its own L-BFGS, and all their loss evaluations take one matrix product, which a CPU runs at a
+  much higher FLOP rate than one product per 7-column head (``benchmarks/analysis_speed.py`` prints
+  the two side by side); ``evaluate`` collects the heads its methods ask for in a ``HeadBatch`` and
+  fits them this way,
 - it converges 3x tighter than scikit-learn's default (``TOL``): on random-CLIP features plain
   scikit-learn stops far from the optimum (on sketch, 80% agreement with its own fully converged
   solution at C=10), this solver agrees with it on ≥ 99.9% (``benchmarks/head_convergence.py``). Tighter
@@ -200,9 +201,9 @@ def fit_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, holdout: np.ndarra
 def fit_heads(x: np.ndarray, y: np.ndarray, splits, Cs=C_GRID, cache: HeadCache | None = None,
               shifts: np.ndarray | None = None, keys: list[str] | None = None) -> list[Head]:
     """``fit_head`` for several (train, holdout) splits of the same rows (the seeds of a source), fitted together:
-    each split runs its own L-BFGS and their loss evaluations share one matrix product (five seeds of a PACS
-    source: 1.4-2x faster than one by one, in a one-off timing). Heads already in ``cache`` are read, not
-    fitted. ``keys``: the splits' ``head_key``s, when already known."""
+    each split runs its own L-BFGS and their loss evaluations share one matrix product (five seeds of each PACS
+    source: ``benchmarks/analysis_speed.py`` prints the time against one by one). Heads already in ``cache``
+    are read, not fitted. ``keys``: the splits' ``head_key``s, when already known."""
     x = np.ascontiguousarray(x, np.float32)
     y = np.asarray(y)
     shifts = _shifts(shifts, x.shape[1])
@@ -215,10 +216,7 @@ def fit_heads(x: np.ndarray, y: np.ndarray, splits, Cs=C_GRID, cache: HeadCache 
         if cache is not None and (hit := cache.get(key)) is not None:
             heads[i] = hit
             continue
-        classes = np.unique(y[train])
-        if len(classes) < 2:
-            raise ValueError(f"cannot train a classifier: the training images hold only class(es) {classes.tolist()}")
-        todo.setdefault(tuple(classes.tolist()), []).append(i)
+        todo.setdefault(tuple(_classes(y, train).tolist()), []).append(i)
     groups = 1 + (0 if shifts is None else len(shifts))
     for classes, batch in todo.items():
         classes = np.array(classes, dtype=y.dtype)
@@ -288,13 +286,9 @@ class HeadBatch:
         shifts = _shifts(shifts, x.shape[1])
         xd = _digest(x)
         key = head_key(x, y, train, holdout, self.Cs, shifts, xd)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            return hit
-        classes = np.unique(y[train])
-        if len(classes) < 2:
-            raise ValueError(f"cannot train a classifier: the training images hold only class(es) {classes.tolist()}")
+        _classes(y, train)                                # a one-class training set fails here, not at the flush
         rows = xd + _digest(y) + (b"" if shifts is None else _digest(shifts))
-        with self.lock:   # asked for already (maybe being fitted right now), or fitted since the look above?
+        with self.lock:   # asked for already (maybe being fitted right now), or fitted?
             if key in self.asked:
                 return self.asked[key]
             if self.cache is not None and (hit := self.cache.get(key)) is not None:
@@ -345,6 +339,14 @@ def resolved(head):
     return head.resolved() if isinstance(head, PendingHead) else head
 
 
+def _classes(y, train) -> np.ndarray:
+    """The classes present in the training rows; at least two, or a clear error."""
+    classes = np.unique(y[train])
+    if len(classes) < 2:
+        raise ValueError(f"cannot train a classifier: the training images hold only class(es) {classes.tolist()}")
+    return classes
+
+
 def _shifts(shifts, d: int):
     return None if shifts is None or len(shifts) == 0 else np.asarray(shifts, np.float64).reshape(-1, d)
 
@@ -368,9 +370,7 @@ def _sklearn_head(x, y, train, holdout, Cs, shifts) -> Head:
     x = np.ascontiguousarray(x, np.float32)
     y = np.asarray(y)
     shifts = _shifts(shifts, x.shape[1])
-    classes = np.unique(y[train])
-    if len(classes) < 2:
-        raise ValueError(f"cannot train a classifier: the training images hold only class(es) {classes.tolist()}")
+    classes = _classes(y, train)
     xt, yt = x[train], y[train]
     if shifts is not None:
         xt = np.concatenate([xt] + [shifted(xt, c) for c in shifts])
@@ -415,8 +415,7 @@ def _lbfgs_paths(x, y, splits, classes, Cs, shifts=None) -> list[list[tuple]]:
     _, V = scipy.linalg.eigh((scatter - G * n * np.outer(mu, mu)).astype(np.float32), driver="evd")  # any rotation is exact
     V = V.astype(np.float64)
     used = np.unique(np.concatenate([np.asarray(train, np.int64) for train, _ in splits]))   # rows some split trains on
-    x, R, label, n = x[used], R[:, used], label[used], len(used)
-    R2 = R * R
+    x, R, R2, label, n = x[used], R[:, used], R2[:, used], label[used], len(used)
     ZT = V.T.astype(np.float32) @ x.T                                 # (d, n) rotated rows (not centred) ...
     Z = ZT.T                                                          # ... and as (n, d), the same memory
     A = C_all @ V                                                     # (G, d): the shifts, rotated
