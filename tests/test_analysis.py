@@ -64,6 +64,24 @@ def test_similarity_matrix_by_hand():
     assert np.allclose(sim, [[0.8, 0.0], [0.4, 1.0]])
 
 
+def test_table1_is_set_beside_the_papers_only_for_a_cache_of_pacs(cache_copy):
+    """pacs-mini has PACS's domains and classes (fewer images: said); a dataset with a domain of the same
+    name (DomainNet's sketch) or other classes is not compared with the paper's numbers."""
+    import dataclasses
+    from pacs_embed import analysis as pa
+    emb = pa.load(cache_copy)
+    comparable, why = pa.paper_comparison(emb)
+    assert comparable and "photo 56 of 1670" in why and "sampling" in why
+    assert not pa.table1(emb)["difference"].empty
+    other = dataclasses.replace(emb, domains=["clipart", "infograph", "real", "sketch"])
+    comparable, why = pa.paper_comparison(other)
+    assert not comparable and "'clipart'" in why and "not compared" in why
+    tables = pa.table1(other)
+    assert tables["paper"].empty and tables["difference"].empty and list(tables["reproduced"].columns) == other.domains
+    renamed = dataclasses.replace(emb, classes=[c.upper() for c in emb.classes])
+    assert not pa.paper_comparison(renamed)[0]
+
+
 def test_the_holdout_is_seeded_per_source_and_disjoint():
     a_train, a_out = split(100, seed=0, name="photo")
     assert len(a_out) == 20 and not set(a_train) & set(a_out) and len(a_train) + len(a_out) == 100

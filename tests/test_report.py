@@ -16,6 +16,7 @@ def test_report_writes_the_table_and_every_figure(cache_copy, tmp_path, capsys):
     assert table.accuracy.between(0, 1).all() and set(table.seed) == {0, 1}
     report = (out / "report.md").read_text()
     assert "## Table 1" in report and "±" in report and "| a cartoon |" in report
+    assert "Difference (this − paper)" in report and "sampling" in report   # pacs-mini: PACS, fewer images
     for name in ["table1", "accuracy_grid", "gains", "projection"]:
         assert (figs / f"{name}.png").stat().st_size > 1000 and (figs / f"{name}.pdf").is_file()
     for name in ["summary", "gains", "methods", "table1"]:

@@ -17,7 +17,8 @@ from .heads import C_GRID, Head, HeadCache, fit_head, split
 from . import lads  # noqa: F401  (registers the opt-in method "lads")
 from .methods import METHODS, Method, Source, default_methods, delta, register
 from .reporting import compare_models, markdown, record, report
-from .similarity import description_similarity, paper_table1, prompt_similarity, similarity_matrix, table1
+from .similarity import (description_similarity, paper_comparison, paper_table1, prompt_similarity, similarity_matrix,
+                         table1)
 from .stats import gains, grid, method_means, summary
 from .text import DESCRIPTIONS, NO_DESCRIPTION, Description, TextSide, preload_text_tower, text_side
 
@@ -30,7 +31,7 @@ __all__ = [
     "METHODS", "Method", "Source", "register", "default_methods", "delta", "fit_head", "Head", "HeadCache", "split", "C_GRID",
     # evaluation, statistics, output
     "evaluate", "Results", "summary", "method_means", "gains", "grid",
-    "table1", "paper_table1", "prompt_similarity", "description_similarity", "similarity_matrix",
+    "table1", "paper_table1", "paper_comparison", "prompt_similarity", "description_similarity", "similarity_matrix",
     "report", "compare_models", "record", "markdown", "plots",
 ]
 

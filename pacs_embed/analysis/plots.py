@@ -42,7 +42,9 @@ def table1_heatmap(tables: dict[str, pd.DataFrame]):
     shared = [tables[n] for n in ("reproduced", "paper") if n in names]
     lo = min(float(np.nanmin(t.values)) for t in shared)
     hi = max(float(np.nanmax(t.values)) for t in shared)
-    fig, axes = plt.subplots(1, len(names), figsize=(5.4 * len(names), 4.0), squeeze=False)
+    rows, cols = tables["reproduced"].shape
+    width = max(5.4, 1.6 + 0.85 * cols)   # room for every annotated cell, however many domains
+    fig, axes = plt.subplots(1, len(names), figsize=(width * len(names), max(4.0, 1.5 + 0.45 * rows)), squeeze=False)
     for ax, name in zip(axes[0], names):
         t = tables[name]
         if name == "difference":
@@ -50,14 +52,18 @@ def table1_heatmap(tables: dict[str, pd.DataFrame]):
             kw = dict(cmap="RdBu_r", center=0, vmin=-lim, vmax=lim)
         else:
             kw = dict(cmap="viridis", vmin=lo, vmax=hi)
-        sns.heatmap(t, annot=True, fmt=".3f", cbar=True, ax=ax, cbar_kws={"shrink": 0.8}, **kw)
+        sns.heatmap(t, annot=t.shape[1] <= 16, fmt=".3f", cbar=True, ax=ax, cbar_kws={"shrink": 0.8}, **kw)
         ax.set_title({"reproduced": "this cache", "paper": "paper (Table 1)",
                       "difference": "this − paper (own scale, 0 = white)"}[name])
         ax.set_xlabel("image domain")
+        ax.tick_params(axis="y", labelrotation=0)
+        if sum(len(str(c)) for c in t.columns) > 6 * len(t.columns):   # long names: slanted, not overlapping
+            ax.set_xticklabels(ax.get_xticklabels(), rotation=30, ha="right")
         ax.set_ylabel("prompt" if ax is axes[0][0] else "")
         if ax is not axes[0][0]:
             ax.set_yticklabels([])
-    fig.suptitle("Sim(prompt, domain): mean cosine similarity — 'this cache' and 'paper' share one colour scale")
+    fig.suptitle("Sim(prompt, domain): mean cosine similarity — 'this cache' and 'paper' share one colour scale"
+                 if "paper" in names else "Sim(prompt, domain): mean cosine similarity\n(not PACS: no paper values to compare)")
     fig.tight_layout()
     return fig
 

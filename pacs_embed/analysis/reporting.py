@@ -18,7 +18,7 @@ from ..cache import read_attrs
 from ..files import atomic_write
 from .embeddings import domain_order, load
 from .evaluation import evaluate
-from .similarity import similarity_matrix, table1
+from .similarity import paper_comparison, similarity_matrix, table1
 from .stats import gains, method_means, summary
 from .text import text_side
 
@@ -68,6 +68,7 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
     described = "; ".join(f"{d.domain}: " + " | ".join(d.prompts) for d in text.descriptions.get("paper", []))
     order = {d: i for i, d in enumerate(domain_order(emb.domains))}
     gain = gain.sort_values(["source", "target"], key=lambda c: c.map(order), kind="stable", ignore_index=True)
+    comparable, compared = paper_comparison(emb)
     md = ["# pacs_embed report", "",
           f"Cache `{cache}`: {attrs['model_id']} @ {attrs['revision']}, {len(emb.x)} images "
           f"({emb.n_failed} unreadable left out), {attrs['dtype']} on {attrs['device']}. "
@@ -84,8 +85,9 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
           "these target images. `image_ci_low`/`image_ci_high` are the paired bootstrap over target images given "
           "these splits; they ignore split variation and are too narrow to compare methods with. "
           "'—' marks methods that do not depend on the split (zero-shot).", "",
-          "## Table 1: Sim(prompt, domain)", "", markdown(t1["reproduced"]), "",
-          "Paper:", "", markdown(t1["paper"]), "", "Difference (this − paper):", "", markdown(t1["difference"]), "",
+          "## Table 1: Sim(prompt, domain)", "", markdown(t1["reproduced"]), "", compared, "",
+          *(["Paper:", "", markdown(t1["paper"]), "", "Difference (this − paper):", "", markdown(t1["difference"]), ""]
+            if comparable else []),
           "## Cross-domain accuracy per method (mean over pairs; 95% interval over seeds)", "",
           markdown(means[["method", "description", "accuracy", "seeds"]]), "",
           "## Gain over `none` per pair (95% interval over seeds; bootstrap over target images beside it)", "",

@@ -3,6 +3,7 @@
 Usage::
 
     tables = table1(emb)                                   # reproduced, paper and difference
+    paper_comparison(emb)                                  # whether (and how) the paper's values compare
     prompt_similarity(emb, ["a comic strip", "a cartoon"])  # any prompts x every domain
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
+from ..download import PACS_CLASSES, PACS_COUNTS
 from ..prompts import prompt_embeddings
 from .embeddings import Embeddings, l2_normalize
 from .text import TextSide, text_side
@@ -36,18 +38,41 @@ def paper_table1() -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text), index_col="prompt")
 
 
+def paper_comparison(emb: Embeddings) -> tuple[bool, str]:
+    """(whether this cache's Table 1 can be set beside the paper's, a sentence saying so or why not).
+
+    The paper's values are means over all images of PACS's domains (all seven classes): a cache of
+    another dataset — even one with a domain of the same name, such as DomainNet's ``sketch`` — or of
+    other classes measures something else, so it is not compared."""
+    other_domains = sorted(set(emb.domains) - set(PACS_COUNTS))
+    if other_domains or sorted(emb.classes) != sorted(PACS_CLASSES):
+        why = (f"domains {other_domains}" if other_domains else
+               f"classes {sorted(emb.classes)} instead of PACS's {PACS_CLASSES}")
+        return False, (f"The paper's Table 1 is measured on PACS; this cache has {why}, so it is not compared "
+                       f"with the paper.")
+    n = {d: int((emb.domain == i).sum()) for i, d in enumerate(emb.domains)}
+    fewer = {d: f"{k} of {PACS_COUNTS[d]}" for d, k in n.items() if k < PACS_COUNTS[d]}
+    if fewer:
+        return True, ("Compared with the paper's Table 1, which averages over every PACS image; this cache has "
+                      + ", ".join(f"{d} {v}" for d, v in fewer.items()) + " images, so differences include sampling.")
+    return True, "Compared with the paper's Table 1 (every PACS image)."
+
+
 def table1(emb: Embeddings, domain_prompts: dict | None = None, templates: dict | None = None) -> dict[str, pd.DataFrame]:
     """{'reproduced', 'paper', 'difference'}: Sim(description of each domain, images of each domain).
 
     Rows are the domains' ``paper`` descriptions (the packaged prompts, or ``domain_prompts``; a
     domain described by several prompts is their averaged vector, labelled "p1 | p2"). 'paper' and
-    'difference' cover the rows and domains the paper reports.
+    'difference' cover the rows and domains the paper reports, and are empty when the cache is not of
+    PACS (``paper_comparison`` says why).
     """
     text = text_side(emb, ("paper",), domain_prompts, templates=templates)
     labels = [" | ".join(d.prompts) for d in text.descriptions["paper"]]
     ours = pd.DataFrame(similarity_matrix(text.vectors("paper"), emb.x, emb.domain, len(emb.domains)),
                         index=pd.Index(labels, name="prompt"), columns=emb.domains)
     paper = paper_table1()
+    if not paper_comparison(emb)[0]:
+        paper = paper.iloc[:0, :0]
     rows = [p for p in paper.index if p in ours.index]
     cols = [d for d in paper.columns if d in ours.columns]
     ours = ours.loc[rows + [p for p in ours.index if p not in rows], cols + [d for d in ours.columns if d not in cols]]
