@@ -83,6 +83,46 @@ def test_no_method_ever_sees_target_images_or_labels(user_methods):
             assert a.head.C == b.head.C and np.array_equal(a.head.W, b.head.W), key
 
 
+@pytest.mark.parametrize("returns, says", [
+    (lambda x: np.ones((len(x), 7)) / 7, "shape (n, 7)"),            # scores instead of labels
+    (lambda x: x[:, 0], "float64 values"),                          # a score per image
+    (lambda x: np.array(["c0"] * len(x)), "<U2 values"),             # class names
+    (lambda x: None, "returned None"),                              # a forgotten return
+    (lambda x: np.zeros(len(x) - 1, int), "shape (n - 1,)"),         # one label short
+    (lambda x: np.full(len(x), 7), "class index 7"),                 # beyond the last class
+])
+def test_a_method_whose_predictions_are_not_class_indices_is_named_not_scored_zero(returns, says):
+    emb, text = synthetic(n_per=5)
+
+    class Careless(Method):
+        def predict(self, x, source, target):
+            return returns(x)
+    register("careless")(Careless)
+    try:
+        with pytest.raises(ValueError, match="method 'careless' on target") as e:
+            pa.evaluate(emb, ["careless"], seeds=[0], text=text, progress=False)
+    finally:
+        METHODS.pop("careless")
+    n = 7 * 5
+    assert says.replace("(n, 7)", f"({n}, 7)").replace("(n - 1,)", f"({n - 1},)") in str(e.value)
+    assert "one class index per image" in str(e.value)
+
+
+def test_a_method_that_fails_says_which_method_source_and_seed():
+    emb, text = synthetic(n_per=5)
+
+    class Broken(Method):
+        def fit(self, src):
+            raise RuntimeError("my bug")
+    register("broken")(Broken)
+    try:
+        with pytest.raises(RuntimeError, match="my bug") as e:
+            pa.evaluate(emb, ["broken"], seeds=[3], text=text, progress=False)
+    finally:
+        METHODS.pop("broken")
+    assert any("method 'broken' failed to fit on source" in n and "seed 3" in n for n in e.value.__notes__)
+
+
 def test_operators_are_identity_without_a_domain_shift():
     rng = np.random.default_rng(1)
     x = pa.l2_normalize(rng.standard_normal((5, 8))).astype(np.float32)

@@ -40,6 +40,24 @@ class Results:
     head_cache: HeadCache | None = field(default=None, repr=False)
 
 
+def class_indices(predicted, n: int, n_classes: int, what: str) -> np.ndarray:
+    """``predicted`` checked to be what ``Method.predict`` must return: one class index in [0, n_classes) per
+    image; anything else (scores, class names, a missing return) is an error naming ``what``."""
+    p = np.asarray(predicted)
+    fix = "predict must return one class index per image (e.g. scores.argmax(1))"
+    if p.shape != (n,):
+        raise ValueError(f"{what}: predict returned {'None' if predicted is None else f'shape {p.shape}'} for {n} "
+                         f"images; {fix}")
+    if p.dtype.kind == "f" and np.isfinite(p).all() and (p == np.round(p)).all():
+        p = p.astype(np.int64)
+    if p.dtype.kind not in "iu":
+        raise ValueError(f"{what}: predict returned {p.dtype} values (e.g. {p[:1].tolist()}), not class indices; {fix}")
+    if n and (p.min() < 0 or p.max() >= n_classes):
+        raise ValueError(f"{what}: predict returned class index {int(p.max() if p.max() >= n_classes else p.min())}; "
+                         f"the cache has {n_classes} classes (0..{n_classes - 1}); {fix}")
+    return p
+
+
 def head_cache_for(emb: Embeddings, head_cache) -> HeadCache:
     """True: ``<cache>.heads/`` beside the embedding cache; False/None: memory only; a folder or a HeadCache."""
     if isinstance(head_cache, HeadCache):
@@ -103,11 +121,20 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
                       text.class_vectors, len(emb.classes), text.encode, cache, tuple(Cs), solver, batch)
 
     def fit(s, seed, name, how):
-        return make(name).fit(source(s, seed, how))
+        try:
+            return make(name).fit(source(s, seed, how))
+        except Exception as e:
+            e.add_note(f"(method {name!r} failed to fit on source {s!r}, seed {seed}, description {how!r})")
+            raise
 
-    def hits(m, s, t, how):
+    def hits(name, m, s, t, how):
         xt, yt = targets[t]
-        return np.asarray(m.predict(xt, descs(how)[domains.index(s)], descs(how)[domains.index(t)])) == yt
+        try:
+            predicted = m.predict(xt, descs(how)[domains.index(s)], descs(how)[domains.index(t)])
+        except Exception as e:
+            e.add_note(f"(method {name!r} failed to predict on target {t!r} from source {s!r}, description {how!r})")
+            raise
+        return class_indices(predicted, len(yt), len(emb.classes), f"method {name!r} on target {t!r}") == yt
 
     def fit_job(s, seed):
         """Fit every method for one (source, seed); their heads are only asked for here (fitted in the flush)."""
@@ -125,7 +152,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
             p = protos[name]
             for t in domains:  # methods that never see source labels are also scored on the source itself
                 if t != s or not p.seeded:
-                    h = hits(m, s, t, how) if p.seeded else once_hits[(s, t, name, how)]
+                    h = hits(name, m, s, t, how) if p.seeded else once_hits[(s, t, name, how)]
                     rows.append((s, t, name, how, seed, float(h.mean()), len(h)))
                     hits_by[(s, t, name, how)] = h
         return plain, rows, hits_by
@@ -142,7 +169,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
         asked = {j: f.result() for j, f in asked.items()}
         with tqdm(total=len(batch), desc="fitting heads", unit="head", disable=not progress or not len(batch)) as bar:
             batch.flush(pool, bar.update)   # the heads not in the head cache, the seeds of a source together
-        once_hits = {(s, t, name, how): hits(m, s, t, how) for (s, name, how), m in once.items() for t in domains}
+        once_hits = {(s, t, name, how): hits(name, m, s, t, how) for (s, name, how), m in once.items() for t in domains}
         scored = {j: pool.submit(score_job, *j, *asked[j]) for j in order}
         for s, seed in jobs:  # in job order, whatever order they ran in
             plain, job_rows, hits_by = scored[(s, seed)].result()
