@@ -11,7 +11,8 @@ The contract (the paper's open question 2 is "which method?", so any method plug
    ``evaluate`` it returns at once and the head is fitted later, together with the other seeds'
    heads on the same features — or as soon as the method uses it.
 2. ``predict(x, source, target)`` labels target images ``x`` given the source and target
-   ``Description`` (``.vector`` is the unit text vector t; ``.class_vectors`` "{phrasing} of a {class}").
+   ``Description`` (``.vector`` is the unit text vector t; ``.class_vectors`` "{phrasing} of a {class}"):
+   one class index (into ``emb.classes``) per row of ``x``; anything else is an error naming the method.
 
 A method never sees target images or labels before predicting (``tests/test_methods.py`` poisons
 the target domains and checks every registered method fits the same). ``evaluate`` fits each method
