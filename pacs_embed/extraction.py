@@ -361,6 +361,9 @@ def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progr
         if vectors is not None:
             ok = [row for row, i in enumerate(indices) if i not in errors]   # the readable images, in order
             emb[ok] = vectors.float().cpu().numpy()  # waits for the device
+            for row in np.flatnonzero(~np.isfinite(emb[ok]).all(1)):   # e.g. a float16 overflow: a failure, said
+                errors[indices[ok[row]]] = (f"the image tower's output is not finite (NaN or inf) in {plan.dtype}; "
+                                            f"re-extract with --dtype float32")
         journal.save(indices[0], emb, np.array([i not in errors for i in indices]),
                      [errors.get(i, "") for i in indices])
         if profile is not None:

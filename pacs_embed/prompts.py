@@ -168,6 +168,15 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
     if missing:
         from .models import encode_text
         vectors = encode_text(_text_tower(spec, device), missing)
+        if not np.isfinite(vectors).all():   # never stored: the next call tries again
+            bad = [p for p, v in zip(missing, vectors) if not np.isfinite(v).all()]
+            raise _cache.CacheError(f"the text tower returned a non-finite vector for prompt(s) "
+                                    f"{', '.join(map(repr, bad[:3]))}; nothing was added to {str(path)!r}")
         _cache.append_prompts(path, missing, vectors, spec.model_id, spec.revision, spec.tokenizer)
         have.update(zip(missing, vectors))
-    return np.stack([have[p] for p in prompts]).astype(np.float32)
+    out = np.stack([have[p] for p in prompts]).astype(np.float32)
+    bad = [p for p, v in zip(prompts, out) if not np.isfinite(v).all()]
+    if bad:
+        raise _cache.CacheError(f"{str(path)!r}: the vector of prompt(s) {', '.join(map(repr, bad[:3]))} is not finite "
+                                f"(NaN or inf); no analysis can use it. Re-extract into a new cache to encode them again.")
+    return out

@@ -17,7 +17,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, CLIPModel
 
 from pacs_embed import extract
-from pacs_embed.cache import check_dataset, read_attrs, read_failures, read_images, read_prompts
+from pacs_embed.cache import CacheError, check_dataset, read_attrs, read_failures, read_images, read_prompts
 from pacs_embed.cli import main
 from pacs_embed.extraction import ExtractionError
 from pacs_embed.prompts import default_prompts
@@ -135,6 +135,30 @@ def test_unreadable_images_are_recorded_not_fatal(broken_dataset, tiny_clip, tmp
     assert np.isnan(arrays["embedding"][~arrays["ok"]]).all() and np.isfinite(arrays["embedding"][arrays["ok"]]).all()
     reasons = dict(read_failures(tmp_path / "c.h5"))
     assert sorted(reasons) == bad and all(reasons.values())
+
+
+def test_a_non_finite_image_vector_is_a_recorded_failure_and_a_cache_holding_one_is_refused(small_dataset, tiny_clip,
+                                                                                             tmp_path, monkeypatch):
+    """A float16 tower can overflow: such an image is a failure with its reason, never a NaN row marked ok; a
+    cache that holds one anyway (older versions, hand-made caches) is refused by the analysis, naming the file."""
+    import pacs_embed.extraction as extraction
+    from pacs_embed import analysis as pa
+    real = extraction.embed_images
+
+    def overflowing(model, pixels):
+        out = real(model, pixels).clone()
+        out[0] = float("inf")
+        return out
+    monkeypatch.setattr(extraction, "embed_images", overflowing)
+    s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", batch_size=4, progress=False)
+    batches = -(-s.n_images // 4)
+    assert len(s.failures) == batches and all("not finite" in r and "--dtype float32" in r for _, r in s.failures)
+    emb = pa.load(tmp_path / "c.h5")
+    assert np.isfinite(emb.x).all() and emb.n_failed == batches
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        f["images/ok"][...] = True
+    with pytest.raises(CacheError, match="not finite"):
+        pa.load(tmp_path / "c.h5")
 
 
 def test_strict_fails_naming_every_unreadable_image(broken_dataset, tiny_clip, tmp_path, capsys):

@@ -203,3 +203,17 @@ def test_a_preload_never_downloads_a_model(cache_copy, monkeypatch):
     prompts_module._load_text_tower.cache_clear()
     prompts_module.preload_text_tower(cache_copy).join()
     assert asked == [("org/a-hub-model", True)]
+
+
+def test_a_non_finite_prompt_vector_is_refused_by_name_and_never_stored(cache_copy, monkeypatch):
+    import h5py
+    with h5py.File(cache_copy, "r+") as f:
+        first = f["prompts/text"][0].decode()
+        f["prompts/embedding"][0] = np.nan
+    with pytest.raises(CacheError, match=f"{first!r} is not finite"):
+        prompt_embeddings(cache_copy, [first])
+    import pacs_embed.models as models
+    monkeypatch.setattr(models, "encode_text", lambda tower, ps: np.full((len(ps), 16), np.inf, np.float32))
+    with pytest.raises(CacheError, match="'a prompt never seen'; nothing was added"):
+        prompt_embeddings(cache_copy, ["a prompt never seen"])
+    assert "a prompt never seen" not in read_prompts(cache_copy)

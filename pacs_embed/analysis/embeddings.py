@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import check_dataset, read_attrs, read_images
+from ..cache import CacheError, check_dataset, read_attrs, read_images
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -92,6 +92,12 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
             warnings.warn(f"{cache}: dataset {status}\nRe-run `pacs-embed extract`.", StaleCacheWarning, stacklevel=2)
     ok = a["ok"]
     x = a["embedding"][ok]
+    bad = np.flatnonzero(~np.isfinite(x).all(1))
+    if len(bad):
+        paths = [p for p, keep in zip(a["path"], ok) if keep]
+        raise CacheError(f"{cache}: {len(bad)} image embedding(s) are not finite (NaN or inf), e.g. "
+                         f"{', '.join(paths[i] for i in bad[:3])}; no analysis can use them. Re-extract into a new "
+                         f"cache (`pacs-embed extract --out NEW.h5`, with --dtype float32 if this one was float16/bfloat16).")
     return Embeddings(l2_normalize(x) if normalize else x, a["label"][ok], a["domain"][ok], a["domains"],
                       a["classes"], [p for p, keep in zip(a["path"], ok) if keep], Path(cache), normalize,
                       int((~ok).sum()))
