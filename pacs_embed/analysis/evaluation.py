@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .arguments import c_grid, names, seed_list
 from .embeddings import Embeddings
 from .heads import C_GRID, HeadBatch, HeadCache, resolved, single_threaded_blas, split
 from .methods import Source, default_methods, make
@@ -82,6 +83,8 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     itself), then the heads they asked for (``heads.HeadBatch``: the seeds of a source that train on the same
     features are fitted together), then score them.
     """
+    methods, descriptions, sources = names(methods, "methods"), names(descriptions, "descriptions"), names(sources, "sources")
+    seeds, Cs = seed_list(seeds), c_grid(Cs)
     if text is None:
         text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)
     elif domain_prompts:
@@ -93,9 +96,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     methods = list(methods or default_methods())
     for m in methods:
         make(m)  # unknown names fail before any work
-    seeds, domains = list(seeds), emb.domains
-    if not seeds:
-        raise ValueError("seeds is empty: give at least one seed (e.g. seeds=range(5))")
+    domains = emb.domains
     unknown = [s for s in (sources or []) if s not in domains]
     if unknown:
         raise KeyError(f"unknown source domain(s) {unknown}; the cache's domains are {domains}")

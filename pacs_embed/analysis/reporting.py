@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..cache import read_attrs
 from ..files import atomic_write
+from .arguments import names, seed_list
 from .embeddings import domain_order, load
 from .evaluation import evaluate
 from .similarity import paper_comparison, similarity_matrix, table1
@@ -53,6 +54,7 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
     from . import plots   # matplotlib (and Pillow) only when a report is drawn
     plots.use_headless_backend()
     out, figures = Path(out), Path(figures)
+    descriptions, seeds = names(descriptions, "descriptions"), seed_list(seeds)
     out.mkdir(parents=True, exist_ok=True)
     emb = load(cache)
     t1 = table1(emb, domain_prompts)

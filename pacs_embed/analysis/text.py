@@ -30,6 +30,7 @@ import numpy as np
 
 from ..prompts import class_prompts, domain_class_prompts, domain_prompt, load_templates, prompt_embeddings
 from ..prompts import preload_text_tower as _preload_text_tower
+from .arguments import names, noun_count, prompt_dict
 from .embeddings import Embeddings, l2_normalize
 
 NO_DESCRIPTION = "-"   # the ``description`` of results from methods that use no domain description
@@ -73,13 +74,14 @@ class Description:
 def user_prompts(domain_prompts: dict | None, domains) -> dict[str, list[str]]:
     """Check ``domain_prompts`` ({domain: prompt or [prompts]}) against the cache's domains; values as lists."""
     out = {}
-    for d, value in (domain_prompts or {}).items():
+    for d, value in prompt_dict(domain_prompts).items():
         if d not in domains:
             raise KeyError(f"domain_prompts names domain {d!r}, which this cache does not have; its domains are "
                            f"{list(domains)}")
-        value = [value] if isinstance(value, str) else list(value)
+        given = value
+        value = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
         if not value or any(not isinstance(p, str) or not p.strip() for p in value):
-            raise ValueError(f"domain_prompts[{d!r}] must be a prompt or a non-empty list of prompts, not {value!r}")
+            raise ValueError(f"domain_prompts[{d!r}] must be a prompt or a non-empty list of prompts, not {given!r}")
         out[d] = value
     return out
 
@@ -125,6 +127,7 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
                    n_nouns: int | None = None, templates: dict | None = None) -> tuple[dict, list[str]]:
     """({strategy: [Description per domain]} not yet encoded, every prompt they and the class prompts need)."""
     templates = templates or load_templates()
+    descriptions, n_nouns = names(descriptions, "descriptions") or [], noun_count(n_nouns)
     mine = user_prompts(domain_prompts, domains)
     descs = {how: [describe(d, how, templates, mine, n_nouns) for d in domains] for how in descriptions}
     wanted = class_prompts(classes, templates)

@@ -1,0 +1,47 @@
+"""A wrong argument to the analysis is an error that names it (not a failure deep inside, nor a silent surprise)."""
+import pytest
+
+from pacs_embed import analysis as pa
+from test_analysis import synthetic
+
+
+@pytest.fixture(scope="module")
+def world():
+    return synthetic(n_per=5)
+
+
+@pytest.mark.parametrize("kwargs, error, says", [
+    (dict(seeds=3), TypeError, r"seeds=range\(3\)"),
+    (dict(seeds=[]), ValueError, "seeds is empty"),
+    (dict(seeds=[0, 0]), ValueError, "repeat a seed"),
+    (dict(seeds=[0.5]), TypeError, "seeds must be integers"),
+    (dict(Cs=[]), ValueError, "Cs must be one or more positive numbers"),
+    (dict(Cs=[1.0, -1.0]), ValueError, "Cs must be one or more positive numbers"),
+    (dict(methods=["translate", 3]), TypeError, "methods must be a name or a list of names"),
+    (dict(methods=["translat"]), KeyError, "unknown method 'translat'"),
+    (dict(descriptions=["papr"]), KeyError, "no description"),
+    (dict(sources=["d9"]), KeyError, r"unknown source domain\(s\) \['d9'\]"),
+])
+def test_a_wrong_evaluate_argument_is_named(world, kwargs, error, says):
+    emb, text = world
+    with pytest.raises(error, match=says):
+        pa.evaluate(emb, **{"methods": ["none"], "seeds": [0], "text": text, "progress": False, **kwargs})
+
+
+def test_one_name_where_a_list_is_expected_is_that_one_name(world):
+    emb, text = world
+    res = pa.evaluate(emb, "translate", seeds=[0], descriptions="paper", sources="d0", text=text, progress=False)
+    assert set(res.table.method) == {"translate", "in_domain"} and set(res.table.source) == {"d0"}
+
+
+@pytest.mark.parametrize("kwargs, error, says", [
+    (dict(domain_prompts="a comic strip"), TypeError, "domain_prompts must be a dict"),
+    (dict(domain_prompts={"cartoon": 3}), ValueError, r"domain_prompts\['cartoon'\] must be a prompt .* not 3"),
+    (dict(domain_prompts={"cartoon": ["a comic", " "]}), ValueError, "non-empty list of prompts"),
+    (dict(domain_prompts={"comics": "a comic"}), KeyError, "names domain 'comics'"),
+    (dict(descriptions=["nouns"], n_nouns=0), ValueError, "n_nouns must be a positive number"),
+])
+def test_a_wrong_text_argument_is_named_before_anything_is_encoded(cache_copy, kwargs, error, says):
+    emb = pa.load(cache_copy)
+    with pytest.raises(error, match=says):
+        pa.text_side(emb, **{"descriptions": ["paper"], **kwargs})
