@@ -137,7 +137,11 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
     ax.set_xticks(np.arange(len(pairs)), pairs, rotation=45, ha="right")
     ax.set_ylabel("accuracy gain over 'none'\n(95% interval over seeds of the source split)")
     ax.set_title("above 0: the method beats the source head\napplied to target images as they are", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    if labels:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    else:   # only 'none' was run: say so rather than draw an empty plot
+        ax.text(0.5, 0.5, "no method besides 'none' in these results: no gain to show", transform=ax.transAxes,
+                ha="center", va="center")
     fig.tight_layout()
     return fig
 
@@ -177,7 +181,7 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
         ax.scatter(*p_img[mine].T, s=6, alpha=0.35, color=colors[name], label=f"{name} images")
         ax.scatter(*p_txt[d], marker="*", s=260, color=colors[name], edgecolor="black", label=f"{name} text")
         if d != s:
-            deltas.append(np.linalg.norm(T[s] - T[d]))
+            deltas.append(f"{name} {np.linalg.norm(T[s] - T[d]):.3f}")
             centroid = x[emb.domain == d].mean(0)
             c, step = plane(centroid)[0], plane(centroid + T[s] - T[d])[0]
             ax.annotate("", xy=step, xytext=c, arrowprops=dict(arrowstyle="->", color=colors[name], lw=1.8))
@@ -186,10 +190,9 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     ax.set_xlabel("along the modality gap g = mean(images) − mean(texts)")
     ax.set_ylabel("along the domain texts' main spread (⊥ g)")
     ax.set_aspect("equal", adjustable="datalim")
-    ax.set_title(f"|g| = {np.linalg.norm(gap):.3f}; |Δ| toward {source}: "
-                 + ", ".join(f"{v:.3f}" for v in deltas) + "\n(axes in embedding units; the gap is shown whole)",
-                 fontsize=9)
-    ax.legend(fontsize=7, markerscale=1, ncol=2, loc="best")
+    ax.set_title(f"|g| = {np.linalg.norm(gap):.3f}; |Δ| toward {source} from " + ", ".join(deltas)
+                 + "\n(axes in embedding units; the gap is shown whole)", fontsize=9, wrap=True)
+    ax.legend(fontsize=7, markerscale=0.8, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside, never on the data
     fig.tight_layout()
     return fig
 
