@@ -80,6 +80,17 @@ def _visible_dirs(folder: Path, skipped: list[str] | None = None, root: Path | N
     return out
 
 
+def _files(folder: Path, prefix: str):
+    """(entry, relative path) of everything in a class folder but its sub-folders, which are walked: their
+    images belong to the class, as torchvision's ImageFolder (DomainBed's loader) has it. Links to folders
+    are entries (skipped by the caller, and listed)."""
+    for e in _entries(folder):
+        if e.is_dir() and not e.is_symlink():
+            yield from _files(Path(e.path), f"{prefix}{e.name}/")
+        else:
+            yield e, prefix + e.name
+
+
 def _file_problem(f: Path, root: Path) -> str | None:
     """Why a file is skipped (a link pointing outside the data folder, or nowhere), or None."""
     if not f.is_symlink():
@@ -115,12 +126,8 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
     for di, d in enumerate(domain_dirs):
         ignored += [f"{d.name}/{e.name} (not in a class folder)" for e in _entries(d) if e.is_file()]
         for c in class_dirs[d]:
-            prefix = f"{d.name}/{c.name}/"
-            for e in _entries(c):
+            for e, rel in _files(c, f"{d.name}/{c.name}/"):
                 link = e.is_symlink()
-                if e.is_dir() and not link:
-                    continue
-                rel = prefix + e.name
                 problem = LINK_TO_FOLDER if e.is_dir() else _file_problem(Path(e.path), root) if link else None
                 if problem:
                     ignored.append(f"{rel} ({problem})")

@@ -19,7 +19,8 @@ def test_scan_lists_images_in_sorted_order_and_names_every_skipped_entry_with_it
     _touch(outside)
     _touch(root / "photo" / "dog" / "notes.txt")
     _touch(root / "photo" / "dog" / ".DS_Store")                    # hidden: skipped silently
-    (root / "photo" / "dog" / "sub").mkdir()                         # a real folder inside a class: skipped silently
+    _touch(root / "photo" / "dog" / "sub" / "deep" / "c.png", b"c")    # nested: the class's, as ImageFolder has it
+    _touch(root / "photo" / "dog" / "sub" / "list.csv")
     _touch(root / "photo" / "readme.md")
     (root / "photo" / "dog" / "inside.png").symlink_to(root / "sketch" / "cat" / "b.jpg")
     (root / "photo" / "dog" / "out.jpg").symlink_to(outside)
@@ -33,14 +34,16 @@ def test_scan_lists_images_in_sorted_order_and_names_every_skipped_entry_with_it
     assert ds.domains == ["photo", "sketch"] and ds.classes == ["cat", "dog"]
     assert [r.path for r in ds.records] == [
         "photo/cat/a.JPEG", "photo/cat/b.jpg", "photo/dog/a.JPEG", "photo/dog/b.jpg", "photo/dog/inside.png",
-        "sketch/cat/a.JPEG", "sketch/cat/b.jpg", "sketch/dog/a.JPEG", "sketch/dog/b.jpg"]
-    assert ds.records[4].sha256 == ds.records[6].sha256            # a link inside the folder is followed
+        "photo/dog/sub/deep/c.png", "sketch/cat/a.JPEG", "sketch/cat/b.jpg", "sketch/dog/a.JPEG", "sketch/dog/b.jpg"]
+    assert ds.records[4].sha256 == ds.records[7].sha256            # a link inside the folder is followed
+    assert ds.records[5].label == ds.classes.index("dog")
     assert sorted(ds.ignored) == sorted([
         "zloop (link to a folder, not followed)",
         "photo/readme.md (not in a class folder)",
         "photo/dog/gone.jpg (broken link)",
         "photo/dog/loop (link to a folder, not followed)",
         "photo/dog/notes.txt (not a .jpg/.jpeg/.png image)",
+        "photo/dog/sub/list.csv (not a .jpg/.jpeg/.png image)",
         "photo/dog/out.jpg (link to a file outside the data folder, not followed)"])
 
 
