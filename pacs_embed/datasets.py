@@ -137,6 +137,16 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
                     ignored.append(f"{rel} (not a .jpg/.jpeg/.png image)")
     if not found:
         raise DatasetError(f"no .jpg/.jpeg/.png images under {str(root)!r}.")
+    # a domain or class folder without a single image is no domain or class (ImageFolder refuses it): said, left out
+    domains = [d.name for d in domain_dirs]
+    has_d, has_c = {di for _, di, _, _ in found}, {ci for _, _, ci, _ in found}
+    ignored += [f"{d} (no images: not a domain)" for i, d in enumerate(domains) if i not in has_d]
+    ignored += [f"{c} (a class folder with no images in any domain: not a class)" for i, c in enumerate(classes)
+                if i not in has_c]
+    new_d = {old: new for new, old in enumerate(sorted(has_d))}
+    new_c = {old: new for new, old in enumerate(sorted(has_c))}
+    found = [(rel, new_d[di], new_c[ci], st) for rel, di, ci, st in found]
+    domains, classes = [domains[i] for i in sorted(has_d)], [classes[i] for i in sorted(has_c)]
     known = known or {}
     records = []
     for rel, di, ci, st in tqdm(found, desc="hashing files", unit="file", disable=not progress, leave=False):
@@ -146,7 +156,7 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
         else:
             digest = sha256_file(root / rel)
         records.append(Record(rel, di, ci, st.st_size, st.st_mtime_ns, digest))
-    return Dataset(root, [d.name for d in domain_dirs], classes, records, ignored)
+    return Dataset(root, domains, classes, records, ignored)
 
 
 def sha256_file(path) -> str:

@@ -252,7 +252,7 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
     known = _cache.stored_records(out) if old else None
     ds = scan(root, known=known, progress=progress)
     if ds.ignored:
-        print(f"note: {len(ds.ignored)} files skipped: " + ", ".join(ds.ignored[:10])
+        print(f"note: {len(ds.ignored)} entries skipped: " + ", ".join(ds.ignored[:10])
               + (f" ... ({len(ds.ignored) - 10} more)" if len(ds.ignored) > 10 else ""))
     settings = {"model_id": spec.model_id, "revision": spec.revision, "tokenizer_sha256": spec.tokenizer,
                 "dtype": dtype_name(dt),

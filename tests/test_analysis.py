@@ -159,3 +159,17 @@ def test_evaluate_fits_the_seeds_of_a_source_together_and_each_head_once(monkeyp
         i = emb.in_domain(source)
         alone = fit_head(emb.x[i], emb.label[i], *split(len(i), seed, source))
         assert head.C == alone.C and np.mean(head.predict(emb.x) == alone.predict(emb.x)) >= 0.995
+
+
+def test_a_domain_whose_every_image_failed_is_left_out_with_a_warning(cache_copy):
+    import h5py
+    from pacs_embed import analysis as pa
+    with h5py.File(cache_copy, "r+") as f:
+        sketch = list(f["domains"].asstr()[:]).index("sketch")
+        f["images/ok"][...] = f["images/ok"][...] & (f["images/domain"][...] != sketch)
+    with pytest.warns(UserWarning, match=r"\['sketch'\] have no readable images"):
+        emb = pa.load(cache_copy)
+    assert emb.domains == ["art_painting", "cartoon", "photo"] and sorted(set(emb.domain)) == [0, 1, 2]
+    assert emb.n_failed == 56 and all(emb.paths[i].startswith(emb.domains[d]) for i, d in enumerate(emb.domain))
+    res = pa.evaluate(emb, ["none"], seeds=[0], progress=False)
+    assert set(res.table.target) == {"art_painting", "cartoon", "photo"}

@@ -57,3 +57,18 @@ def test_a_rescan_with_known_records_reads_only_files_whose_size_or_mtime_change
     again = scan(root, known=fake, progress=False)
     assert again.records[0].sha256 == "stored"                           # unchanged: trusted, not read
     assert again.records[1].sha256 == hashlib.sha256(b"a new dog").hexdigest()   # changed: read again
+
+
+def test_a_folder_without_images_is_no_domain_or_class_and_is_said(tmp_path):
+    root = tmp_path / "ds"
+    for d, c in [("photo", "dog"), ("photo", "cat"), ("sketch", "dog")]:
+        _touch(root / d / c / "a.jpg", f"{d}{c}".encode())
+    (root / "cartoon" / "dog").mkdir(parents=True)                    # an empty domain
+    (root / "sketch" / "bird").mkdir(parents=True)                    # a class with no image anywhere
+    _touch(root / "sketch" / "cow" / "readme.txt")                    # ... and one with no image, only a note
+    ds = scan(root, progress=False)
+    assert ds.domains == ["photo", "sketch"] and ds.classes == ["cat", "dog"]
+    assert [(r.path, r.domain, r.label) for r in ds.records] == [
+        ("photo/cat/a.jpg", 0, 0), ("photo/dog/a.jpg", 0, 1), ("sketch/dog/a.jpg", 1, 1)]
+    assert {"cartoon (no images: not a domain)", "bird (a class folder with no images in any domain: not a class)",
+            "cow (a class folder with no images in any domain: not a class)"} <= set(ds.ignored)

@@ -232,7 +232,7 @@ def test_files_that_are_not_images_in_class_folders_are_named_not_dropped_silent
     (small_dataset / "photo" / "stray.jpg").write_bytes(b"")
     s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", progress=False)
     out = capsys.readouterr().out
-    assert "2 files skipped" in out and "photo/dog/notes.txt" in out and "photo/stray.jpg" in out
+    assert "2 entries skipped" in out and "photo/dog/notes.txt" in out and "photo/stray.jpg" in out
     assert s.n_images == 56
 
 

@@ -98,6 +98,16 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
         raise CacheError(f"{cache}: {len(bad)} image embedding(s) are not finite (NaN or inf), e.g. "
                          f"{', '.join(paths[i] for i in bad[:3])}; no analysis can use them. Re-extract into a new "
                          f"cache (`pacs-embed extract --out NEW.h5`, with --dtype float32 if this one was float16/bfloat16).")
-    return Embeddings(l2_normalize(x) if normalize else x, a["label"][ok], a["domain"][ok], a["domains"],
+    domain, domains = a["domain"][ok], list(a["domains"])
+    empty = [d for i, d in enumerate(domains) if not (domain == i).any()]
+    if empty:   # every image of the domain failed extraction: nothing to train or score on
+        warnings.warn(f"{cache}: domain(s) {empty} have no readable images (see `pacs-embed info {cache}`); they are "
+                      f"left out of the analysis", stacklevel=2)
+        keep = [i for i, d in enumerate(domains) if d not in empty]
+        domain = np.searchsorted(keep, domain).astype(domain.dtype)
+        domains = [domains[i] for i in keep]
+        if not domains:
+            raise CacheError(f"{cache}: no image could be read; there is nothing to analyse")
+    return Embeddings(l2_normalize(x) if normalize else x, a["label"][ok], domain, domains,
                       a["classes"], [p for p, keep in zip(a["path"], ok) if keep], Path(cache), normalize,
                       int((~ok).sum()))
