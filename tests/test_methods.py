@@ -1,4 +1,6 @@
 """The method registry: one contract for baselines, operators, augmentation and methods users write."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -83,6 +85,16 @@ def test_no_method_ever_sees_target_images_or_labels(user_methods):
             assert a.head.C == b.head.C and np.array_equal(a.head.W, b.head.W), key
 
 
+@contextlib.contextmanager
+def registered(name, method):
+    """``method`` in the registry as ``name`` for the duration of a with-block."""
+    register(name)(method)
+    try:
+        yield name
+    finally:
+        METHODS.pop(name)
+
+
 @pytest.mark.parametrize("returns, says", [
     (lambda x: np.ones((len(x), 7)) / 7, "shape (n, 7)"),            # scores instead of labels
     (lambda x: x[:, 0], "float64 values"),                          # a score per image
@@ -97,12 +109,8 @@ def test_a_method_whose_predictions_are_not_class_indices_is_named_not_scored_ze
     class Careless(Method):
         def predict(self, x, source, target):
             return returns(x)
-    register("careless")(Careless)
-    try:
-        with pytest.raises(ValueError, match="method 'careless' on target") as e:
-            pa.evaluate(emb, ["careless"], seeds=[0], text=text, progress=False)
-    finally:
-        METHODS.pop("careless")
+    with registered("careless", Careless), pytest.raises(ValueError, match="method 'careless' on target") as e:
+        pa.evaluate(emb, ["careless"], seeds=[0], text=text, progress=False)
     n = 7 * 5
     assert says.replace("(n, 7)", f"({n}, 7)").replace("(n - 1,)", f"({n - 1},)") in str(e.value)
     assert "one class index per image" in str(e.value)
@@ -114,12 +122,8 @@ def test_a_method_that_fails_says_which_method_source_and_seed():
     class Broken(Method):
         def fit(self, src):
             raise RuntimeError("my bug")
-    register("broken")(Broken)
-    try:
-        with pytest.raises(RuntimeError, match="my bug") as e:
-            pa.evaluate(emb, ["broken"], seeds=[3], text=text, progress=False)
-    finally:
-        METHODS.pop("broken")
+    with registered("broken", Broken), pytest.raises(RuntimeError, match="my bug") as e:
+        pa.evaluate(emb, ["broken"], seeds=[3], text=text, progress=False)
     assert any("method 'broken' failed to fit on source" in n and "seed 3" in n for n in e.value.__notes__)
 
 
