@@ -114,6 +114,9 @@ def _run(args) -> int:
             print("dataset    unchanged" if not changes else f"dataset    CHANGED since extraction:\n{changes.describe()}")
     elif args.command == "report":
         from .analysis import compare_models, report
+        for flag, n in [("--seeds", args.seeds), ("--n-nouns", args.n_nouns), ("--bootstrap", args.bootstrap)]:
+            if n < 1:
+                raise ValueError(f"{flag} {n}: give a whole number, 1 or more")
         options = dict(seeds=range(args.seeds), descriptions=args.descriptions,
                        domain_prompts=parse_domain_prompts(args.domain_prompt), methods=args.methods, sources=args.sources,
                        n_nouns=args.n_nouns, n_boot=args.bootstrap, head_cache=not args.no_head_cache,
@@ -154,6 +157,9 @@ def _main(argv) -> int:
         return 2
     except OSError as e:
         from .files import NO_SPACE
+        if isinstance(e, (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)):
+            print(f"pacs-embed {args.command}: error: {e.strerror}: {e.filename or ''}", file=sys.stderr)
+            return 2
         if e.errno not in NO_SPACE:
             raise
         print(f"pacs-embed {args.command}: error: no space left ({e.strerror}: {e.filename or ''}). Files already "

@@ -45,3 +45,10 @@ def test_a_wrong_text_argument_is_named_before_anything_is_encoded(cache_copy, k
     emb = pa.load(cache_copy)
     with pytest.raises(error, match=says):
         pa.text_side(emb, **{"descriptions": ["paper"], **kwargs})
+
+
+def test_a_bootstrap_of_no_resamples_is_refused(world):
+    emb, text = world
+    res = pa.evaluate(emb, ["none", "translate"], seeds=[0, 1], text=text, progress=False)
+    with pytest.raises(ValueError, match="n_boot must be a whole number, 1 or more, not 0"):
+        pa.gains(res, n_boot=0)

@@ -2,6 +2,7 @@
 import shutil
 
 import pandas as pd
+import pytest
 
 from pacs_embed.cli import main
 
@@ -45,6 +46,23 @@ def test_bad_domain_prompts_are_clear_errors(cache_copy, tmp_path, capsys):
     assert main(args + ["--domain-prompt", "comics=a comic strip"]) == 2
     err = capsys.readouterr().err
     assert "'comics'" in err and "domains are" in err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--seeds", "0"], "--seeds 0: give a whole number, 1 or more"),
+    (["--n-nouns", "0"], "--n-nouns 0: give a whole number, 1 or more"),
+    (["--bootstrap", "0"], "--bootstrap 0: give a whole number, 1 or more"),
+    (["--out", "{file}"], "results folder '{file}' is a file, not a folder"),
+    (["--figures", "{file}"], "figures folder '{file}' is a file, not a folder"),
+])
+def test_bad_report_options_are_clear_errors_before_any_work(cache_copy, tmp_path, capsys, args, says):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    args = [a.replace("{file}", str(file)) for a in args]
+    base = ["report", str(cache_copy), "--out", str(tmp_path / "r"), "--figures", str(tmp_path / "f"), "--no-progress"]
+    assert main(base + args) == 2
+    assert says.replace("{file}", str(file)) in capsys.readouterr().err
+    assert not (tmp_path / "r" / "results.csv").exists()
 
 
 def test_several_caches_are_reported_side_by_side(small_dataset, tiny_clip, tmp_path):

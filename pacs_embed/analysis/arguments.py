@@ -59,3 +59,19 @@ def prompt_dict(domain_prompts) -> dict:
         raise TypeError(f"domain_prompts must be a dict {{domain: prompt or [prompts]}}, e.g. "
                         f"{{'cartoon': 'a comic strip'}}, not {domain_prompts!r}")
     return dict(domain_prompts)
+
+
+def positive(n, what: str) -> int:
+    """A count that must be at least 1 (bootstrap resamples, ...)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{what} must be a whole number, 1 or more, not {n!r}")
+    return int(n)
+
+
+def output_folder(path, what: str):
+    """``path`` as a Path, refused when it is an existing file (a folder is made for it when missing)."""
+    from pathlib import Path
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file, not a folder; name a folder (it is made if missing)")
+    return path

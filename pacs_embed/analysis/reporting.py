@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..cache import read_attrs
 from ..files import atomic_write
-from .arguments import names, seed_list
+from .arguments import names, output_folder, positive, seed_list
 from .embeddings import domain_order, load
 from .evaluation import evaluate
 from .similarity import paper_comparison, similarity_matrix, table1
@@ -53,8 +53,8 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
     ``sources`` limits the source domains (default: all); every domain is scored as a target."""
     from . import plots   # matplotlib (and Pillow) only when a report is drawn
     plots.use_headless_backend()
-    out, figures = Path(out), Path(figures)
-    descriptions, seeds = names(descriptions, "descriptions"), seed_list(seeds)
+    out, figures = output_folder(out, "results folder"), output_folder(figures, "figures folder")
+    descriptions, seeds, n_boot = names(descriptions, "descriptions"), seed_list(seeds), positive(n_boot, "n_boot")
     out.mkdir(parents=True, exist_ok=True)
     emb = load(cache)
     t1 = table1(emb, domain_prompts)
@@ -150,7 +150,7 @@ def compare_models(caches, out="results", figures="figures", **kwargs) -> dict[s
     (``models.csv``, ``models.md``) and one figure (``models.png``) side by side: does the paper's conclusion
     depend on the backbone? ``kwargs`` go to ``report``."""
     from . import plots
-    out, figures = Path(out), Path(figures)
+    out, figures = output_folder(out, "results folder"), output_folder(figures, "figures folder")
     _check_comparable(caches)
     rows = []
     for name, cache in zip(_names(caches), caches):

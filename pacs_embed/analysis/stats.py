@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _stats
 
+from .arguments import positive
 from .methods import METHODS
 from .text import NO_DESCRIPTION
 
@@ -95,6 +96,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int
 def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
     """Per pair and method: gain over ``baseline`` on the same images and seeds, with the interval over
     seeds (``ci_low``, ``ci_high``) and the paired bootstrap over target images (``image_ci_*``)."""
+    n_boot = positive(n_boot, "n_boot")
     rows = []
     for (s, t, method, how), hits in results.correct.items():
         base = results.correct.get((s, t, baseline, NO_DESCRIPTION))
