@@ -109,6 +109,9 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
     dataset for changes takes a directory listing and one ``stat`` per file).
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"data folder {str(root)!r} is a file; point --data at a folder laid out as "
+                           f"<domain>/<class>/<image>.")
     if not root.is_dir():
         raise DatasetError(
             f"data folder {str(root)!r} does not exist. Run `pacs-embed download` to fetch PACS into "

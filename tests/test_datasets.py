@@ -72,3 +72,13 @@ def test_a_folder_without_images_is_no_domain_or_class_and_is_said(tmp_path):
         ("photo/cat/a.jpg", 0, 0), ("photo/dog/a.jpg", 0, 1), ("sketch/dog/a.jpg", 1, 1)]
     assert {"cartoon (no images: not a domain)", "bird (a class folder with no images in any domain: not a class)",
             "cow (a class folder with no images in any domain: not a class)"} <= set(ds.ignored)
+
+
+def test_a_data_path_that_is_a_file_or_missing_is_named(tmp_path):
+    import pytest
+    from pacs_embed.datasets import DatasetError
+    (tmp_path / "a.json").write_text("{}")
+    with pytest.raises(DatasetError, match="a.json' is a file"):
+        scan(tmp_path / "a.json", progress=False)
+    with pytest.raises(DatasetError, match="does not exist"):
+        scan(tmp_path / "nowhere", progress=False)
