@@ -183,6 +183,14 @@ def read_images(path) -> dict:
                 "domains": f["domains"].asstr()[:].tolist(), "classes": f["classes"].asstr()[:].tolist()}
 
 
+def readable_vectors_finite(path, rows: int = 1 << 16) -> bool:
+    """Whether every image vector marked readable is finite (read in blocks of ``rows``: no copy of the whole
+    matrix). Caches written before extraction checked this can hold NaN/inf rows marked readable."""
+    with _open(path) as f:
+        e, ok = f["images/embedding"], f["images/ok"][:]
+        return all(np.isfinite(e[i:i + rows][ok[i:i + rows]]).all() for i in range(0, len(ok), rows))
+
+
 def read_failures(path) -> list[tuple[str, str]]:
     with _open(path) as f:
         return list(zip(f["failures/path"].asstr()[:], f["failures/reason"].asstr()[:]))

@@ -159,6 +159,10 @@ def test_a_non_finite_image_vector_is_a_recorded_failure_and_a_cache_holding_one
         f["images/ok"][...] = True
     with pytest.raises(CacheError, match="not finite"):
         pa.load(tmp_path / "c.h5")
+    monkeypatch.setattr(extraction, "embed_images", real)      # as the error says: run extract again
+    again = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", batch_size=4, progress=False)
+    assert again.failures == [] and again.kept == s.n_images - batches   # the others were kept, these re-encoded
+    assert np.isfinite(pa.load(tmp_path / "c.h5").x).all()
 
 
 def test_strict_fails_naming_every_unreadable_image(broken_dataset, tiny_clip, tmp_path, capsys):

@@ -96,8 +96,9 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
     if len(bad):
         paths = [p for p, keep in zip(a["path"], ok) if keep]
         raise CacheError(f"{cache}: {len(bad)} image embedding(s) are not finite (NaN or inf), e.g. "
-                         f"{', '.join(paths[i] for i in bad[:3])}; no analysis can use them. Re-extract into a new "
-                         f"cache (`pacs-embed extract --out NEW.h5`, with --dtype float32 if this one was float16/bfloat16).")
+                         f"{', '.join(paths[i] for i in bad[:3])}; no analysis can use them. Re-run `pacs-embed extract` "
+                         f"for this cache: it encodes them again and records any still not finite as failures "
+                         f"(--dtype float32 avoids a float16 overflow).")
     domain, domains = a["domain"][ok], list(a["domains"])
     empty = [d for i, d in enumerate(domains) if not (domain == i).any()]
     if empty:   # every image of the domain failed extraction: nothing to train or score on
