@@ -428,7 +428,7 @@ def _reusable(out, old, ds, settings, image_processor) -> dict:
     now = {r.path: r.sha256 for r in ds.records}
     return {p: (e, bool(ok), reasons.get(p, "")) for p, h, e, ok in zip(stored["path"], stored["sha256"],
                                                                        stored["embedding"], stored["ok"])
-            if now.get(p) == h and not (ok and not np.isfinite(e).all())}
+            if now.get(p) == h and (not ok or np.isfinite(e).all())}
 
 
 def _assemble(plan: Plan, dev, strict: bool, ranks: Ranks) -> Summary:

@@ -132,6 +132,11 @@ def _spec_for(path, model, local_only: bool = False):
     return spec
 
 
+def _not_finite(prompts, vectors) -> list[str]:
+    """The prompts whose vector holds a NaN or inf."""
+    return [p for p, finite in zip(prompts, np.isfinite(vectors).all(1)) if not finite]
+
+
 def provenance(path, model: str | None = None) -> dict:
     """The cache's attributes (model, revision, dtype, ...); raises CacheError if ``model`` (when given)
     is not the cache's model and revision."""
@@ -168,15 +173,13 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
     if missing:
         from .models import encode_text
         vectors = encode_text(_text_tower(spec, device), missing)
-        if not np.isfinite(vectors).all():   # never stored: the next call tries again
-            bad = [p for p, v in zip(missing, vectors) if not np.isfinite(v).all()]
+        if bad := _not_finite(missing, vectors):   # never stored: the next call tries again
             raise _cache.CacheError(f"the text tower returned a non-finite vector for prompt(s) "
                                     f"{', '.join(map(repr, bad[:3]))}; nothing was added to {str(path)!r}")
         _cache.append_prompts(path, missing, vectors, spec.model_id, spec.revision, spec.tokenizer)
         have.update(zip(missing, vectors))
     out = np.stack([have[p] for p in prompts]).astype(np.float32)
-    bad = [p for p, v in zip(prompts, out) if not np.isfinite(v).all()]
-    if bad:
+    if bad := _not_finite(prompts, out):
         raise _cache.CacheError(f"{str(path)!r}: the vector of prompt(s) {', '.join(map(repr, bad[:3]))} is not finite "
                                 f"(NaN or inf); no analysis can use it. Re-extract into a new cache to encode them again.")
     return out

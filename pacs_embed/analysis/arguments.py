@@ -8,14 +8,17 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 
 
 def names(value, what: str) -> list[str] | None:
     """A list of names: one string is one name; None stays None."""
-    if value is None or isinstance(value, str):
-        return None if value is None else [value]
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
     items = list(value) if isinstance(value, Iterable) else None
     if items is None or not all(isinstance(v, str) for v in items):
         raise TypeError(f"{what} must be a name or a list of names, not {value!r}")
@@ -70,7 +73,6 @@ def positive(n, what: str) -> int:
 
 def output_folder(path, what: str):
     """``path`` as a Path, refused when it is an existing file (a folder is made for it when missing)."""
-    from pathlib import Path
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {str(path)!r} is a file, not a folder; name a folder (it is made if missing)")

@@ -92,9 +92,9 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
             warnings.warn(f"{cache}: dataset {status}\nRe-run `pacs-embed extract`.", StaleCacheWarning, stacklevel=2)
     ok = a["ok"]
     x = a["embedding"][ok]
+    paths = [p for p, keep in zip(a["path"], ok) if keep]
     bad = np.flatnonzero(~np.isfinite(x).all(1))
     if len(bad):
-        paths = [p for p, keep in zip(a["path"], ok) if keep]
         raise CacheError(f"{cache}: {len(bad)} image embedding(s) are not finite (NaN or inf), e.g. "
                          f"{', '.join(paths[i] for i in bad[:3])}; no analysis can use them. Re-run `pacs-embed extract` "
                          f"for this cache: it encodes them again and records any still not finite as failures "
@@ -110,5 +110,5 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
         if not domains:
             raise CacheError(f"{cache}: no image could be read; there is nothing to analyse")
     return Embeddings(l2_normalize(x) if normalize else x, a["label"][ok], domain, domains,
-                      a["classes"], [p for p, keep in zip(a["path"], ok) if keep], Path(cache), normalize,
+                      a["classes"], paths, Path(cache), normalize,
                       int((~ok).sum()))

@@ -93,7 +93,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     missing = [d for d in descriptions if d not in text.descriptions]
     if missing:
         raise KeyError(f"the text side has no description(s) {missing}; it has {list(text.descriptions)}")
-    methods = list(methods or default_methods())
+    methods = methods or default_methods()
     for m in methods:
         make(m)  # unknown names fail before any work
     domains = emb.domains
@@ -119,7 +119,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
             x.flags.writeable = False
             data[(s, seed)] = (x, emb.label[idx], *split(len(idx), seed, s))
         return Source(*data[(s, seed)], s, seed, descs(how)[domains.index(s)], descs(how),
-                      text.class_vectors, len(emb.classes), text.encode, cache, tuple(Cs), solver, batch)
+                      text.class_vectors, len(emb.classes), text.encode, cache, Cs, solver, batch)
 
     def fit(s, seed, name, how):
         try:

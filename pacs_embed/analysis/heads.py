@@ -204,9 +204,7 @@ def fit_heads(x: np.ndarray, y: np.ndarray, splits, Cs=C_GRID, cache: HeadCache 
     each split runs its own L-BFGS and their loss evaluations share one matrix product (five seeds of each PACS
     source: ``benchmarks/analysis_speed.py`` prints the time against one by one). Heads already in ``cache``
     are read, not fitted. ``keys``: the splits' ``head_key``s, when already known."""
-    x = np.ascontiguousarray(x, np.float32)
-    y = np.asarray(y)
-    shifts = _shifts(shifts, x.shape[1])
+    x, y, shifts = _inputs(x, y, shifts)
     heads: list[Head | None] = [None] * len(splits)
     todo: dict[tuple, list[int]] = {}          # the classes present in training -> splits to fit (one batch)
     if keys is None:
@@ -281,9 +279,7 @@ class HeadBatch:
 
     def ask(self, x, y, train, holdout, shifts=None) -> Head | PendingHead:
         """The head ``fit_head(x, y, train, holdout, Cs, cache, shifts=shifts)`` will be: at once when cached."""
-        x = np.ascontiguousarray(x, np.float32)
-        y = np.asarray(y)
-        shifts = _shifts(shifts, x.shape[1])
+        x, y, shifts = _inputs(x, y, shifts)
         xd = _digest(x)
         key = head_key(x, y, train, holdout, self.Cs, shifts, xd)
         _classes(y, train)                                # a one-class training set fails here, not at the flush
@@ -347,8 +343,11 @@ def _classes(y, train) -> np.ndarray:
     return classes
 
 
-def _shifts(shifts, d: int):
-    return None if shifts is None or len(shifts) == 0 else np.asarray(shifts, np.float64).reshape(-1, d)
+def _inputs(x, y, shifts):
+    """Rows as contiguous float32, labels as an array, shifts as (m, d) float64 or None (no shift)."""
+    x = np.ascontiguousarray(x, np.float32)
+    shifts = None if shifts is None or len(shifts) == 0 else np.asarray(shifts, np.float64).reshape(-1, x.shape[1])
+    return x, np.asarray(y), shifts
 
 
 def _best(path, classes, x, y, holdout, key: str = "") -> Head:
@@ -367,9 +366,7 @@ def _best(path, classes, x, y, holdout, key: str = "") -> Head:
 def _sklearn_head(x, y, train, holdout, Cs, shifts) -> Head:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    x = np.ascontiguousarray(x, np.float32)
-    y = np.asarray(y)
-    shifts = _shifts(shifts, x.shape[1])
+    x, y, shifts = _inputs(x, y, shifts)
     classes = _classes(y, train)
     xt, yt = x[train], y[train]
     if shifts is not None:

@@ -79,7 +79,7 @@ def user_prompts(domain_prompts: dict | None, domains) -> dict[str, list[str]]:
             raise KeyError(f"domain_prompts names domain {d!r}, which this cache does not have; its domains are "
                            f"{list(domains)}")
         given = value
-        value = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+        value = list(value) if isinstance(value, (list, tuple)) else [value]
         if not value or any(not isinstance(p, str) or not p.strip() for p in value):
             raise ValueError(f"domain_prompts[{d!r}] must be a prompt or a non-empty list of prompts, not {given!r}")
         out[d] = value
