@@ -127,6 +127,27 @@ def test_a_method_that_fails_says_which_method_source_and_seed():
     assert any("method 'broken' failed to fit on source" in n and "seed 3" in n for n in e.value.__notes__)
 
 
+def test_a_fit_that_forgets_to_return_self_is_named():
+    emb, text = synthetic(n_per=5)
+
+    class Forgetful(Method):
+        def fit(self, src):
+            self.head = src.fit_head(src.x)   # no `return self`
+    with registered("forgetful", Forgetful), pytest.raises(TypeError, match="'forgetful'.*return self"):
+        pa.evaluate(emb, ["forgetful"], seeds=[0], text=text, progress=False)
+
+
+@pytest.mark.parametrize("op, when", [
+    (lambda x, s, t: x * np.nan, "failed to fit"),                                          # at training
+    (lambda x, s, t: x * (1.0 if np.array_equal(s, t) else np.inf), "failed to predict"),   # on targets only
+])
+def test_an_operator_that_makes_nan_or_inf_is_an_error_not_class_0(op, when):
+    emb, text = synthetic(n_per=5)
+    with registered("overflowing", op), pytest.raises(ValueError, match="NaN or inf") as e:
+        pa.evaluate(emb, ["overflowing"], seeds=[0], text=text, progress=False)
+    assert any(f"method 'overflowing' {when}" in n for n in e.value.__notes__)
+
+
 def test_operators_are_identity_without_a_domain_shift():
     rng = np.random.default_rng(1)
     x = pa.l2_normalize(rng.standard_normal((5, 8))).astype(np.float32)

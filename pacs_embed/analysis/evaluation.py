@@ -123,10 +123,14 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
 
     def fit(s, seed, name, how):
         try:
-            return make(name).fit(source(s, seed, how))
+            fitted = make(name).fit(source(s, seed, how))
         except Exception as e:
             e.add_note(f"(method {name!r} failed to fit on source {s!r}, seed {seed}, description {how!r})")
             raise
+        if not callable(getattr(fitted, "predict", None)):
+            raise TypeError(f"method {name!r}: fit returned {type(fitted).__name__}, not the fitted method; "
+                            f"fit must end with `return self`")
+        return fitted
 
     def hits(name, m, s, t, how):
         xt, yt = targets[t]

@@ -85,7 +85,14 @@ class Head:
         return np.asarray(x, np.float32) @ self.W.astype(np.float32) + self.b.astype(np.float32)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.classes[self.decision(x).argmax(1)]
+        """Class labels of the rows of ``x``; rows with NaN or inf values are an error, not class 0."""
+        with np.errstate(invalid="ignore", over="ignore"):   # said below, in words
+            scores = self.decision(x)
+        if not np.isfinite(scores).all():
+            bad = np.flatnonzero(~np.isfinite(scores).all(1))
+            raise ValueError(f"the head was given features with NaN or inf values in {len(bad)} of {len(scores)} "
+                             f"rows (e.g. row {bad[0]}); the method's transform of the images made them")
+        return self.classes[scores.argmax(1)]
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
