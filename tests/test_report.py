@@ -37,6 +37,14 @@ def test_domain_prompts_from_the_command_line_reach_the_report(cache_copy, tmp_p
     report = (out / "report.md").read_text()
     assert "cartoon: a comic strip | a comic" in report and "| a comic strip \\| a comic |" not in report
     assert set(pd.read_csv(out / "results.csv").method) == {"none", "translate", "in_domain"}
+    assert "ran one seed, so there is no interval over seeds" in report
+
+
+def test_a_report_over_several_seeds_does_not_warn_of_one(cache_copy, tmp_path):
+    out = tmp_path / "results"
+    assert main(["report", str(cache_copy), "--out", str(out), "--figures", str(tmp_path / "f"), "--seeds", "2",
+                 "--descriptions", "paper", "--methods", "none", "--bootstrap", "10", "--no-progress"]) == 0
+    assert "no interval over seeds" not in (out / "report.md").read_text()
 
 
 def test_bad_domain_prompts_are_clear_errors(cache_copy, tmp_path, capsys):

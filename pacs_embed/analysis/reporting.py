@@ -86,7 +86,10 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
           "for a gain, which few seeds can overshoot): they say whether a result would survive another split, for "
           "these target images. `image_ci_low`/`image_ci_high` are the paired bootstrap over target images given "
           "these splits; they ignore split variation and are too narrow to compare methods with. "
-          "'—' marks methods that do not depend on the split (zero-shot).", "",
+          "'—' marks methods that do not depend on the split (zero-shot)."
+          + (" **This report ran one seed, so there is no interval over seeds** (`ci_low`/`ci_high` are nan, "
+             "accuracies have no `[low, high]`): one split says nothing about the next; run `--seeds 5`."
+             if len(seeds) < 2 else ""), "",
           "## Table 1: Sim(prompt, domain)", "", markdown(t1["reproduced"]), "", compared, "",
           *(["Paper:", "", markdown(t1["paper"]), "", "Difference (this − paper):", "", markdown(t1["difference"]), ""]
             if comparable else []),
