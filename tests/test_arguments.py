@@ -21,6 +21,9 @@ def world():
     (dict(methods=["translat"]), KeyError, "unknown method 'translat'"),
     (dict(descriptions=["papr"]), KeyError, "no description"),
     (dict(sources=["d9"]), KeyError, r"unknown source domain\(s\) \['d9'\]"),
+    (dict(methods=[]), ValueError, "methods is empty: name at least one"),   # not quietly every method
+    (dict(sources=[]), ValueError, "sources is empty"),
+    (dict(descriptions=[]), ValueError, "descriptions is empty"),
 ])
 def test_a_wrong_evaluate_argument_is_named(world, kwargs, error, says):
     emb, text = world
@@ -52,3 +55,40 @@ def test_a_bootstrap_of_no_resamples_is_refused(world):
     res = pa.evaluate(emb, ["none", "translate"], seeds=[0, 1], text=text, progress=False)
     with pytest.raises(ValueError, match="n_boot must be a whole number, 1 or more, not 0"):
         pa.gains(res, n_boot=0)
+
+
+@pytest.fixture(scope="module")
+def evaluated(world):
+    emb, text = world
+    return pa.evaluate(emb, ["none", "translate"], seeds=[0, 1], text=text, progress=False)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda emb, text, res: pa.evaluate("cache.h5"), r"evaluate takes the loaded embeddings first \(emb = pa.load\('cache.h5'\)"),
+    (lambda emb, text, res: pa.table1("cache.h5"), "table1 takes the loaded embeddings"),
+    (lambda emb, text, res: pa.text_side("cache.h5"), "text_side takes the loaded embeddings"),
+    (lambda emb, text, res: pa.prompt_similarity("cache.h5", ["a photo"]), "prompt_similarity takes the loaded embeddings"),
+    (lambda emb, text, res: pa.description_similarity(emb, "paper"), "description_similarity takes a text side"),
+    (lambda emb, text, res: pa.paper_comparison("cache.h5"), "paper_comparison takes the loaded embeddings"),
+    (lambda emb, text, res: pa.gains(res.table), r"gains takes the Results of evaluate .* gains\(res\)"),
+    (lambda emb, text, res: pa.method_means(res), r"method_means takes the results table, res.table"),
+    (lambda emb, text, res: pa.summary(res), r"summary takes the results table, res.table"),
+    (lambda emb, text, res: pa.grid(res, "none"), r"grid takes the results table, res.table"),
+    (lambda emb, text, res: pa.summary(pa.gains(res)), "summary takes a results table .* with columns"),
+    (lambda emb, text, res: pa.plots.accuracy_grid(res), "accuracy_grid takes the results table"),
+    (lambda emb, text, res: pa.plots.gains_plot(res.table), r"gains_plot takes the gains table, pa.gains\(res\)"),
+    (lambda emb, text, res: pa.plots.table1_heatmap(emb), r"table1_heatmap takes the tables of pa.table1\(emb\)"),
+    (lambda emb, text, res: pa.plots.projection("cache.h5", text.vectors("paper")), "projection takes the loaded embeddings"),
+    (lambda emb, text, res: pa.load(emb), "already loaded: load and report take the cache path"),
+])
+def test_passing_one_kind_of_thing_for_another_says_what_to_pass(world, evaluated, call, says):
+    emb, text = world
+    with pytest.raises(TypeError, match=says):
+        call(emb, text, evaluated)
+
+
+def test_a_results_table_read_back_from_csv_is_a_results_table(evaluated, tmp_path):
+    import pandas as pd
+    evaluated.table.to_csv(tmp_path / "results.csv", index=False)
+    back = pd.read_csv(tmp_path / "results.csv")
+    assert pa.method_means(back)["mean"].tolist() == pytest.approx(pa.method_means(evaluated.table)["mean"].tolist())

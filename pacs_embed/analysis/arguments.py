@@ -4,6 +4,7 @@ Usage::
 
     methods = names(methods, "methods")      # "translate" -> ["translate"]; None stays None
     seeds = seed_list(seeds)                 # range(5) -> [0, 1, 2, 3, 4]; 5 -> error suggesting range(5)
+    emb = embeddings(emb, "evaluate")        # a path instead of pa.load(path) -> error saying so
 """
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from .embeddings import Embeddings
+
+TABLE_COLUMNS = ("source", "target", "method", "description", "seed", "accuracy")   # a results table's
 
 
-def names(value, what: str) -> list[str] | None:
-    """A list of names: one string is one name; None stays None."""
+def names(value, what: str, default: str | None = None) -> list[str] | None:
+    """A list of names: one string is one name; None stays None. With ``default`` (what None means), an empty
+    list is an error: it would otherwise quietly mean the default."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -22,6 +29,8 @@ def names(value, what: str) -> list[str] | None:
     items = list(value) if isinstance(value, Iterable) else None
     if items is None or not all(isinstance(v, str) for v in items):
         raise TypeError(f"{what} must be a name or a list of names, not {value!r}")
+    if default is not None and not items:
+        raise ValueError(f"{what} is empty: name at least one, or leave it out (None) for {default}")
     return items
 
 
@@ -77,3 +86,31 @@ def output_folder(path, what: str):
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {str(path)!r} is a file, not a folder; name a folder (it is made if missing)")
     return path
+
+
+def embeddings(emb, what: str) -> Embeddings:
+    """The loaded embeddings ``what`` takes first; a cache path (or anything else) is an error saying to load it."""
+    if not isinstance(emb, Embeddings):
+        fix = f"emb = pa.load({str(emb)!r})" if isinstance(emb, (str, Path)) else "emb = pa.load(cache)"
+        raise TypeError(f"{what} takes the loaded embeddings first ({fix}, then {what}(emb, ...)), "
+                        f"not {type(emb).__name__} {emb!r:.60}")
+    return emb
+
+
+def results_table(table, what: str) -> pd.DataFrame:
+    """A results table (``res.table``, or results.csv read back); the Results object or another table is an error."""
+    if hasattr(table, "correct") and isinstance(getattr(table, "table", None), pd.DataFrame):
+        raise TypeError(f"{what} takes the results table, res.table, not the Results of evaluate: {what}(res.table)")
+    if not isinstance(table, pd.DataFrame) or not set(TABLE_COLUMNS) <= set(table.columns):
+        got = list(table.columns) if isinstance(table, pd.DataFrame) else type(table).__name__
+        raise TypeError(f"{what} takes a results table (res.table, or results.csv read with pandas) with columns "
+                        f"{list(TABLE_COLUMNS)}; got {got}")
+    return table
+
+
+def results(res, what: str):
+    """The Results of ``evaluate`` (its per-image hits); a table is an error saying what to pass."""
+    if not hasattr(res, "correct"):
+        raise TypeError(f"{what} takes the Results of evaluate (res = pa.evaluate(emb, ...); it needs the per-image "
+                        f"hits), not a {type(res).__name__}: {what}(res)")
+    return res

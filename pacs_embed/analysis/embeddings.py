@@ -85,6 +85,9 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
     dataset files (where present) are compared with those extracted, and a StaleCacheWarning says
     exactly what changed.
     """
+    if isinstance(cache, Embeddings):
+        raise TypeError(f"these embeddings are already loaded: load and report take the cache path "
+                        f"({str(cache.cache)!r}); the analysis functions take the loaded embeddings")
     a = read_images(cache)
     if check:
         status = dataset_status(cache)

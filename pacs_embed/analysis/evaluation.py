@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .arguments import c_grid, names, seed_list
+from .arguments import c_grid, embeddings, names, seed_list
 from .embeddings import Embeddings
 from .heads import C_GRID, HeadBatch, HeadCache, resolved, single_threaded_blas, split
 from .methods import Source, default_methods, make
@@ -83,7 +83,10 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     itself), then the heads they asked for (``heads.HeadBatch``: the seeds of a source that train on the same
     features are fitted together), then score them.
     """
-    methods, descriptions, sources = names(methods, "methods"), names(descriptions, "descriptions"), names(sources, "sources")
+    emb = embeddings(emb, "evaluate")
+    methods = names(methods, "methods", "every default method")
+    descriptions = names(descriptions, "descriptions", "the text side's (paper by default)")
+    sources = names(sources, "sources", "every domain")
     seeds, Cs = seed_list(seeds), c_grid(Cs)
     if text is None:
         text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)

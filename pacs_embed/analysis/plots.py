@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .arguments import embeddings, results_table
 from .embeddings import Embeddings, domain_order, table_domains
 from .stats import seeded
 from .text import NO_DESCRIPTION
@@ -38,6 +39,8 @@ def save(fig, folder, name: str) -> list[Path]:
 def table1_heatmap(tables: dict[str, pd.DataFrame]):
     """Reproduced Table 1 beside the paper's on one shared colour scale; their difference on a diverging
     scale centred at 0."""
+    if not isinstance(tables, dict) or "reproduced" not in tables:
+        raise TypeError(f"table1_heatmap takes the tables of pa.table1(emb) (got {type(tables).__name__})")
     names = [n for n in ("reproduced", "paper", "difference") if n in tables and not tables[n].empty]
     shared = [tables[n] for n in ("reproduced", "paper") if n in names]
     lo = min(float(np.nanmin(t.values)) for t in shared)
@@ -72,6 +75,7 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
     """Source x target mean accuracy per method, one shared 0-1 scale. Diagonal: the plain head's in-domain
     accuracy on the source hold-out; for seed-independent (zero-shot) methods, their own accuracy on
     the source domain."""
+    table = results_table(table, "accuracy_grid")
     t = table[(table.description.isin([description, NO_DESCRIPTION]))]
     methods = methods or [m for m in dict.fromkeys(t.method) if m != "in_domain"]
     sources = table_domains(table, "source")   # rows; columns: every target (all domains, also when only some
@@ -128,6 +132,9 @@ def _annotated_grid(ax, values, rows, cols):
 
 def gains_plot(gains: pd.DataFrame, description: str | None = None):
     """Gain over no translation per source -> target pair; error bars: 95% t-interval over seeds."""
+    if not isinstance(gains, pd.DataFrame) or not {"gain", "ci_low", "ci_high"} <= set(gains.columns):
+        raise TypeError(f"gains_plot takes the gains table, pa.gains(res) (got {type(gains).__name__}"
+                        + (f" with columns {list(gains.columns)})" if isinstance(gains, pd.DataFrame) else ")"))
     g = gains if description is None else gains[gains.description.isin([description, NO_DESCRIPTION])]
     g = g.assign(pair=g.source + " → " + g.target,
                  label=g.method + np.where(g.description == NO_DESCRIPTION, "", " / " + g.description))
@@ -165,7 +172,7 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     embedding space, so lengths along them are true lengths. Arrows: Δ toward ``source``, drawn from
     each target's text and from the centroid of its images.
     """
-    order = domain_order(emb.domains)
+    order = domain_order(embeddings(emb, "projection").domains)
     source = source or order[0]
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(emb.x))[:max_points]

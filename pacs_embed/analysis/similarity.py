@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..download import PACS_CLASSES, PACS_COUNTS
 from ..prompts import prompt_embeddings
+from .arguments import embeddings
 from .embeddings import Embeddings, l2_normalize
 from .text import TextSide, text_side
 
@@ -28,6 +29,7 @@ def similarity_matrix(text: np.ndarray, images: np.ndarray, image_domain: np.nda
 
 def prompt_similarity(emb: Embeddings, prompts: list[str]) -> pd.DataFrame:
     """Sim(prompt, domain) for any prompts (rows; missing ones are encoded) and every domain (columns)."""
+    emb = embeddings(emb, "prompt_similarity")
     values = similarity_matrix(prompt_embeddings(emb.cache, prompts), emb.x, emb.domain, len(emb.domains))
     return pd.DataFrame(values, index=pd.Index(list(prompts), name="prompt"), columns=emb.domains)
 
@@ -44,6 +46,7 @@ def paper_comparison(emb: Embeddings) -> tuple[bool, str]:
     The paper's values are means over all images of PACS's domains (all seven classes): a cache of
     another dataset — even one with a domain of the same name, such as DomainNet's ``sketch`` — or of
     other classes measures something else, so it is not compared."""
+    emb = embeddings(emb, "paper_comparison")
     other_domains = sorted(set(emb.domains) - set(PACS_COUNTS))
     if other_domains or sorted(emb.classes) != sorted(PACS_CLASSES):
         why = (f"domains {other_domains}" if other_domains else
@@ -66,7 +69,7 @@ def table1(emb: Embeddings, domain_prompts: dict | None = None, templates: dict 
     'difference' cover the rows and domains the paper reports, and are empty when the cache is not of
     PACS (``paper_comparison`` says why).
     """
-    text = text_side(emb, ("paper",), domain_prompts, templates=templates)
+    text = text_side(embeddings(emb, "table1"), ("paper",), domain_prompts, templates=templates)
     labels = [" | ".join(d.prompts) for d in text.descriptions["paper"]]
     ours = pd.DataFrame(similarity_matrix(text.vectors("paper"), emb.x, emb.domain, len(emb.domains)),
                         index=pd.Index(labels, name="prompt"), columns=emb.domains)
@@ -84,6 +87,10 @@ def description_similarity(emb: Embeddings, text: TextSide) -> pd.DataFrame:
 
     Rows: (description, described domain); columns: image domain.
     """
+    emb = embeddings(emb, "description_similarity")
+    if not isinstance(text, TextSide):
+        raise TypeError(f"description_similarity takes a text side second (text = pa.text_side(emb, ...)), "
+                        f"not a {type(text).__name__}")
     blocks = {how: pd.DataFrame(similarity_matrix(text.vectors(how), emb.x, emb.domain, len(emb.domains)),
                                 index=pd.Index(emb.domains, name="described"), columns=emb.domains)
               for how in text.descriptions}

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _stats
 
-from .arguments import positive
+from . import arguments
+from .arguments import positive, results_table
 from .methods import METHODS
 from .text import NO_DESCRIPTION
 
@@ -56,7 +57,7 @@ def _fmt(m, lo, hi, is_seeded) -> str:
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (source, target, method, description): mean accuracy, std over seeds ("—" when the method
     does not depend on the split) and the number of seeds."""
-    g = table.groupby(KEYS, sort=False)["accuracy"]
+    g = results_table(table, "summary").groupby(KEYS, sort=False)["accuracy"]
     out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "seeds": g.size()}).reset_index()
     out["accuracy"] = [f"{m:.3f} ± {s:.3f}" if seeded(meth) and n > 1 else f"{m:.3f} —"
                        for m, s, n, meth in zip(out["mean"], out["std"], out["seeds"], out["method"])]
@@ -65,6 +66,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def method_means(table: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     """Cross-domain accuracy per method and description, averaged over pairs, with its interval over seeds."""
+    table = results_table(table, "method_means")
     cross = table[table["source"] != table["target"]]
     per_seed = cross.groupby(["method", "description", "seed"])["accuracy"].mean()
     rows = []
@@ -96,7 +98,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int
 def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
     """Per pair and method: gain over ``baseline`` on the same images and seeds, with the interval over
     seeds (``ci_low``, ``ci_high``) and the paired bootstrap over target images (``image_ci_*``)."""
-    n_boot = positive(n_boot, "n_boot")
+    results, n_boot = arguments.results(results, "gains"), positive(n_boot, "n_boot")
     rows = []
     for (s, t, method, how), hits in results.correct.items():
         base = results.correct.get((s, t, baseline, NO_DESCRIPTION))
@@ -115,7 +117,7 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
 def grid(table: pd.DataFrame, method: str, description: str = NO_DESCRIPTION) -> pd.DataFrame:
     """Source x target accuracy for one method (diagonal: in-domain hold-out accuracy of the plain head)."""
     from .embeddings import table_domains
-    s = summary(table)
+    s = summary(results_table(table, "grid"))
     keep = ((s.method == method) & (s.description == description)) | (s.method == "in_domain")
     g = s[keep & ((s.method != "in_domain") | (s.source == s.target))]
     g = g[(g.source != g.target) | (g.method == "in_domain")].pivot(index="source", columns="target", values="accuracy")

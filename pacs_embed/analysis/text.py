@@ -30,7 +30,7 @@ import numpy as np
 
 from ..prompts import class_prompts, domain_class_prompts, domain_prompt, load_templates, prompt_embeddings
 from ..prompts import preload_text_tower as _preload_text_tower
-from .arguments import names, noun_count, prompt_dict
+from .arguments import embeddings, names, noun_count, prompt_dict
 from .embeddings import Embeddings, l2_normalize
 
 NO_DESCRIPTION = "-"   # the ``description`` of results from methods that use no domain description
@@ -140,7 +140,7 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
 def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | None = None,
               n_nouns: int | None = None, templates: dict | None = None) -> TextSide:
     """Encode (through the cache: only prompts it lacks are encoded) every prompt the methods need."""
-    templates = templates or load_templates()
+    emb, templates = embeddings(emb, "text_side"), templates or load_templates()
     descs, wanted = needed_prompts(emb.domains, emb.classes, descriptions, domain_prompts, n_nouns, templates)
     unit = dict(zip(wanted, l2_normalize(prompt_embeddings(emb.cache, wanted).astype(np.float64))))
 
@@ -165,4 +165,4 @@ def preload_text_tower(emb: Embeddings):
 
     Usage: ``pa.preload_text_tower(emb)`` right after ``pa.load``.
     """
-    return _preload_text_tower(emb.cache)
+    return _preload_text_tower(embeddings(emb, "preload_text_tower").cache)
