@@ -78,6 +78,29 @@ def test_a_source_with_one_class_is_a_clear_error():
         fit_head(x, np.zeros(20, int), *split(20, 0, "photo"))
 
 
+@pytest.mark.parametrize("solver", ["fast", "sklearn"])
+@pytest.mark.parametrize("args, says", [
+    (lambda x, y, tr, ho: (x, y[:-5], tr, ho), "one label per row"),
+    (lambda x, y, tr, ho: (x, y, np.append(tr, len(x) + 3), ho), r"train split must be row indices in \[0, 60\)"),
+    (lambda x, y, tr, ho: (x, y, tr, ho[:0]), "holdout split is empty"),
+    (lambda x, y, tr, ho: (x, y, np.ones(len(x), bool), ho), "bool values"),      # a mask, not indices
+    (lambda x, y, tr, ho: (np.where(np.arange(len(x))[:, None] == 7, np.nan, x), y, tr, ho), "NaN or inf in 1 of 60 rows"),
+])
+def test_fit_head_names_inputs_it_cannot_use(solver, args, says):
+    x, y = problem(n=60, d=6, k=3)
+    with pytest.raises(ValueError, match=says):
+        fit_head(*args(x, y, *split(60, 0, "photo")), solver=solver)
+
+
+def test_a_head_given_features_of_another_width_or_with_nan_says_so():
+    x, y = problem(n=60, d=6, k=3)
+    head = fit_head(x, y, *split(60, 0, "photo"))
+    with pytest.raises(ValueError, match="trained on 6-dimensional features"):
+        head.predict(x[:, :4])
+    with pytest.raises(ValueError, match="NaN or inf values in 1 of 60 rows"):
+        head.predict(np.where(np.arange(60)[:, None] == 2, np.inf, x))
+
+
 def test_a_key_follows_the_bytes_and_read_only_images_are_hashed_once(monkeypatch):
     from pacs_embed.analysis import heads
     x, y = problem()[:2]

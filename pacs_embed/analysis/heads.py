@@ -53,6 +53,7 @@ import scipy.linalg
 from threadpoolctl import threadpool_limits
 
 from ..files import atomic_write
+from .arguments import c_grid
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 HOLDOUT = 0.2
@@ -86,12 +87,15 @@ class Head:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class labels of the rows of ``x``; rows with NaN or inf values are an error, not class 0."""
+        if np.ndim(x) != 2 or np.shape(x)[1] != len(self.W):
+            raise ValueError(f"the head was trained on {len(self.W)}-dimensional features; it was given an array of "
+                             f"shape {np.shape(x)}")
         with np.errstate(invalid="ignore", over="ignore"):   # said below, in words
             scores = self.decision(x)
         if not np.isfinite(scores).all():
             bad = np.flatnonzero(~np.isfinite(scores).all(1))
             raise ValueError(f"the head was given features with NaN or inf values in {len(bad)} of {len(scores)} "
-                             f"rows (e.g. row {bad[0]}); the method's transform of the images made them")
+                             f"rows (e.g. row {bad[0]}): a method's transform of the images made them, or they were passed in so")
         return self.classes[scores.argmax(1)]
 
     def to_bytes(self) -> bytes:
@@ -212,6 +216,8 @@ def fit_heads(x: np.ndarray, y: np.ndarray, splits, Cs=C_GRID, cache: HeadCache 
     source: ``benchmarks/analysis_speed.py`` prints the time against one by one). Heads already in ``cache``
     are read, not fitted. ``keys``: the splits' ``head_key``s, when already known."""
     x, y, shifts = _inputs(x, y, shifts)
+    Cs = c_grid(Cs)
+    _check_rows(x, y, splits)
     heads: list[Head | None] = [None] * len(splits)
     todo: dict[tuple, list[int]] = {}          # the classes present in training -> splits to fit (one batch)
     if keys is None:
@@ -350,6 +356,22 @@ def _classes(y, train) -> np.ndarray:
     return classes
 
 
+def _check_rows(x, y, splits) -> None:
+    """Features and labels that match, are finite, and splits that index them (each part non-empty)."""
+    if x.ndim != 2 or y.shape != (len(x),):
+        raise ValueError(f"x must be (n, d) features with one label per row in y; got x {x.shape}, y {y.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"the features hold NaN or inf in {int((~np.isfinite(x).all(1)).sum())} of {len(x)} rows")
+    for train, holdout in splits:
+        for what, idx in (("train", train), ("holdout", holdout)):
+            idx = np.asarray(idx)
+            if not len(idx):
+                raise ValueError(f"the {what} split is empty: a head needs rows to train on and rows to choose C on")
+            if idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= len(x):
+                raise ValueError(f"the {what} split must be row indices in [0, {len(x)}); it holds "
+                                 f"{idx.dtype} values from {idx.min()} to {idx.max()}")
+
+
 def _inputs(x, y, shifts):
     """Rows as contiguous float32, labels as an array, shifts as (m, d) float64 or None (no shift)."""
     x = np.ascontiguousarray(x, np.float32)
@@ -374,6 +396,7 @@ def _sklearn_head(x, y, train, holdout, Cs, shifts) -> Head:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     x, y, shifts = _inputs(x, y, shifts)
+    _check_rows(x, y, [(train, holdout)])
     classes = _classes(y, train)
     xt, yt = x[train], y[train]
     if shifts is not None:
