@@ -87,7 +87,7 @@ class Source:
         if len(features) != len(self.y):
             raise ValueError(f"fit_head wants one row per source image ({len(self.y)}), got {len(features)}")
         for what, a in (("features", features), ("extra rows", extra), ("shifts", shifts)):
-            if a is not None and not np.isfinite(a).all():
+            if a is not None and a is not self.x and not np.isfinite(a).all():   # x: checked by load
                 bad = np.flatnonzero(~np.isfinite(np.asarray(a, np.float64).reshape(len(a), -1)).all(1))
                 raise ValueError(f"source domain {self.domain!r}: the {what} given to fit_head hold NaN or inf in "
                                  f"{len(bad)} of {len(a)} rows (e.g. row {bad[0]}); the method's transform made them")
