@@ -286,5 +286,10 @@ def describe(path) -> str:
              f"images     {len(imgs['path'])} ({int(imgs['ok'].sum())} embedded, {len(failures)} failed), dim {a['embed_dim']}",
              f"prompts    {n_prompts}, tokenizer files sha256 {a.get('tokenizer_sha256') or 'not recorded'}",
              f"versions   torch {a['torch_version']}, transformers {a['transformers_version']}, pacs_embed {a['pacs_embed_version']}"]
+    heads = Path(path).with_name(Path(path).name + ".heads")
+    if heads.is_dir():   # the analysis side's fitted heads (pacs_embed.analysis.heads.HeadCache)
+        files = list(heads.glob("*.npz"))
+        lines.append(f"heads      {len(files)} fitted heads in {heads} ({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB; "
+                     f"each prompt edit adds the heads it changes; delete the folder to free the space)")
     lines += [f"  failed: {p}: {r}" for p, r in failures[:10]]
     return "\n".join(lines)

@@ -41,6 +41,13 @@ def test_info_describes_a_cache(mini_cache):
     assert r.returncode == 0 and "224 (224 embedded, 0 failed)" in r.stdout and "dataset    unchanged" in r.stdout
 
 
+def test_info_counts_the_fitted_heads_cached_beside_a_cache(cache_copy):
+    from pacs_embed import analysis as pa
+    assert "fitted heads" not in run("info", str(cache_copy)).stdout   # none fitted yet
+    res = pa.evaluate(pa.load(cache_copy), ["none"], seeds=[0], progress=False)
+    assert f"heads      {res.head_cache.fits} fitted heads in {cache_copy}.heads" in run("info", str(cache_copy)).stdout
+
+
 def test_a_file_that_is_not_a_cache_is_a_clear_error(tmp_path):
     bogus = tmp_path / "x.h5"
     bogus.write_text("hello")
