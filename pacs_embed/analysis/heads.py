@@ -95,7 +95,7 @@ class Head:
         if not np.isfinite(scores).all():
             bad = np.flatnonzero(~np.isfinite(scores).all(1))
             raise ValueError(f"the head was given features with NaN or inf values in {len(bad)} of {len(scores)} "
-                             f"rows (e.g. row {bad[0]}): a method's transform of the images made them, or they were passed in so")
+                             f"rows (e.g. row {bad[0]}): made by a method's transform of the images, or passed in")
         return self.classes[scores.argmax(1)]
 
     def to_bytes(self) -> bytes:

@@ -55,7 +55,8 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
     plots.use_headless_backend()
     out, figures = output_folder(out, "results folder"), output_folder(figures, "figures folder")
     descriptions, seeds, n_boot = names(descriptions, "descriptions"), seed_list(seeds), positive(n_boot, "n_boot")
-    names(methods, "methods", "every default method"), names(sources, "sources", "every domain")
+    names(methods, "methods", "every default method")   # checked before any work; evaluate uses them
+    names(sources, "sources", "every domain")
     if not descriptions:
         raise ValueError(f"descriptions is empty: name at least one of {DEFAULT_DESCRIPTIONS}")
     out.mkdir(parents=True, exist_ok=True)
