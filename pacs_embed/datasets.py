@@ -16,7 +16,9 @@ from tqdm.auto import tqdm
 
 from .errors import PacsEmbedError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# the image files of a dataset: torchvision ImageFolder's (DomainBed reads datasets with it), any letter case
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_KINDS = "/".join(IMAGE_EXTENSIONS)
 
 
 class DatasetError(PacsEmbedError, ValueError):
@@ -137,9 +139,9 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
                 elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
                     found.append((rel, di, class_index[c.name], e.stat()))
                 else:
-                    ignored.append(f"{rel} (not a .jpg/.jpeg/.png image)")
+                    ignored.append(f"{rel} (not an image: not {IMAGE_KINDS})")
     if not found:
-        raise DatasetError(f"no .jpg/.jpeg/.png images under {str(root)!r}.")
+        raise DatasetError(f"no images ({IMAGE_KINDS}) under {str(root)!r}.")
     # a domain or class folder without a single image is no domain or class (ImageFolder refuses it): said, left out
     domains = [d.name for d in domain_dirs]
     has_d, has_c = {di for _, di, _, _ in found}, {ci for _, _, ci, _ in found}

@@ -42,8 +42,8 @@ def test_scan_lists_images_in_sorted_order_and_names_every_skipped_entry_with_it
         "photo/readme.md (not in a class folder)",
         "photo/dog/gone.jpg (broken link)",
         "photo/dog/loop (link to a folder, not followed)",
-        "photo/dog/notes.txt (not a .jpg/.jpeg/.png image)",
-        "photo/dog/sub/list.csv (not a .jpg/.jpeg/.png image)",
+        "photo/dog/notes.txt (not an image: not .jpg/.jpeg/.png/.ppm/.bmp/.pgm/.tif/.tiff/.webp)",
+        "photo/dog/sub/list.csv (not an image: not .jpg/.jpeg/.png/.ppm/.bmp/.pgm/.tif/.tiff/.webp)",
         "photo/dog/out.jpg (link to a file outside the data folder, not followed)"])
 
 

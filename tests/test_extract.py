@@ -240,6 +240,24 @@ def test_files_that_are_not_images_in_class_folders_are_named_not_dropped_silent
     assert s.n_images == 56
 
 
+def test_images_in_every_imagefolder_format_are_embedded_alike(small_dataset, tiny_clip, tmp_path):
+    """BMP, TIFF, lossless WebP, PPM/PGM (any letter case) are images as ImageFolder reads them: same pixels, same vector."""
+    dog = small_dataset / "photo" / "dog"
+    rgb = Image.open(next(dog.iterdir())).convert("RGB")
+    for name in ["same.png", "same.bmp", "same.TIF", "same.tiff", "same.ppm"]:
+        rgb.save(dog / name)
+    rgb.save(dog / "same.webp", lossless=True)
+    rgb.convert("L").save(dog / "grey.png")
+    rgb.convert("L").save(dog / "grey.pgm")
+    s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", progress=False)
+    assert s.n_images == 56 + 8 and s.failures == []
+    a = read_images(tmp_path / "c.h5")
+    vec = {p.rsplit("/", 1)[1]: v for p, v in zip(a["path"], a["embedding"]) if "/dog/" in p}
+    for name in ["same.bmp", "same.TIF", "same.tiff", "same.ppm", "same.webp"]:
+        np.testing.assert_allclose(vec[name], vec["same.png"], atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(vec["grey.pgm"], vec["grey.png"], atol=1e-5)
+
+
 def test_loading_a_stale_cache_warns_with_what_changed(small_dataset, tiny_clip, tmp_path):
     from pacs_embed.analysis.embeddings import StaleCacheWarning, load
     out = tmp_path / "c.h5"
