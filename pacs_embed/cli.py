@@ -9,6 +9,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -151,6 +152,10 @@ def _main(argv) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted. Finished batches are kept; run the same command again to resume.", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # the reader went away (`pacs-embed info ... | head`): nothing more to say
+        with contextlib.suppress(OSError, ValueError):   # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (PacsEmbedError, ValueError, KeyError, TypeError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"pacs-embed {args.command}: error: {message}", file=sys.stderr)

@@ -48,6 +48,15 @@ def test_info_counts_the_fitted_heads_cached_beside_a_cache(cache_copy):
     assert f"heads      {res.head_cache.fits} fitted heads in {cache_copy}.heads" in run("info", str(cache_copy)).stdout
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(mini_cache):
+    read, write = os.pipe()
+    os.close(read)   # as `pacs-embed info ... | head -1` once head has exited
+    r = subprocess.run([sys.executable, "-m", "pacs_embed", "info", str(mini_cache)], stdout=write,
+                       stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert r.returncode == 141 and r.stderr == ""
+
+
 def test_a_file_that_is_not_a_cache_is_a_clear_error(tmp_path):
     bogus = tmp_path / "x.h5"
     bogus.write_text("hello")
