@@ -117,6 +117,14 @@ def check_device(device: str | None) -> None:
                          f"use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ModelError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "meta":
+        raise ModelError(f"--device {device!r} holds shapes, not data: nothing can be embedded on it; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):   # mps, xpu, ...: usable only if this torch and machine have it
+        try:
+            torch.empty(1, device=dev)
+        except Exception as e:  # noqa: BLE001 - torch says why in its own words
+            raise ModelError(f"--device {device!r} is not usable here (torch {torch.__version__}): "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; use --device cpu") from None
 
 
 def choose_device(device: str | None = None) -> torch.device:

@@ -119,7 +119,10 @@ def test_6_a_prompt_longer_than_the_context_is_named_in_a_warning(cache_copy):
 # 8
 @pytest.mark.parametrize("args, named", [(["--batch-size", "0"], "--batch-size"), (["--batch-size", "-5"], "--batch-size"),
                                          (["--workers", "-1"], "--workers"), (["--device", "bogus"], "--device"),
-                                         (["--device", "cuda"], "--device"), (["--dtype", "float8"], "--dtype")])
+                                         (["--device", "cuda"], "--device"), (["--dtype", "float8"], "--dtype"),
+                                         (["--device", "meta"], "--device"),   # shapes without data
+                                         pytest.param(["--device", "mps"], "--device", marks=pytest.mark.skipif(
+                                             sys.platform == "darwin", reason="a Mac may have MPS"))])
 def test_8_bad_arguments_fail_before_any_work_and_leave_no_journal(small_dataset, tiny_clip, tmp_path, args, named):
     out = tmp_path / "c.h5"
     r = run("extract", "--data", small_dataset, "--model", tiny_clip, "--out", out, "--no-progress", *args)
