@@ -289,6 +289,7 @@ class TextTower:
 def load_text_tower(spec: ModelSpec, device=None) -> TextTower:
     """Text model with projection and tokenizer, float32 (cheap; keeps prompt vectors comparable)."""
     from transformers import AutoTokenizer, CLIPTextModelWithProjection
+    check_device(device)
     device = choose_device(device)
     cfg = _clip_config(spec)
     model = _quiet_load(CLIPTextModelWithProjection, spec.folder, _tower_config(cfg, "text_config"), torch.float32,

@@ -57,6 +57,15 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(mini_cache):
     assert r.returncode == 141 and r.stderr == ""
 
 
+@pytest.mark.parametrize("device", ["bogus", "meta", "cuda:99"])
+def test_prompts_on_a_device_that_cannot_be_used_is_a_clear_error_and_adds_nothing(cache_copy, device):
+    from pacs_embed.cache import read_prompts
+    before = len(read_prompts(cache_copy))
+    r = run("prompts", str(cache_copy), "a prompt never encoded", "--device", device)
+    assert r.returncode == 2 and f"--device {device!r}" in r.stderr and "Traceback" not in r.stderr
+    assert len(read_prompts(cache_copy)) == before
+
+
 def test_a_file_that_is_not_a_cache_is_a_clear_error(tmp_path):
     bogus = tmp_path / "x.h5"
     bogus.write_text("hello")
