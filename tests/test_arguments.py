@@ -50,6 +50,17 @@ def test_a_wrong_text_argument_is_named_before_anything_is_encoded(cache_copy, k
         pa.text_side(emb, **{"descriptions": ["paper"], **kwargs})
 
 
+def test_the_nouns_description_without_nouns_is_named_and_more_nouns_than_held_is_said(cache_copy):
+    emb, templates = pa.load(cache_copy), pa.load_templates()
+    with pytest.raises(ValueError, match="'nouns' description averages over generic nouns, and the prompt templates hold none"):
+        pa.text_side(emb, ["paper", "nouns"], templates={**templates, "nouns": []})
+    assert pa.text_side(emb, ["paper"], templates={**templates, "nouns": []}).descriptions["paper"]   # not needed there
+    few = {**templates, "nouns": templates["nouns"][:3]}
+    with pytest.warns(UserWarning, match="n_nouns=5, but the prompt templates hold 3 nouns"):
+        text = pa.text_side(emb, ["nouns"], n_nouns=5, templates=few)
+    assert len(text.descriptions["nouns"][0].prompts) == 3
+
+
 def test_a_bootstrap_of_no_resamples_is_refused(world):
     emb, text = world
     res = pa.evaluate(emb, ["none", "translate"], seeds=[0, 1], text=text, progress=False)

@@ -23,6 +23,7 @@ Usage::
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -123,6 +124,13 @@ class TextSide:
         return cls(out, l2_normalize(np.asarray(class_vectors, np.float32)))
 
 
+def _uses_nouns(how: str) -> bool:
+    """Whether the strategy ``how`` (in DESCRIPTIONS) makes its prompts from the generic nouns."""
+    def of(p, n):
+        return f"{p} of a {n}"
+    return DESCRIPTIONS[how](["p"], ["p"], [], of) != DESCRIPTIONS[how](["p"], ["p"], ["noun"], of)
+
+
 def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: dict | None = None,
                    n_nouns: int | None = None, templates: dict | None = None) -> tuple[dict, list[str]]:
     """({strategy: [Description per domain]} not yet encoded, every prompt they and the class prompts need)."""
@@ -130,6 +138,14 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
     descriptions, n_nouns = names(descriptions, "descriptions") or [], noun_count(n_nouns)
     mine = user_prompts(domain_prompts, domains)
     descs = {how: [describe(d, how, templates, mine, n_nouns) for d in domains] for how in descriptions}
+    held = len(templates.get("nouns", []))
+    for how in descs:
+        if _uses_nouns(how) and not held:
+            raise ValueError(f"the {how!r} description averages over generic nouns, and the prompt templates hold "
+                             f"none; add a \"nouns\" list to the templates file or leave {how!r} out")
+        if _uses_nouns(how) and n_nouns is not None and n_nouns > held:
+            warnings.warn(f"n_nouns={n_nouns}, but the prompt templates hold {held} nouns: the {how!r} description "
+                          f"averages over those {held}", stacklevel=3)
     wanted = class_prompts(classes, templates)
     for ds in descs.values():
         for d in ds:
