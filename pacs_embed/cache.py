@@ -102,6 +102,17 @@ def write(path, attrs: dict, domains, classes, records: list[Record], embeddings
           ok: np.ndarray, failures: list[tuple[str, str]], prompts: list[str], prompt_embeddings: np.ndarray):
     """Write a complete cache to ``<path>.partial``, then rename it to ``path`` (atomic)."""
     path = Path(path)
+    embeddings, prompt_embeddings = np.asarray(embeddings), np.asarray(prompt_embeddings)
+    n = len(records)
+    if embeddings.ndim != 2 or len(embeddings) != n or len(ok) != n:
+        raise ValueError(f"{str(path)!r}: {n} records need an (n, D) embedding matrix and n ok flags; got "
+                         f"{embeddings.shape} and {len(ok)}")
+    if prompt_embeddings.shape != (len(prompts), embeddings.shape[1]):
+        raise ValueError(f"{str(path)!r}: {len(prompts)} prompts need a ({len(prompts)}, {embeddings.shape[1]}) "
+                         f"matrix of vectors (the images' dimension); got {prompt_embeddings.shape}")
+    if any(not 0 <= r.domain < len(domains) or not 0 <= r.label < len(classes) for r in records):
+        raise ValueError(f"{str(path)!r}: a record's domain or label index is outside the {len(domains)} domains "
+                         f"and {len(classes)} classes")
     buffer = io.BytesIO()   # built in memory, written with plain file I/O: a full disk is a clean error, not a crash
     with h5py.File(buffer, "w") as f:
         for key, value in attrs.items():
@@ -155,11 +166,29 @@ def _open(path, mode="r"):
         raise CacheError(f"{str(path)!r} has cache format {version!r}; this pacs_embed reads {FORMAT_VERSION}. "
                          f"Re-run `pacs-embed extract --force`.")
     missing = [g for g in GROUPS if g not in f]
-    if missing:
+    problem = (f"it lacks {', '.join('/' + g for g in missing)}" if missing else _layout_problem(f))
+    if problem:
         f.close()
-        raise CacheError(f"{str(path)!r} is damaged or incomplete: it lacks {', '.join('/' + g for g in missing)}. "
+        raise CacheError(f"{str(path)!r} is damaged or inconsistent: {problem}. "
                          f"Re-run `pacs-embed extract --force` to rebuild it.")
     return f
+
+
+def _layout_problem(f) -> str:
+    """What makes the arrays of an open cache disagree with each other (shapes only: no vector is read), or ""."""
+    e, n = f["images/embedding"], f["images/path"].shape[0]
+    if e.ndim != 2 or e.shape[0] != n:
+        return f"/images/embedding has shape {e.shape}, not one row per image path ({n})"
+    for name in ("domain", "label", "ok", "sha256", "size", "mtime_ns"):
+        if f[f"images/{name}"].shape != (n,):
+            return f"/images/{name} has shape {f[f'images/{name}'].shape}, not one entry per image ({n})"
+    p, texts = f["prompts/embedding"], f["prompts/text"].shape[0]
+    if p.ndim != 2 or p.shape != (texts, e.shape[1]):
+        return (f"/prompts/embedding has shape {p.shape}, not one {e.shape[1]}-dimensional vector (the images' "
+                f"dimension) per prompt ({texts})")
+    if f["failures/path"].shape != f["failures/reason"].shape:
+        return "/failures/path and /failures/reason differ in length"
+    return ""
 
 
 def read_attrs(path) -> dict:
@@ -177,10 +206,17 @@ def read_images(path) -> dict:
     """Every image's embedding and labels: keys embedding, path, domain, label, ok, sha256, domains, classes."""
     with _open(path) as f:
         g = f["images"]
-        return {"embedding": g["embedding"][:], "path": g["path"].asstr()[:].tolist(),
-                "domain": g["domain"][:].astype(np.int64), "label": g["label"][:].astype(np.int64),
-                "ok": g["ok"][:], "sha256": g["sha256"].asstr()[:].tolist(),
-                "domains": f["domains"].asstr()[:].tolist(), "classes": f["classes"].asstr()[:].tolist()}
+        out = {"embedding": g["embedding"][:], "path": g["path"].asstr()[:].tolist(),
+               "domain": g["domain"][:].astype(np.int64), "label": g["label"][:].astype(np.int64),
+               "ok": g["ok"][:], "sha256": g["sha256"].asstr()[:].tolist(),
+               "domains": f["domains"].asstr()[:].tolist(), "classes": f["classes"].asstr()[:].tolist()}
+    for key, names in (("domain", "domains"), ("label", "classes")):
+        v = out[key]
+        if len(v) and (v.min() < 0 or v.max() >= len(out[names])):
+            raise CacheError(f"{str(path)!r} is damaged or inconsistent: /images/{key} holds index "
+                             f"{int(v.max() if v.max() >= len(out[names]) else v.min())}, but there are "
+                             f"{len(out[names])} {names}. Re-run `pacs-embed extract --force` to rebuild it.")
+    return out
 
 
 def readable_vectors_finite(path, rows: int = 1 << 16) -> bool:

@@ -181,6 +181,47 @@ def test_10_damaged_caches_are_clear_errors(tmp_path, mini_cache):
             assert r.returncode == 2 and str(path) in r.stderr and "Traceback" not in r.stderr
 
 
+def _replace(f, name, data):
+    del f[name]
+    f.create_dataset(name, data=data)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda f: _replace(f, "prompts/embedding", f["prompts/embedding"][:, :8]), "/prompts/embedding has shape"),
+    (lambda f: _replace(f, "images/embedding", f["images/embedding"][:-1]), "/images/embedding has shape"),
+    (lambda f: _replace(f, "images/label", f["images/label"][:-3]), "/images/label has shape"),
+    (lambda f: _replace(f, "images/label", np.full(f["images/label"].shape, 7, np.int16)), "/images/label holds index 7"),
+    (lambda f: _replace(f, "images/domain", -np.ones(f["images/domain"].shape, np.int16)), "/images/domain holds index -1"),
+])
+def test_10_a_cache_whose_arrays_disagree_is_named_not_analysed(cache_copy, damage, words):
+    """Caches written by other tools (or edited by hand) are checked where the analysis reads them."""
+    with h5py.File(cache_copy, "a") as f:
+        damage(f)
+    with pytest.raises(CacheError, match=f"damaged or inconsistent: {words}"):
+        from pacs_embed.analysis import load, table1
+        table1(load(cache_copy))
+    r = run("report", str(cache_copy), "--out", str(cache_copy.parent / "r"), "--seeds", "1")
+    assert r.returncode == 2 and str(cache_copy) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_10_a_cache_is_not_written_from_arrays_that_disagree(tmp_path, mini_cache):
+    from pacs_embed.cache import write
+    from pacs_embed.datasets import Record
+    records = [Record(f"d/c/{i}.jpg", 0, 0, 0, 0) for i in range(3)]
+    x, ok = np.zeros((3, 4), np.float32), np.ones(3, bool)
+    for args, words in [((x, ok, [], ["a"], np.zeros((1, 5))), r"1 prompts need a \(1, 4\) matrix"),
+                        ((x[:2], ok, [], [], np.zeros((0, 4))), "3 records need"),
+                        ((x, ok, [], [], np.zeros((0, 4))), None)]:
+        attrs = read_attrs(mini_cache)
+        if words is None:   # the same, consistent: written
+            write(tmp_path / "ok.h5", attrs, ["d"], ["c"], records, *args)
+            assert read_images(tmp_path / "ok.h5")["embedding"].shape == (3, 4)
+            continue
+        with pytest.raises(ValueError, match=words):
+            write(tmp_path / "bad.h5", attrs, ["d"], ["c"], records, *args)
+        assert not (tmp_path / "bad.h5").exists()
+
+
 def test_10_a_damaged_journal_shard_is_named_and_its_batch_redone(pacs_mini, tiny_clip, tmp_path, mini_cache, capsys):
     out = tmp_path / "c.h5"
     journal = tmp_path / "c.h5.journal"
