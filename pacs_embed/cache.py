@@ -52,6 +52,12 @@ class CacheError(PacsEmbedError, RuntimeError):
     pass
 
 
+PROVENANCE = ("model_id", "revision")   # which model made the vectors: a cache must say (prompts are checked against it)
+NOT_RECORDED = "not recorded"           # what read_attrs gives for a descriptive attribute a cache lacks
+DESCRIPTIVE = ("processor_class", "device", "dtype", "batch_size", "created", "dataset_root", "torch_version",
+               "transformers_version")
+
+
 def default_path(dataset_name: str, model_id: str, folder="data/embeddings") -> Path:
     """``data/embeddings/<dataset>/<model>.h5`` with '/' in hub ids written as '__'."""
     name = Path(model_id).name if os.path.isabs(model_id) else model_id.replace("/", "__")
@@ -167,6 +173,9 @@ def _open(path, mode="r"):
                          f"Re-run `pacs-embed extract --force`.")
     missing = [g for g in GROUPS if g not in f]
     problem = (f"it lacks {', '.join('/' + g for g in missing)}" if missing else _layout_problem(f))
+    if not problem and (unsaid := [a for a in PROVENANCE if a not in f.attrs]):
+        problem = (f"it does not say which model made its vectors (no attribute {', '.join(unsaid)}; add it), so no "
+                   f"prompt can be checked against them")
     if problem:
         f.close()
         raise CacheError(f"{str(path)!r} is damaged or inconsistent: {problem}. "
@@ -192,8 +201,11 @@ def _layout_problem(f) -> str:
 
 
 def read_attrs(path) -> dict:
+    """The cache's attributes; descriptive ones it lacks (a cache written by another tool) read "not recorded"."""
     with _open(path) as f:
-        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        a = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        a.setdefault("embed_dim", int(f["images/embedding"].shape[1]))
+    return {**dict.fromkeys(DESCRIPTIVE, NOT_RECORDED), **a}
 
 
 def read_names(path) -> tuple[list[str], list[str]]:
@@ -245,6 +257,8 @@ def check_dataset(path, root=None) -> Changes:
     Files whose size and mtime are unchanged are trusted; others are hashed again.
     """
     root = root or read_attrs(path)["dataset_root"]
+    if root == NOT_RECORDED:
+        raise CacheError(f"{str(path)!r} does not record its dataset folder; name it (pacs-embed info --data FOLDER)")
     old = stored_records(path)
     now = scan(root, known=old, progress=False)
     return compare({p: r.sha256 for p, r in old.items()}, {r.path: r.sha256 for r in now.records})

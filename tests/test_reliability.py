@@ -204,6 +204,26 @@ def test_10_a_cache_whose_arrays_disagree_is_named_not_analysed(cache_copy, dama
     assert r.returncode == 2 and str(cache_copy) in r.stderr and "Traceback" not in r.stderr
 
 
+def test_10_a_cache_without_descriptive_attributes_is_analysed_and_says_not_recorded(cache_copy, tmp_path):
+    with h5py.File(cache_copy, "a") as f:
+        for key in list(f.attrs):
+            if key not in ("format_version", "pacs_embed_version", "model_id", "revision"):
+                del f.attrs[key]
+    info = run("info", str(cache_copy))
+    assert info.returncode == 0 and "run        not recorded / not recorded" in info.stdout
+    assert "does not record its dataset folder" in info.stdout
+    r = run("report", str(cache_copy), "--out", str(tmp_path / "r"), "--figures", str(tmp_path / "f"), "--seeds", "1",
+            "--descriptions", "paper", "--methods", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+
+
+def test_10_a_cache_that_does_not_say_which_model_made_it_is_refused(cache_copy):
+    with h5py.File(cache_copy, "a") as f:
+        del f.attrs["revision"]
+    r = run("info", str(cache_copy))
+    assert r.returncode == 2 and "does not say which model made its vectors (no attribute revision" in r.stderr
+
+
 def test_10_a_cache_is_not_written_from_arrays_that_disagree(tmp_path, mini_cache):
     from pacs_embed.cache import write
     from pacs_embed.datasets import Record

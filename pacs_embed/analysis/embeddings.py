@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import CacheError, check_dataset, read_attrs, read_images
+from ..cache import NOT_RECORDED, CacheError, check_dataset, read_attrs, read_images
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -72,6 +72,8 @@ class StaleCacheWarning(UserWarning):
 def dataset_status(cache) -> str:
     """'unchanged', 'CHANGED since extraction: ...', or why it could not be checked."""
     root = read_attrs(cache)["dataset_root"]
+    if root == NOT_RECORDED:
+        return "not checked (the cache does not record its dataset folder)"
     if not Path(root).is_dir():
         return f"not checked (dataset folder {root} is not on this machine)"
     changes = check_dataset(cache, root)
