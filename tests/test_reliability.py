@@ -217,6 +217,16 @@ def test_10_a_cache_without_descriptive_attributes_is_analysed_and_says_not_reco
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_10_vectors_stored_in_another_float_type_load_as_float32(cache_copy, dtype):
+    from pacs_embed.analysis import load
+    want = load(cache_copy).x
+    with h5py.File(cache_copy, "a") as f:
+        _replace(f, "images/embedding", f["images/embedding"][:].astype(dtype))
+    x = load(cache_copy).x
+    assert x.dtype == np.float32 and np.allclose(x, want, atol=2e-3)
+
+
 def test_10_a_cache_that_does_not_say_which_model_made_it_is_refused(cache_copy):
     with h5py.File(cache_copy, "a") as f:
         del f.attrs["revision"]

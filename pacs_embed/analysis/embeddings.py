@@ -96,7 +96,7 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
         if status.startswith("CHANGED"):
             warnings.warn(f"{cache}: dataset {status}\nRe-run `pacs-embed extract`.", StaleCacheWarning, stacklevel=2)
     ok = a["ok"]
-    x = a["embedding"][ok]
+    x = np.asarray(a["embedding"][ok], np.float32)   # float32 however it was stored (as the docstring says)
     paths = [p for p, keep in zip(a["path"], ok) if keep]
     bad = np.flatnonzero(~np.isfinite(x).all(1))
     if len(bad):
