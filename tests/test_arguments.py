@@ -24,6 +24,8 @@ def world():
     (dict(methods=[]), ValueError, "methods is empty: name at least one"),   # not quietly every method
     (dict(sources=[]), ValueError, "sources is empty"),
     (dict(descriptions=[]), ValueError, "descriptions is empty"),
+    (dict(sources=["d0", "d1", "d0"]), ValueError, r"sources \['d0', 'd1', 'd0'\] repeat \['d0'\]"),   # not rows twice
+    (dict(methods=["none", "none"]), ValueError, "methods .* repeat"),
 ])
 def test_a_wrong_evaluate_argument_is_named(world, kwargs, error, says):
     emb, text = world

@@ -31,6 +31,9 @@ def names(value, what: str, default: str | None = None) -> list[str] | None:
         raise TypeError(f"{what} must be a name or a list of names, not {value!r}")
     if default is not None and not items:
         raise ValueError(f"{what} is empty: name at least one, or leave it out (None) for {default}")
+    if default is not None and len(set(items)) < len(items):   # counted twice, it would narrow every interval
+        twice = sorted({v for v in items if items.count(v) > 1})
+        raise ValueError(f"{what} {items} repeat {twice}: name each once")
     return items
 
 
