@@ -103,6 +103,8 @@ def test_models_are_compared_only_when_every_cache_is_there_and_of_one_dataset(c
     out = tmp_path / "results"
     assert main(["report", str(cache_copy), str(tmp_path / "missing.h5"), "--out", str(out), "--seeds", "1"]) == 2
     assert "missing.h5" in capsys.readouterr().err and not out.exists()          # refused before any work
+    assert main(["report", str(cache_copy), str(cache_copy.parent / "." / cache_copy.name), "--out", str(out)]) == 2
+    assert "twice" in capsys.readouterr().err and not out.exists()                # the same model, once
     from pacs_embed import extract
     shutil.rmtree(small_dataset / "sketch")
     extract(small_dataset, str(tiny_clip), tmp_path / "three.h5", dtype="float32", workers=0, progress=False)

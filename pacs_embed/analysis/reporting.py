@@ -187,6 +187,9 @@ def _check_comparable(caches) -> None:
     from ..cache import read_names
     if not caches:
         raise ValueError("compare_models needs at least one cache")
+    same = [str(c) for i, c in enumerate(caches) if Path(c).resolve() in [Path(o).resolve() for o in caches[:i]]]
+    if same:
+        raise ValueError(f"compare_models names the cache {same[0]} twice: one report per model, name each once")
     names = {str(c): read_names(c) for c in caches}   # a missing or damaged cache fails here, naming it
     first, (domains, classes) = next(iter(names.items()))
     for c, (d, k) in names.items():
