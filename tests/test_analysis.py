@@ -118,6 +118,22 @@ def test_a_gain_interval_never_leaves_the_possible_range():
     assert row.gain == 0 and (row.ci_low, row.ci_high) == (-1.0, 1.0)
 
 
+def test_gains_over_a_baseline_that_uses_descriptions_pair_them_and_an_absent_baseline_is_named():
+    from types import SimpleNamespace
+    rng = np.random.default_rng(1)
+    hit = lambda: rng.random((2, 30)) > 0.5   # noqa: E731
+    correct = {("a", "b", "none", "-"): hit(), ("a", "b", "translate", "paper"): hit(),
+               ("a", "b", "translate", "nouns"): hit(), ("a", "b", "augment", "paper"): hit(),
+               ("a", "b", "augment", "nouns"): hit()}
+    res = SimpleNamespace(correct=correct)
+    g = gains(res, baseline="translate", n_boot=20).set_index("description")
+    for how in ("paper", "nouns"):   # augment / paper against translate / paper, not against nothing
+        want = (correct[("a", "b", "augment", how)].mean(1) - correct[("a", "b", "translate", how)].mean(1)).mean()
+        assert g.loc[how, "gain"] == pytest.approx(want)
+    with pytest.raises(ValueError, match=r"baseline 'nonee' is not in these results; they hold \['augment', 'none'"):
+        gains(res, baseline="nonee")
+
+
 def test_paired_bootstrap_of_identical_methods_is_zero():
     hits = np.random.default_rng(0).random((5, 50)) > 0.5
     assert paired_bootstrap(hits, hits) == (0.0, 0.0, 0.0)

@@ -99,9 +99,13 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
     """Per pair and method: gain over ``baseline`` on the same images and seeds, with the interval over
     seeds (``ci_low``, ``ci_high``) and the paired bootstrap over target images (``image_ci_*``)."""
     results, n_boot = arguments.results(results, "gains"), positive(n_boot, "n_boot")
+    ran = sorted({key[2] for key in results.correct})
+    if baseline not in ran:
+        raise ValueError(f"gains: baseline {baseline!r} is not in these results; they hold {ran}")
     rows = []
     for (s, t, method, how), hits in results.correct.items():
-        base = results.correct.get((s, t, baseline, NO_DESCRIPTION))
+        # the baseline under the same description (a baseline that uses one), else its description-free results
+        base = results.correct.get((s, t, baseline, how), results.correct.get((s, t, baseline, NO_DESCRIPTION)))
         if method == baseline or base is None:
             continue
         if hits.shape != base.shape:
