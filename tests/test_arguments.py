@@ -100,6 +100,25 @@ def test_passing_one_kind_of_thing_for_another_says_what_to_pass(world, evaluate
         call(emb, text, evaluated)
 
 
+def test_a_grid_of_a_method_or_description_that_did_not_run_is_named_not_empty(world):
+    emb, text = world
+    v = text.vectors("paper")
+    two = pa.TextSide.from_vectors({"paper": v, "other": v[::-1]}, text.class_vectors, domains=emb.domains)
+    table = pa.evaluate(emb, ["none", "translate"], seeds=[0, 1], text=two, progress=False).table
+    assert pa.grid(table, "none").shape == (len(emb.domains),) * 2
+    with pytest.raises(ValueError, match=r"'translate' ran under descriptions \['paper', 'other'\]; name one"):
+        pa.grid(table, "translate")
+    assert pa.grid(table, "translate", "other").shape == (len(emb.domains),) * 2
+    with pytest.raises(ValueError, match="'translate' did not run under description 'nouns'"):
+        pa.grid(table, "translate", "nouns")
+    with pytest.raises(ValueError, match="method 'augment' is not in the table"):
+        pa.grid(table, "augment")
+    with pytest.raises(ValueError, match="accuracy_grid: no results under description 'nouns'"):
+        pa.plots.accuracy_grid(table, "nouns")
+    with pytest.raises(ValueError, match=r"accuracy_grid: method\(s\) \['augment'\] are not in the table"):
+        pa.plots.accuracy_grid(table, "paper", methods=["augment"])
+
+
 def test_a_results_table_read_back_from_csv_is_a_results_table(evaluated, tmp_path):
     import pandas as pd
     evaluated.table.to_csv(tmp_path / "results.csv", index=False)

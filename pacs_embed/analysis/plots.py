@@ -76,7 +76,14 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
     accuracy on the source hold-out; for seed-independent (zero-shot) methods, their own accuracy on
     the source domain."""
     table = results_table(table, "accuracy_grid")
+    described = sorted(set(table.description) - {NO_DESCRIPTION})
+    if described and description not in described:
+        raise ValueError(f"accuracy_grid: no results under description {description!r}; these hold {described}")
     t = table[(table.description.isin([description, NO_DESCRIPTION]))]
+    absent = [m for m in methods or [] if m not in set(t.method)]
+    if absent:
+        raise ValueError(f"accuracy_grid: method(s) {absent} are not in the table under {description!r}; it holds "
+                         f"{sorted(set(t.method) - {'in_domain'})}")
     methods = methods or [m for m in dict.fromkeys(t.method) if m != "in_domain"]
     sources = table_domains(table, "source")   # rows; columns: every target (all domains, also when only some
     targets = table_domains(table, "target")   # were sources)

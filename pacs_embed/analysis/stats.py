@@ -118,10 +118,21 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
                                        "image_ci_low", "image_ci_high", "seeds"])
 
 
-def grid(table: pd.DataFrame, method: str, description: str = NO_DESCRIPTION) -> pd.DataFrame:
-    """Source x target accuracy for one method (diagonal: in-domain hold-out accuracy of the plain head)."""
+def grid(table: pd.DataFrame, method: str, description: str | None = None) -> pd.DataFrame:
+    """Source x target accuracy for one method (diagonal: in-domain hold-out accuracy of the plain head).
+    ``description``: which one, for a method that ran under several (None: the only one it ran under)."""
     from .embeddings import table_domains
-    s = summary(results_table(table, "grid"))
+    table = results_table(table, "grid")
+    ran = list(dict.fromkeys(table.loc[table.method == method, "description"]))
+    if not ran:
+        raise ValueError(f"grid: method {method!r} is not in the table; it holds {sorted(set(table.method))}")
+    if description is None and len(ran) > 1:
+        raise ValueError(f"grid: method {method!r} ran under descriptions {ran}; name one, e.g. "
+                         f"grid(table, {method!r}, {ran[0]!r})")
+    description = ran[0] if description is None else description
+    if description not in ran:
+        raise ValueError(f"grid: method {method!r} did not run under description {description!r}; it ran under {ran}")
+    s = summary(table)
     keep = ((s.method == method) & (s.description == description)) | (s.method == "in_domain")
     g = s[keep & ((s.method != "in_domain") | (s.source == s.target))]
     g = g[(g.source != g.target) | (g.method == "in_domain")].pivot(index="source", columns="target", values="accuracy")
