@@ -117,6 +117,9 @@ def test_a_grid_of_a_method_or_description_that_did_not_run_is_named_not_empty(w
         pa.plots.accuracy_grid(table, "nouns")
     with pytest.raises(ValueError, match=r"accuracy_grid: method\(s\) \['augment'\] are not in the table"):
         pa.plots.accuracy_grid(table, "paper", methods=["augment"])
+    with pytest.raises(ValueError, match="gains_plot: no gains under description 'nouns'"):
+        pa.plots.gains_plot(pa.gains(pa.evaluate(emb, ["none", "translate"], seeds=[0, 1], text=two, progress=False),
+                                     n_boot=10), "nouns")
 
 
 def test_a_results_table_read_back_from_csv_is_a_results_table(evaluated, tmp_path):

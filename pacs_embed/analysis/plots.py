@@ -142,6 +142,9 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
     if not isinstance(gains, pd.DataFrame) or not {"gain", "ci_low", "ci_high"} <= set(gains.columns):
         raise TypeError(f"gains_plot takes the gains table, pa.gains(res) (got {type(gains).__name__}"
                         + (f" with columns {list(gains.columns)})" if isinstance(gains, pd.DataFrame) else ")"))
+    described = sorted(set(gains.description) - {NO_DESCRIPTION})
+    if description is not None and described and description not in described:
+        raise ValueError(f"gains_plot: no gains under description {description!r}; these hold {described}")
     g = gains if description is None else gains[gains.description.isin([description, NO_DESCRIPTION])]
     g = g.assign(pair=g.source + " → " + g.target,
                  label=g.method + np.where(g.description == NO_DESCRIPTION, "", " / " + g.description))
