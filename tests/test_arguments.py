@@ -93,6 +93,7 @@ def evaluated(world):
     (lambda emb, text, res: pa.plots.table1_heatmap(emb), r"table1_heatmap takes the tables of pa.table1\(emb\)"),
     (lambda emb, text, res: pa.plots.projection("cache.h5", text.vectors("paper")), "projection takes the loaded embeddings"),
     (lambda emb, text, res: pa.load(emb), "already loaded: load and report take the cache path"),
+    (lambda emb, text, res: pa.plots.projection(emb, text), r"not the text side"),
 ])
 def test_passing_one_kind_of_thing_for_another_says_what_to_pass(world, evaluated, call, says):
     emb, text = world
@@ -120,6 +121,17 @@ def test_a_grid_of_a_method_or_description_that_did_not_run_is_named_not_empty(w
     with pytest.raises(ValueError, match="gains_plot: no gains under description 'nouns'"):
         pa.plots.gains_plot(pa.gains(pa.evaluate(emb, ["none", "translate"], seeds=[0, 1], text=two, progress=False),
                                      n_boot=10), "nouns")
+
+
+@pytest.mark.parametrize("args, says", [
+    (lambda text: dict(domain_text=text.vectors("paper")[:1]), r"one 64-dimensional vector per domain \(4, .*\(1, 64\)"),
+    (lambda text: dict(domain_text=text.vectors("paper")[:, :5]), r"got shape \(4, 5\)"),
+    (lambda text: dict(domain_text=text.vectors("paper"), source="d9"), "source 'd9' is not a domain"),
+])
+def test_a_projection_of_vectors_that_do_not_fit_the_cache_is_named(world, args, says):
+    emb, text = world
+    with pytest.raises(ValueError, match=says):
+        pa.plots.projection(emb, **args(text))
 
 
 def test_a_results_table_read_back_from_csv_is_a_results_table(evaluated, tmp_path):

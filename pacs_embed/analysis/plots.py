@@ -20,7 +20,7 @@ import seaborn as sns
 from .arguments import embeddings, results_table
 from .embeddings import Embeddings, domain_order, table_domains
 from .stats import seeded
-from .text import NO_DESCRIPTION
+from .text import NO_DESCRIPTION, TextSide
 
 
 def save(fig, folder, name: str) -> list[Path]:
@@ -184,10 +184,17 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     """
     order = domain_order(embeddings(emb, "projection").domains)
     source = source or order[0]
+    if source not in order:
+        raise ValueError(f"projection: source {source!r} is not a domain of this cache; its domains are {order}")
+    if isinstance(domain_text, TextSide):
+        raise TypeError("projection takes the domains' unit text vectors, e.g. text.vectors('paper'), not the text side")
+    T = np.asarray(domain_text, np.float64)
+    if T.shape != (len(emb.domains), emb.x.shape[1]):
+        raise ValueError(f"projection: domain_text must hold one {emb.x.shape[1]}-dimensional vector per domain "
+                         f"({len(emb.domains)}, in the cache's order: text.vectors(...)); got shape {T.shape}")
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(emb.x))[:max_points]
     x = emb.x.astype(np.float64)
-    T = np.asarray(domain_text, np.float64)
     gap = x.mean(0) - T.mean(0)
     a1 = gap / np.linalg.norm(gap)
     rest = (T - T.mean(0)) - np.outer((T - T.mean(0)) @ a1, a1)
