@@ -148,6 +148,25 @@ def test_an_operator_that_makes_nan_or_inf_is_an_error_not_class_0(op, when):
     assert any(f"method 'overflowing' {when}" in n for n in e.value.__notes__)
 
 
+@pytest.mark.parametrize("asks, says", [
+    (lambda src: src.fit_head(src.x, extra=src.x[:5]), "extra rows need extra_from"),
+    (lambda src: src.fit_head(src.x, extra=src.x[:5], extra_from=np.arange(3)), "extra must be .* one source row index each"),
+    (lambda src: src.fit_head(src.x, extra=src.x[:5], extra_from=np.arange(5) + 10**6),   # were dropped, silently
+     "extra_from must index the"),
+    (lambda src: src.fit_head(src.x, shifts=np.ones((2, 3))), "shifts must be"),
+])
+def test_a_head_asked_for_with_extra_rows_or_shifts_that_do_not_fit_is_named(asks, says):
+    emb, text = synthetic(n_per=5)
+
+    class Asking(Method):
+        def fit(self, src):
+            self.head = asks(src)
+            return self
+    with registered("asking", Asking), pytest.raises(ValueError, match=f"fit_head: {says}") as e:
+        pa.evaluate(emb, ["asking"], seeds=[0], text=text, progress=False)
+    assert any("method 'asking' failed to fit" in n for n in e.value.__notes__)
+
+
 def test_operators_are_identity_without_a_domain_shift():
     rng = np.random.default_rng(1)
     x = pa.l2_normalize(rng.standard_normal((5, 8))).astype(np.float32)

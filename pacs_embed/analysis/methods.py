@@ -91,6 +91,7 @@ class Source:
                 bad = np.flatnonzero(~np.isfinite(np.asarray(a, np.float64).reshape(len(a), -1)).all(1))
                 raise ValueError(f"source domain {self.domain!r}: the {what} given to fit_head hold NaN or inf in "
                                  f"{len(bad)} of {len(a)} rows (e.g. row {bad[0]}); the method's transform made them")
+        self._check_extra(features, extra, extra_from, shifts)
         train, y = self.train, self.y
         if extra is not None:
             keep = np.isin(extra_from, self.train)
@@ -104,6 +105,26 @@ class Source:
         except ValueError as e:
             raise ValueError(f"source domain {self.domain!r}: {e}. Leave it out as a source (`pacs-embed report "
                              f"--sources ...`, evaluate(..., sources=[...])); it is still scored as a target") from None
+
+
+    def _check_extra(self, features, extra, extra_from, shifts) -> None:
+        """``extra``/``extra_from``/``shifts`` as fit_head needs them, or an error saying what is wrong."""
+        width = features.shape[1] if features.ndim == 2 else None
+        if extra is not None:
+            extra = np.asarray(extra)
+            if extra_from is None:
+                raise ValueError("fit_head: extra rows need extra_from, the source row each was made from")
+            extra_from = np.asarray(extra_from)
+            if extra.ndim != 2 or extra.shape[1] != width or extra_from.shape != (len(extra),):
+                raise ValueError(f"fit_head: extra must be (m, {width}) rows with one source row index each in "
+                                 f"extra_from; got extra {extra.shape}, extra_from {extra_from.shape}")
+            if len(extra_from) and (extra_from.dtype.kind not in "iu" or extra_from.min() < 0
+                                    or extra_from.max() >= len(self.y)):
+                raise ValueError(f"fit_head: extra_from must index the {len(self.y)} source images; it holds "
+                                 f"{extra_from.dtype} values from {extra_from.min()} to {extra_from.max()}")
+        if shifts is not None and np.size(shifts) and np.shape(shifts)[-1] != width:
+            raise ValueError(f"fit_head: shifts must be {width}-dimensional, as the features are; got shape "
+                             f"{np.shape(shifts)}")
 
 
 class Method:
