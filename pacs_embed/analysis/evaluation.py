@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .arguments import c_grid, embeddings, names, seed_list
 from .embeddings import Embeddings
-from .heads import C_GRID, HeadBatch, HeadCache, resolved, single_threaded_blas, split
+from .heads import C_GRID, SOLVERS, HeadBatch, HeadCache, resolved, single_threaded_blas, split
 from .methods import Source, default_methods, make
 from .text import NO_DESCRIPTION, TextSide, text_side
 
@@ -88,6 +88,8 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     descriptions = names(descriptions, "descriptions", "the text side's (paper by default)")
     sources = names(sources, "sources", "every domain")
     seeds, Cs = seed_list(seeds), c_grid(Cs)
+    if solver not in SOLVERS:
+        raise ValueError(f"solver {solver!r}: choose one of {SOLVERS}")
     if text is None:
         text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)
     elif domain_prompts:

@@ -56,6 +56,7 @@ from ..files import atomic_write
 from .arguments import c_grid
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+SOLVERS = ("fast", "sklearn")           # this module's solver, or scikit-learn's LogisticRegression (for comparison)
 HOLDOUT = 0.2
 SOLVER = "pacs_embed-lbfgs-precond/5"   # part of every cache key: a solver change never reuses old heads
 TOL = 3e-5                              # max |gradient| of the per-image mean loss at convergence (sklearn: 1e-4)
@@ -204,6 +205,8 @@ def fit_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, holdout: np.ndarra
     solver reuses one matrix product for all copies. ``solver="sklearn"`` fits with scikit-learn's
     ``LogisticRegression`` instead (for comparison; not cached). Ties go to the smaller C.
     """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver {solver!r}: choose one of {SOLVERS}")
     if solver == "sklearn":
         return _sklearn_head(x, y, train, holdout, Cs, shifts)
     return fit_heads(x, y, [(train, holdout)], Cs, cache, shifts)[0]
