@@ -135,6 +135,16 @@ def test_a_projection_of_vectors_that_do_not_fit_the_cache_is_named(world, args,
         pa.plots.projection(emb, **args(text))
 
 
+def test_embeddings_built_in_memory_need_their_text_side_given_as_vectors(world):
+    emb, text = world   # synthetic: no cache behind them
+    assert emb.cache is None
+    for call in (lambda: pa.evaluate(emb, ["none"], seeds=[0], progress=False), lambda: pa.text_side(emb),
+                 lambda: pa.prompt_similarity(emb, ["a photo"]), lambda: pa.table1(emb)):
+        with pytest.raises(ValueError, match=r"built in memory, with no cache .* pa.TextSide.from_vectors"):
+            call()
+    assert len(pa.evaluate(emb, ["none"], seeds=[0], text=text, progress=False).table)
+
+
 def test_a_results_table_read_back_from_csv_is_a_results_table(evaluated, tmp_path):
     import pandas as pd
     evaluated.table.to_csv(tmp_path / "results.csv", index=False)

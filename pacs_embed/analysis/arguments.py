@@ -100,6 +100,16 @@ def embeddings(emb, what: str) -> Embeddings:
     return emb
 
 
+def cache_of(emb, what: str) -> Path:
+    """The cache file loaded embeddings came from (prompt vectors are read from it); embeddings built in memory
+    have none: an error saying to give the text side as vectors."""
+    if embeddings(emb, what).cache is None:
+        raise ValueError(f"{what}: these embeddings were built in memory, with no cache to read prompt vectors from; "
+                         f"give the text side as vectors (text = pa.TextSide.from_vectors(...), then evaluate(emb, "
+                         f"text=text))")
+    return emb.cache
+
+
 def results_table(table, what: str) -> pd.DataFrame:
     """A results table (``res.table``, or results.csv read back); the Results object or another table is an error."""
     if hasattr(table, "correct") and isinstance(getattr(table, "table", None), pd.DataFrame):

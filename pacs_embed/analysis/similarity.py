@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..download import PACS_CLASSES, PACS_COUNTS
 from ..prompts import prompt_embeddings
-from .arguments import embeddings
+from .arguments import cache_of, embeddings
 from .embeddings import Embeddings, l2_normalize
 from .text import TextSide, text_side
 
@@ -29,8 +29,7 @@ def similarity_matrix(text: np.ndarray, images: np.ndarray, image_domain: np.nda
 
 def prompt_similarity(emb: Embeddings, prompts: list[str]) -> pd.DataFrame:
     """Sim(prompt, domain) for any prompts (rows; missing ones are encoded) and every domain (columns)."""
-    emb = embeddings(emb, "prompt_similarity")
-    values = similarity_matrix(prompt_embeddings(emb.cache, prompts), emb.x, emb.domain, len(emb.domains))
+    values = similarity_matrix(prompt_embeddings(cache_of(emb, "prompt_similarity"), prompts), emb.x, emb.domain, len(emb.domains))
     return pd.DataFrame(values, index=pd.Index(list(prompts), name="prompt"), columns=emb.domains)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..prompts import class_prompts, domain_class_prompts, domain_prompt, load_templates, prompt_embeddings
 from ..prompts import preload_text_tower as _preload_text_tower
-from .arguments import embeddings, names, noun_count, prompt_dict
+from .arguments import cache_of, embeddings, names, noun_count, prompt_dict
 from .embeddings import Embeddings, l2_normalize
 
 NO_DESCRIPTION = "-"   # the ``description`` of results from methods that use no domain description
@@ -156,9 +156,9 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
 def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | None = None,
               n_nouns: int | None = None, templates: dict | None = None) -> TextSide:
     """Encode (through the cache: only prompts it lacks are encoded) every prompt the methods need."""
-    emb, templates = embeddings(emb, "text_side"), templates or load_templates()
+    cache, templates = cache_of(emb, "text_side"), templates or load_templates()
     descs, wanted = needed_prompts(emb.domains, emb.classes, descriptions, domain_prompts, n_nouns, templates)
-    unit = dict(zip(wanted, l2_normalize(prompt_embeddings(emb.cache, wanted).astype(np.float64))))
+    unit = dict(zip(wanted, l2_normalize(prompt_embeddings(cache, wanted).astype(np.float64))))
 
     def mean(prompts):
         return l2_normalize(np.mean([unit[p] for p in prompts], axis=0))
@@ -169,7 +169,7 @@ def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | N
         return Description(d.domain, d.prompts, d.phrasings, mean(d.prompts).astype(np.float32), cv.astype(np.float32))
 
     def encode(prompts):
-        return l2_normalize(prompt_embeddings(emb.cache, list(prompts)).astype(np.float64))
+        return l2_normalize(prompt_embeddings(cache, list(prompts)).astype(np.float64))
 
     return TextSide({how: [encoded(d) for d in ds] for how, ds in descs.items()},
                     np.stack([unit[p] for p in class_prompts(emb.classes, templates)]).astype(np.float32), encode)
@@ -181,4 +181,4 @@ def preload_text_tower(emb: Embeddings):
 
     Usage: ``pa.preload_text_tower(emb)`` right after ``pa.load``.
     """
-    return _preload_text_tower(embeddings(emb, "preload_text_tower").cache)
+    return _preload_text_tower(cache_of(emb, "preload_text_tower"))
