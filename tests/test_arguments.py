@@ -135,6 +135,21 @@ def test_a_projection_of_vectors_that_do_not_fit_the_cache_is_named(world, args,
         pa.plots.projection(emb, **args(text))
 
 
+@pytest.mark.parametrize("change, says", [
+    (lambda e: dict(label=e.label[:-1]), "one label, domain and path per row"),
+    (lambda e: dict(domain=e.domain + 1), r"domain indices must lie in \[0, 4\)"),
+    (lambda e: dict(label=-e.label - 1), "label indices must lie in"),
+    (lambda e: dict(paths=["a.jpg"]), "path per row"),
+])
+def test_embeddings_built_in_memory_must_agree_with_themselves(world, change, says):
+    emb, _ = world
+    fields = dict(x=emb.x, label=emb.label, domain=emb.domain, domains=emb.domains, classes=emb.classes,
+                  paths=emb.paths, cache=None, normalized=True)
+    with pytest.raises(ValueError, match=says):
+        pa.Embeddings(**{**fields, **change(emb)})
+    assert pa.Embeddings(**{**fields, "paths": []}).x is emb.x   # paths are optional
+
+
 def test_embeddings_built_in_memory_need_their_text_side_given_as_vectors(world):
     emb, text = world   # synthetic: no cache behind them
     assert emb.cache is None

@@ -40,6 +40,17 @@ class Embeddings:
     normalized: bool
     n_failed: int = 0        # images left out because extraction could not read them
 
+    def __post_init__(self):
+        """Arrays that agree (one label, domain and path — or no paths — per row; indices within domains and classes)."""
+        x, n = np.asarray(self.x), len(self.x)
+        if x.ndim != 2 or np.shape(self.label) != (n,) or np.shape(self.domain) != (n,) or len(self.paths) not in (0, n):
+            raise ValueError(f"Embeddings: x must be (n, D) with one label, domain and path per row; got x {x.shape}, "
+                             f"label {np.shape(self.label)}, domain {np.shape(self.domain)}, {len(self.paths)} paths")
+        for what, idx, names in (("domain", self.domain, self.domains), ("label", self.label, self.classes)):
+            if n and (np.min(idx) < 0 or np.max(idx) >= len(names)):
+                raise ValueError(f"Embeddings: {what} indices must lie in [0, {len(names)}) ({len(names)} names); "
+                                 f"they run from {np.min(idx)} to {np.max(idx)}")
+
     def in_domain(self, name: str) -> np.ndarray:
         """Row indices of the images of domain ``name``."""
         if name not in self.domains:
