@@ -150,6 +150,27 @@ def test_embeddings_built_in_memory_must_agree_with_themselves(world, change, sa
     assert pa.Embeddings(**{**fields, "paths": []}).x is emb.x   # paths are optional
 
 
+@pytest.mark.parametrize("text_for, says", [
+    (lambda v, cv, emb: pa.TextSide.from_vectors({"paper": v[:-1]}, cv), r"describes domains \['domain 0', .*the cache's are"),
+    (lambda v, cv, emb: pa.TextSide.from_vectors({"paper": v}, cv, domains=emb.domains[::-1]), "in that order"),
+    (lambda v, cv, emb: pa.TextSide.from_vectors({"paper": v}, cv[:-1]), "class vectors have shape"),
+    (lambda v, cv, emb: pa.TextSide.from_vectors({"paper": v[:, :5]}, cv), r"vectors of \['domain 0', .* not 64-dimensional"),
+])
+def test_a_text_side_that_does_not_describe_the_cache_is_named(world, text_for, says):
+    emb, text = world
+    with pytest.raises(ValueError, match=f"evaluate: the text side's .*{says}"):
+        pa.evaluate(emb, ["none"], seeds=[0], text=text_for(text.vectors("paper"), text.class_vectors, emb),
+                    progress=False)
+
+
+def test_a_text_side_with_unnamed_domains_takes_the_caches_names(world):
+    emb, text = world   # augment leaves the source's own description out by name: unnamed, it would not
+    unnamed = pa.TextSide.from_vectors({"paper": text.vectors("paper")}, text.class_vectors)
+    kw = dict(seeds=[0], head_cache=False, progress=False)
+    a, b = (pa.evaluate(emb, ["augment"], text=t, **kw).table for t in (unnamed, text))
+    assert a.equals(b)
+
+
 def test_embeddings_built_in_memory_need_their_text_side_given_as_vectors(world):
     emb, text = world   # synthetic: no cache behind them
     assert emb.cache is None

@@ -94,6 +94,9 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
         text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)
     elif domain_prompts:
         raise ValueError("give domain_prompts or a ready text side, not both")
+    elif not isinstance(text, TextSide):
+        raise TypeError(f"evaluate: text must be a text side (pa.text_side(emb, ...)), not {type(text).__name__}")
+    text = text.fits(emb, "evaluate")
     descriptions = list(descriptions or text.descriptions)
     missing = [d for d in descriptions if d not in text.descriptions]
     if missing:

@@ -90,6 +90,7 @@ def description_similarity(emb: Embeddings, text: TextSide) -> pd.DataFrame:
     if not isinstance(text, TextSide):
         raise TypeError(f"description_similarity takes a text side second (text = pa.text_side(emb, ...)), "
                         f"not a {type(text).__name__}")
+    text.fits(emb, "description_similarity")
     blocks = {how: pd.DataFrame(similarity_matrix(text.vectors(how), emb.x, emb.domain, len(emb.domains)),
                                 index=pd.Index(emb.domains, name="described"), columns=emb.domains)
               for how in text.descriptions}

@@ -24,7 +24,7 @@ Usage::
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -107,6 +107,28 @@ class TextSide:
     descriptions: dict[str, list[Description]]   # strategy -> one Description per domain, in emb.domains order
     class_vectors: np.ndarray                    # (n_classes, D) unit: "a photo of a {class}"
     encode: Callable | None = field(default=None, repr=False)   # prompts -> unit vectors (encodes missing ones)
+
+    def fits(self, emb: Embeddings, what: str) -> "TextSide":
+        """This text side, checked to describe ``emb``: every domain in its order and every class, in the images'
+        dimension; otherwise an error naming what differs. Domains left unnamed (``from_vectors`` without
+        ``domains``) are given ``emb``'s names (methods tell the source's description from the others by name)."""
+        dim, n_classes = emb.x.shape[1], len(emb.classes)
+        if np.shape(self.class_vectors) != (n_classes, dim):
+            raise ValueError(f"{what}: the text side's class vectors have shape {np.shape(self.class_vectors)}; the "
+                             f"cache has {n_classes} classes of dimension {dim}")
+        for how, described in self.descriptions.items():
+            names = [d.domain for d in described]
+            unnamed = names == [f"domain {i}" for i in range(len(names))]
+            if len(names) != len(emb.domains) or not (unnamed or names == list(emb.domains)):
+                raise ValueError(f"{what}: the text side's {how!r} description describes domains {names}; the cache's "
+                                 f"are {list(emb.domains)} (one description per domain, in that order)")
+            bad = [d.domain for d in described if np.shape(d.vector) != (dim,)
+                   or np.shape(d.class_vectors) != (n_classes, dim)]
+            if bad:
+                raise ValueError(f"{what}: the text side's {how!r} vectors of {bad} are not {dim}-dimensional "
+                                 f"(with {n_classes} class vectors each), as the cache's images are")
+        named = {how: [replace(d, domain=name) for d, name in zip(ds, emb.domains)] for how, ds in self.descriptions.items()}
+        return replace(self, descriptions=named)
 
     def vectors(self, how: str) -> np.ndarray:
         """(n_domains, D): the unit description vector of every domain."""
