@@ -58,6 +58,11 @@ DESCRIPTIVE = ("processor_class", "device", "dtype", "batch_size", "created", "d
                "transformers_version")
 
 
+def heads_folder(path) -> Path:
+    """``<cache>.heads/``: where the analysis keeps the heads it fitted on this cache's vectors."""
+    return Path(path).with_name(Path(path).name + ".heads")
+
+
 def default_path(dataset_name: str, model_id: str, folder="data/embeddings") -> Path:
     """``data/embeddings/<dataset>/<model>.h5`` with '/' in hub ids written as '__'."""
     name = Path(model_id).name if os.path.isabs(model_id) else model_id.replace("/", "__")
@@ -336,7 +341,7 @@ def describe(path) -> str:
              f"images     {len(imgs['path'])} ({int(imgs['ok'].sum())} embedded, {len(failures)} failed), dim {a['embed_dim']}",
              f"prompts    {n_prompts}, tokenizer files sha256 {a.get('tokenizer_sha256') or 'not recorded'}",
              f"versions   torch {a['torch_version']}, transformers {a['transformers_version']}, pacs_embed {a['pacs_embed_version']}"]
-    heads = Path(path).with_name(Path(path).name + ".heads")
+    heads = heads_folder(path)
     if heads.is_dir():   # the analysis side's fitted heads (pacs_embed.analysis.heads.HeadCache)
         files = list(heads.glob("*.npz"))
         lines.append(f"heads      {len(files)} fitted heads in {heads} ({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB; "

@@ -22,11 +22,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..cache import heads_folder
 from .arguments import c_grid, embeddings, names, seed_list
 from .embeddings import Embeddings
-from .heads import C_GRID, SOLVERS, HeadBatch, HeadCache, resolved, single_threaded_blas, split
+from .heads import C_GRID, HeadBatch, HeadCache, check_solver, resolved, single_threaded_blas, split
 from .methods import Source, default_methods, make
-from .text import NO_DESCRIPTION, TextSide, text_side
+from .text import NO_DESCRIPTION, TextSide, text_for, text_side
 
 COLUMNS = ["source", "target", "method", "description", "seed", "accuracy", "n"]
 
@@ -64,8 +65,7 @@ def head_cache_for(emb: Embeddings, head_cache) -> HeadCache:
     if isinstance(head_cache, HeadCache):
         return head_cache
     if head_cache is True:
-        cache = Path(emb.cache) if emb.cache else None
-        return HeadCache(cache.with_name(cache.name + ".heads") if cache and cache.is_file() else None)
+        return HeadCache(heads_folder(emb.cache) if emb.cache and Path(emb.cache).is_file() else None)
     return HeadCache(head_cache or None)
 
 
@@ -88,15 +88,12 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     descriptions = names(descriptions, "descriptions", "the text side's (paper by default)")
     sources = names(sources, "sources", "every domain")
     seeds, Cs = seed_list(seeds), c_grid(Cs)
-    if solver not in SOLVERS:
-        raise ValueError(f"solver {solver!r}: choose one of {SOLVERS}")
+    check_solver(solver)
     if text is None:
         text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)
     elif domain_prompts:
         raise ValueError("give domain_prompts or a ready text side, not both")
-    elif not isinstance(text, TextSide):
-        raise TypeError(f"evaluate: text must be a text side (pa.text_side(emb, ...)), not {type(text).__name__}")
-    text = text.fits(emb, "evaluate")
+    text = text_for(emb, text, "evaluate")
     descriptions = list(descriptions or text.descriptions)
     missing = [d for d in descriptions if d not in text.descriptions]
     if missing:

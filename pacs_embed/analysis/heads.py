@@ -205,9 +205,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, holdout: np.ndarra
     solver reuses one matrix product for all copies. ``solver="sklearn"`` fits with scikit-learn's
     ``LogisticRegression`` instead (for comparison; not cached). Ties go to the smaller C.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver {solver!r}: choose one of {SOLVERS}")
-    if solver == "sklearn":
+    if check_solver(solver) == "sklearn":
         return _sklearn_head(x, y, train, holdout, Cs, shifts)
     return fit_heads(x, y, [(train, holdout)], Cs, cache, shifts)[0]
 
@@ -357,6 +355,13 @@ def _classes(y, train) -> np.ndarray:
     if len(classes) < 2:
         raise ValueError(f"cannot train a classifier: the training images hold only class(es) {classes.tolist()}")
     return classes
+
+
+def check_solver(solver: str) -> str:
+    """``solver`` when it is one of SOLVERS, else an error naming them."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver {solver!r}: choose one of {SOLVERS}")
+    return solver
 
 
 def _check_rows(x, y, splits) -> None:

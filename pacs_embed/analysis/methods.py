@@ -86,12 +86,7 @@ class Source:
         features = np.asarray(features, np.float32)
         if len(features) != len(self.y):
             raise ValueError(f"fit_head wants one row per source image ({len(self.y)}), got {len(features)}")
-        for what, a in (("features", features), ("extra rows", extra), ("shifts", shifts)):
-            if a is not None and a is not self.x and not np.isfinite(a).all():   # x: checked by load
-                bad = np.flatnonzero(~np.isfinite(np.asarray(a, np.float64).reshape(len(a), -1)).all(1))
-                raise ValueError(f"source domain {self.domain!r}: the {what} given to fit_head hold NaN or inf in "
-                                 f"{len(bad)} of {len(a)} rows (e.g. row {bad[0]}); the method's transform made them")
-        self._check_extra(features, extra, extra_from, shifts)
+        self._check_inputs(features, extra, extra_from, shifts)
         train, y = self.train, self.y
         if extra is not None:
             keep = np.isin(extra_from, self.train)
@@ -106,9 +101,9 @@ class Source:
             raise ValueError(f"source domain {self.domain!r}: {e}. Leave it out as a source (`pacs-embed report "
                              f"--sources ...`, evaluate(..., sources=[...])); it is still scored as a target") from None
 
-
-    def _check_extra(self, features, extra, extra_from, shifts) -> None:
-        """``extra``/``extra_from``/``shifts`` as fit_head needs them, or an error saying what is wrong."""
+    def _check_inputs(self, features, extra, extra_from, shifts) -> None:
+        """``features``, ``extra``/``extra_from`` and ``shifts`` as fit_head needs them (shapes that fit, finite
+        values), or an error saying what is wrong."""
         width = features.shape[1] if features.ndim == 2 else None
         if extra is not None:
             extra = np.asarray(extra)
@@ -125,6 +120,11 @@ class Source:
         if shifts is not None and np.size(shifts) and np.shape(shifts)[-1] != width:
             raise ValueError(f"fit_head: shifts must be {width}-dimensional, as the features are; got shape "
                              f"{np.shape(shifts)}")
+        for what, a in (("features", features), ("extra rows", extra), ("shifts", shifts)):
+            if a is not None and a is not self.x and not np.isfinite(a).all():   # x: checked by load
+                bad = np.flatnonzero(~np.isfinite(np.asarray(a, np.float64).reshape(len(a), -1)).all(1))
+                raise ValueError(f"source domain {self.domain!r}: the {what} given to fit_head hold NaN or inf in "
+                                 f"{len(bad)} of {len(a)} rows (e.g. row {bad[0]}); the method's transform made them")
 
 
 class Method:

@@ -36,6 +36,15 @@ def save(fig, folder, name: str) -> list[Path]:
     return paths
 
 
+def _under(df: pd.DataFrame, description: str, what: str, rows: str = "results") -> pd.DataFrame:
+    """The rows of ``df`` under ``description`` and those of description-free methods; a description the
+    rows do not hold is an error (the plot would show the description-free methods alone under its name)."""
+    described = sorted(set(df.description) - {NO_DESCRIPTION})
+    if described and description not in described:
+        raise ValueError(f"{what}: no {rows} under description {description!r}; these hold {described}")
+    return df[df.description.isin([description, NO_DESCRIPTION])]
+
+
 def table1_heatmap(tables: dict[str, pd.DataFrame]):
     """Reproduced Table 1 beside the paper's on one shared colour scale; their difference on a diverging
     scale centred at 0."""
@@ -76,10 +85,7 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
     accuracy on the source hold-out; for seed-independent (zero-shot) methods, their own accuracy on
     the source domain."""
     table = results_table(table, "accuracy_grid")
-    described = sorted(set(table.description) - {NO_DESCRIPTION})
-    if described and description not in described:
-        raise ValueError(f"accuracy_grid: no results under description {description!r}; these hold {described}")
-    t = table[(table.description.isin([description, NO_DESCRIPTION]))]
+    t = _under(table, description, "accuracy_grid")
     absent = [m for m in methods or [] if m not in set(t.method)]
     if absent:
         raise ValueError(f"accuracy_grid: method(s) {absent} are not in the table under {description!r}; it holds "
@@ -142,10 +148,7 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
     if not isinstance(gains, pd.DataFrame) or not {"gain", "ci_low", "ci_high"} <= set(gains.columns):
         raise TypeError(f"gains_plot takes the gains table, pa.gains(res) (got {type(gains).__name__}"
                         + (f" with columns {list(gains.columns)})" if isinstance(gains, pd.DataFrame) else ")"))
-    described = sorted(set(gains.description) - {NO_DESCRIPTION})
-    if description is not None and described and description not in described:
-        raise ValueError(f"gains_plot: no gains under description {description!r}; these hold {described}")
-    g = gains if description is None else gains[gains.description.isin([description, NO_DESCRIPTION])]
+    g = gains if description is None else _under(gains, description, "gains_plot", "gains")
     g = g.assign(pair=g.source + " → " + g.target,
                  label=g.method + np.where(g.description == NO_DESCRIPTION, "", " / " + g.description))
     labels = list(dict.fromkeys(g.label))

@@ -18,7 +18,7 @@ from ..download import PACS_CLASSES, PACS_COUNTS
 from ..prompts import prompt_embeddings
 from .arguments import cache_of, embeddings
 from .embeddings import Embeddings, l2_normalize
-from .text import TextSide, text_side
+from .text import TextSide, text_for, text_side
 
 
 def similarity_matrix(text: np.ndarray, images: np.ndarray, image_domain: np.ndarray, n_domains: int) -> np.ndarray:
@@ -29,7 +29,8 @@ def similarity_matrix(text: np.ndarray, images: np.ndarray, image_domain: np.nda
 
 def prompt_similarity(emb: Embeddings, prompts: list[str]) -> pd.DataFrame:
     """Sim(prompt, domain) for any prompts (rows; missing ones are encoded) and every domain (columns)."""
-    values = similarity_matrix(prompt_embeddings(cache_of(emb, "prompt_similarity"), prompts), emb.x, emb.domain, len(emb.domains))
+    vectors = prompt_embeddings(cache_of(emb, "prompt_similarity"), prompts)
+    values = similarity_matrix(vectors, emb.x, emb.domain, len(emb.domains))
     return pd.DataFrame(values, index=pd.Index(list(prompts), name="prompt"), columns=emb.domains)
 
 
@@ -87,10 +88,7 @@ def description_similarity(emb: Embeddings, text: TextSide) -> pd.DataFrame:
     Rows: (description, described domain); columns: image domain.
     """
     emb = embeddings(emb, "description_similarity")
-    if not isinstance(text, TextSide):
-        raise TypeError(f"description_similarity takes a text side second (text = pa.text_side(emb, ...)), "
-                        f"not a {type(text).__name__}")
-    text.fits(emb, "description_similarity")
+    text = text_for(emb, text, "description_similarity")
     blocks = {how: pd.DataFrame(similarity_matrix(text.vectors(how), emb.x, emb.domain, len(emb.domains)),
                                 index=pd.Index(emb.domains, name="described"), columns=emb.domains)
               for how in text.descriptions}

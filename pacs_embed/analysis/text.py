@@ -31,7 +31,7 @@ import numpy as np
 
 from ..prompts import class_prompts, domain_class_prompts, domain_prompt, load_templates, prompt_embeddings
 from ..prompts import preload_text_tower as _preload_text_tower
-from .arguments import cache_of, embeddings, names, noun_count, prompt_dict
+from .arguments import cache_of, names, noun_count, prompt_dict
 from .embeddings import Embeddings, l2_normalize
 
 NO_DESCRIPTION = "-"   # the ``description`` of results from methods that use no domain description
@@ -144,6 +144,13 @@ class TextSide:
             out[how] = [Description(n, [], [], l2_normalize(np.asarray(v, np.float32)),
                                     l2_normalize(np.asarray(c, np.float32))) for n, v, c in zip(names, vecs, dcv)]
         return cls(out, l2_normalize(np.asarray(class_vectors, np.float32)))
+
+
+def text_for(emb: Embeddings, text, what: str) -> TextSide:
+    """``text`` checked to be a text side that describes ``emb`` (``TextSide.fits``), or an error naming ``what``."""
+    if not isinstance(text, TextSide):
+        raise TypeError(f"{what} takes a text side (text = pa.text_side(emb, ...)), not a {type(text).__name__}")
+    return text.fits(emb, what)
 
 
 def _uses_nouns(how: str) -> bool:
