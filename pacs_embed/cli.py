@@ -158,7 +158,8 @@ def _main(argv) -> int:
         return 141
     except (PacsEmbedError, ValueError, KeyError, TypeError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"pacs-embed {args.command}: error: {message}", file=sys.stderr)
+        notes = "".join(f" {n}" for n in getattr(e, "__notes__", []))   # e.g. which method was being fitted
+        print(f"pacs-embed {args.command}: error: {message}{notes}", file=sys.stderr)
         return 2
     except OSError as e:
         from .files import NO_SPACE

@@ -217,3 +217,24 @@ def test_a_non_finite_prompt_vector_is_refused_by_name_and_never_stored(cache_co
     with pytest.raises(CacheError, match="'a prompt never seen'; nothing was added"):
         prompt_embeddings(cache_copy, ["a prompt never seen"])
     assert "a prompt never seen" not in read_prompts(cache_copy)
+
+
+def test_a_text_side_reads_each_kind_of_prompt_only_when_something_uses_it(cache_copy, encoded):
+    """A new domain prompt for Table 1 encodes that prompt alone; "{prompt} of a {class}" for every
+    class (domain-aware zero-shot) is encoded when a method first reads it, every domain's at once."""
+    from pacs_embed import analysis as pa
+    emb, ps = pa.load(cache_copy), load_templates()
+    pa.table1(emb, {"cartoon": "a comic strip"})
+    assert encoded == [["a comic strip"]]
+    text = pa.text_side(emb, ("paper",), {"cartoon": ["a comic book", "a comic strip"], "sketch": "a doodle"})
+    assert encoded[1:] == [["a comic book", "a doodle"]]
+    cartoon = text.descriptions["paper"][emb.domains.index("cartoon")]
+    assert cartoon.class_vectors.shape == (len(emb.classes), 16)
+    assert encoded[2:] == [[q for p in ("a comic book", "a comic strip", "a doodle")
+                            for q in domain_class_prompts(p, emb.classes, ps)]]
+    text.descriptions["paper"][emb.domains.index("sketch")].class_vectors
+    assert len(encoded) == 3
+    unit = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in
+            (prompt_embeddings(cache_copy, domain_class_prompts(p, emb.classes, ps)) for p in ("a comic book", "a comic strip"))]
+    mean = (unit[0] + unit[1]) / 2   # the class vectors of a description average its phrasings
+    assert np.allclose(cartoon.class_vectors, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)

@@ -234,6 +234,36 @@ def test_10_a_cache_that_does_not_say_which_model_made_it_is_refused(cache_copy)
     assert r.returncode == 2 and "does not say which model made its vectors (no attribute revision" in r.stderr
 
 
+def test_10_a_cache_holding_only_its_domain_prompts_gives_table1_and_translation_and_names_what_needs_more(cache_copy):
+    """A cache from another tool may hold just the domain prompts, with no model to encode more: what needs only
+    those runs; what needs more names the description or method and how to leave it out, before any head is fitted."""
+    from pacs_embed import analysis as pa
+    from pacs_embed.errors import PacsEmbedError
+    from pacs_embed.prompts import domain_prompt, load_templates
+    emb = pa.load(cache_copy)
+    keep = [domain_prompt(d, load_templates()) for d in emb.domains]
+    with h5py.File(cache_copy, "a") as f:
+        text, vectors = f["prompts/text"].asstr()[:], f["prompts/embedding"][:]
+        rows = [list(text).index(p) for p in keep]
+        _replace(f, "prompts/text", np.array(keep, dtype=h5py.string_dtype()))
+        _replace(f, "prompts/embedding", vectors[rows])
+        f.attrs["model_id"] = str(cache_copy.parent / "deleted-model")
+    assert pa.table1(emb)["reproduced"].shape == (4, 4)
+    res = pa.evaluate(emb, ["none", "translate", "project_out", "augment"], seeds=[0], progress=False, head_cache=False)
+    assert set(res.table.method) == {"in_domain", "none", "translate", "project_out", "augment"}
+    heads = cache_copy.parent / "heads"
+    with pytest.raises(PacsEmbedError, match="does not hold 7 prompt") as e:
+        pa.evaluate(emb, ["none", "zeroshot"], seeds=[0], progress=False, head_cache=heads)
+    assert any("method 'zeroshot' failed" in n and "leave it out with methods=" in n for n in e.value.__notes__)
+    assert not heads.exists() or not any(heads.iterdir())   # failed before fitting the head of `none`
+    with pytest.raises(PacsEmbedError) as e:
+        pa.evaluate(emb, ["zeroshot_domain"], seeds=[0], progress=False, head_cache=False)
+    assert any("method 'zeroshot_domain' failed" in n for n in e.value.__notes__)
+    r = run("report", str(cache_copy), "--out", str(cache_copy.parent / "r"), "--seeds", "1", "--no-progress")
+    assert r.returncode == 2 and "the description(s) ['ensemble', 'nouns'] need them" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_10_a_cache_is_not_written_from_arrays_that_disagree(tmp_path, mini_cache):
     from pacs_embed.cache import write
     from pacs_embed.datasets import Record

@@ -23,6 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..cache import heads_folder
+from ..errors import PacsEmbedError
 from .arguments import c_grid, embeddings, names, seed_list
 from .embeddings import Embeddings
 from .heads import C_GRID, HeadBatch, HeadCache, check_solver, resolved, single_threaded_blas, split
@@ -58,6 +59,13 @@ def class_indices(predicted, n: int, n_classes: int, what: str) -> np.ndarray:
         raise ValueError(f"{what}: predict returned class index {int(p.max() if p.max() >= n_classes else p.min())}; "
                          f"the cache has {n_classes} classes (0..{n_classes - 1}); {fix}")
     return p
+
+
+def _leave_out(e: Exception) -> str:
+    """For a method that failed on the package's own error (a prompt the cache lacks and cannot encode, a model
+    that does not match): how to run the others."""
+    return ("; leave it out with methods=[...] in Python, --methods on the command line"
+            if isinstance(e, PacsEmbedError) else "")
 
 
 def head_cache_for(emb: Embeddings, head_cache) -> HeadCache:
@@ -124,13 +132,13 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
             x.flags.writeable = False
             data[(s, seed)] = (x, emb.label[idx], *split(len(idx), seed, s))
         return Source(*data[(s, seed)], s, seed, descs(how)[domains.index(s)], descs(how),
-                      text.class_vectors, len(emb.classes), text.encode, cache, Cs, solver, batch)
+                      lambda: text.class_vectors, len(emb.classes), text.encode, cache, Cs, solver, batch)
 
     def fit(s, seed, name, how):
         try:
             fitted = make(name).fit(source(s, seed, how))
         except Exception as e:
-            e.add_note(f"(method {name!r} failed to fit on source {s!r}, seed {seed}, description {how!r})")
+            e.add_note(f"(method {name!r} failed to fit on source {s!r}, seed {seed}, description {how!r}{_leave_out(e)})")
             raise
         if not callable(getattr(fitted, "predict", None)):
             raise TypeError(f"method {name!r}: fit returned {type(fitted).__name__}, not the fitted method; "
@@ -142,7 +150,8 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
         try:
             predicted = m.predict(xt, descs(how)[domains.index(s)], descs(how)[domains.index(t)])
         except Exception as e:
-            e.add_note(f"(method {name!r} failed to predict on target {t!r} from source {s!r}, description {how!r})")
+            e.add_note(f"(method {name!r} failed to predict on target {t!r} from source {s!r}, description {how!r}"
+                       f"{_leave_out(e)})")
             raise
         return class_indices(predicted, len(yt), len(emb.classes), f"method {name!r} on target {t!r}") == yt
 
@@ -175,11 +184,12 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
         # methods that do not depend on the split are fitted once per source, on the first seed's split
         once = {(s, name, how): fit(s, seeds[0], name, how) for s in (sources or domains) for name, p in protos.items()
                 if not p.seeded for how in (descriptions if p.uses_text else [NO_DESCRIPTION])}
+        # scored before any head is fitted: they need no head, and a prompt they lack fails at once
+        once_hits = {(s, t, name, how): hits(name, m, s, t, how) for (s, name, how), m in once.items() for t in domains}
         asked = {j: pool.submit(fit_job, *j) for j in order}
         asked = {j: f.result() for j, f in asked.items()}
         with tqdm(total=len(batch), desc="fitting heads", unit="head", disable=not progress or not len(batch)) as bar:
             batch.flush(pool, bar.update)   # the heads not in the head cache, the seeds of a source together
-        once_hits = {(s, t, name, how): hits(name, m, s, t, how) for (s, name, how), m in once.items() for t in domains}
         scored = {j: pool.submit(score_job, *j, *asked[j]) for j in order}
         for s, seed in jobs:  # in job order, whatever order they ran in
             plain, job_rows, hits_by = scored[(s, seed)].result()

@@ -51,7 +51,7 @@ import numpy as np
 
 from .embeddings import l2_normalize
 from .heads import C_GRID, Head, HeadBatch, HeadCache, PendingHead, fit_head
-from .text import Description
+from .text import Description, OnFirstUse
 
 METHODS: dict[str, Callable[[], "Method"]] = {}
 
@@ -67,7 +67,7 @@ class Source:
     seed: int
     description: Description          # the source domain's description
     descriptions: list[Description]   # every domain's description (same strategy), in the cache's domain order
-    class_vectors: np.ndarray         # (n_classes, D) unit "a photo of a {class}"
+    class_vectors: np.ndarray = OnFirstUse()   # (n_classes, D) unit "a photo of a {class}" (read when first used)
     n_classes: int
     encode: Callable | None = None    # prompts -> unit text vectors (new prompts are encoded and cached)
     heads: HeadCache | None = None

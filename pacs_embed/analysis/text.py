@@ -23,12 +23,15 @@ Usage::
 """
 from __future__ import annotations
 
+import threading
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
+from ..cache import read_prompts
+from ..errors import PacsEmbedError
 from ..prompts import class_prompts, domain_class_prompts, domain_prompt, load_templates, prompt_embeddings
 from ..prompts import preload_text_tower as _preload_text_tower
 from .arguments import cache_of, names, noun_count, prompt_dict
@@ -62,6 +65,40 @@ DESCRIPTIONS: dict[str, Callable] = {
 }
 
 
+_ENCODING = threading.RLock()   # one encoding at a time, whichever thread of evaluate first reads a vector
+
+
+class OnFirstUse:
+    """A dataclass field whose value may be given as a function of no arguments: it is called when the field is
+    first read (once, under a lock) and its result kept. Text vectors use it so that a prompt is read from the
+    cache — or encoded — only when something reads its vector: a cache that holds only the domain prompts still
+    gives Table 1 and translation, and a new prompt is not encoded with "{prompt} of a {class}" for every class
+    unless a method uses those. A field declared ``= OnFirstUse()`` is required; ``field(default=OnFirstUse())``
+    defaults to None."""
+
+    def __set_name__(self, owner, name):
+        self.slot = f"_{name}"
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return MISSING   # the class's own attribute: no default, as a plain annotated field
+        value = obj.__dict__[self.slot]
+        if callable(value):
+            with _ENCODING:
+                value = obj.__dict__[self.slot]
+                if callable(value):
+                    value = obj.__dict__[self.slot] = value()
+        return value
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = None if value is self else value
+
+
+def computed(obj, name: str) -> bool:
+    """Whether ``obj.name`` (an OnFirstUse field) holds its value already, i.e. reading it computes nothing."""
+    return not callable(obj.__dict__[f"_{name}"])
+
+
 @dataclass(frozen=True, eq=False)
 class Description:
     """One domain's description: the prompts averaged into ``vector``, and its phrasings."""
@@ -69,7 +106,8 @@ class Description:
     prompts: list[str]
     phrasings: list[str]
     vector: np.ndarray | None = None          # (D,) unit: normalised mean of the prompts' unit vectors
-    class_vectors: np.ndarray | None = None   # (n_classes, D) unit: "{phrasing} of a {class}", averaged over phrasings
+    # (n_classes, D) unit: "{phrasing} of a {class}", averaged over phrasings (encoded when first read)
+    class_vectors: np.ndarray | None = field(default=OnFirstUse(), repr=False)
 
 
 def user_prompts(domain_prompts: dict | None, domains) -> dict[str, list[str]]:
@@ -105,7 +143,8 @@ def describe(domain: str, how: str, templates: dict, domain_prompts: dict | None
 class TextSide:
     """Unit text vectors: every domain's description per strategy, and the class prompts."""
     descriptions: dict[str, list[Description]]   # strategy -> one Description per domain, in emb.domains order
-    class_vectors: np.ndarray                    # (n_classes, D) unit: "a photo of a {class}"
+    # (n_classes, D) unit: "a photo of a {class}" (encoded when first read)
+    class_vectors: np.ndarray | None = field(default=OnFirstUse(), repr=False)
     encode: Callable | None = field(default=None, repr=False)   # prompts -> unit vectors (encodes missing ones)
 
     def fits(self, emb: Embeddings, what: str) -> "TextSide":
@@ -113,7 +152,7 @@ class TextSide:
         dimension; otherwise an error naming what differs. Domains left unnamed (``from_vectors`` without
         ``domains``) are given ``emb``'s names (methods tell the source's description from the others by name)."""
         dim, n_classes = emb.x.shape[1], len(emb.classes)
-        if np.shape(self.class_vectors) != (n_classes, dim):
+        if computed(self, "class_vectors") and np.shape(self.class_vectors) != (n_classes, dim):
             raise ValueError(f"{what}: the text side's class vectors have shape {np.shape(self.class_vectors)}; the "
                              f"cache has {n_classes} classes of dimension {dim}")
         for how, described in self.descriptions.items():
@@ -123,12 +162,15 @@ class TextSide:
                 raise ValueError(f"{what}: the text side's {how!r} description describes domains {names}; the cache's "
                                  f"are {list(emb.domains)} (one description per domain, in that order)")
             bad = [d.domain for d in described if np.shape(d.vector) != (dim,)
-                   or np.shape(d.class_vectors) != (n_classes, dim)]
+                   or computed(d, "class_vectors") and np.shape(d.class_vectors) != (n_classes, dim)]
             if bad:
                 raise ValueError(f"{what}: the text side's {how!r} vectors of {bad} are not {dim}-dimensional "
                                  f"(with {n_classes} class vectors each), as the cache's images are")
-        named = {how: [replace(d, domain=name) for d, name in zip(ds, emb.domains)] for how, ds in self.descriptions.items()}
-        return replace(self, descriptions=named)
+        if all([d.domain for d in ds] == list(emb.domains) for ds in self.descriptions.values()):
+            return self
+        named = {how: [replace(d, domain=name, class_vectors=d.__dict__["_class_vectors"]) for d, name in zip(ds, emb.domains)]
+                 for how, ds in self.descriptions.items()}
+        return replace(self, descriptions=named, class_vectors=self.__dict__["_class_vectors"])
 
     def vectors(self, how: str) -> np.ndarray:
         """(n_domains, D): the unit description vector of every domain."""
@@ -184,24 +226,48 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
 
 def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | None = None,
               n_nouns: int | None = None, templates: dict | None = None) -> TextSide:
-    """Encode (through the cache: only prompts it lacks are encoded) every prompt the methods need."""
+    """The text side of ``descriptions``, through the cache: every description's vector now; the class prompts
+    and "{phrasing} of a {class}" when a method first reads them. Prompts the cache lacks are encoded (and added
+    to it), each time together with every other prompt of that kind the text side may need."""
     cache, templates = cache_of(emb, "text_side"), templates or load_templates()
-    descs, wanted = needed_prompts(emb.domains, emb.classes, descriptions, domain_prompts, n_nouns, templates)
-    unit = dict(zip(wanted, l2_normalize(prompt_embeddings(cache, wanted).astype(np.float64))))
+    descs, _ = needed_prompts(emb.domains, emb.classes, descriptions, domain_prompts, n_nouns, templates)
+    unit: dict[str, np.ndarray] = {}
 
-    def mean(prompts):
-        return l2_normalize(np.mean([unit[p] for p in prompts], axis=0))
+    def vectors(prompts) -> np.ndarray:   # (len(prompts), D) unit float64; reads or encodes only unseen prompts
+        new = [p for p in dict.fromkeys(prompts) if p not in unit]
+        if new:
+            unit.update(zip(new, l2_normalize(prompt_embeddings(cache, new).astype(np.float64))))
+        return np.stack([unit[p] for p in prompts])
 
-    def encoded(d: Description) -> Description:  # float32, as the images: operators stay in float32
-        cv = l2_normalize(np.mean([[unit[q] for q in domain_class_prompts(p, emb.classes, templates)]
-                                   for p in d.phrasings], axis=0))
-        return Description(d.domain, d.prompts, d.phrasings, mean(d.prompts).astype(np.float32), cv.astype(np.float32))
+    def of_classes(p):
+        return domain_class_prompts(p, emb.classes, templates)
+
+    every_domain_class = [q for ds in descs.values() for d in ds for p in d.phrasings for q in of_classes(p)]
+
+    def class_vectors(d: Description):   # (n_classes, D), averaged over the phrasings: float32, as the images
+        def make():
+            vectors(every_domain_class)   # every description's at once: one pass of the text tower
+            return l2_normalize(np.mean([vectors(of_classes(p)) for p in d.phrasings], axis=0)).astype(np.float32)
+        return make
+
+    try:
+        vectors([p for ds in descs.values() for d in ds for p in d.prompts])
+    except PacsEmbedError as e:   # say which descriptions lack prompts when the others could run
+        held = read_prompts(cache)
+        lacking = [how for how, ds in descs.items() if any(p not in held for d in ds for p in d.prompts)]
+        if 0 < len(lacking) < len(descs):
+            e.add_note(f"(the description(s) {lacking} need them; the cache holds every prompt of "
+                       f"{[how for how in descs if how not in lacking]}: leave the others out with descriptions=[...] "
+                       f"in Python, --descriptions on the command line)")
+        raise
+    encoded = {how: [Description(d.domain, d.prompts, d.phrasings,
+                                 l2_normalize(vectors(d.prompts).mean(0)).astype(np.float32), class_vectors(d))
+                     for d in ds] for how, ds in descs.items()}
 
     def encode(prompts):
         return l2_normalize(prompt_embeddings(cache, list(prompts)).astype(np.float64))
 
-    return TextSide({how: [encoded(d) for d in ds] for how, ds in descs.items()},
-                    np.stack([unit[p] for p in class_prompts(emb.classes, templates)]).astype(np.float32), encode)
+    return TextSide(encoded, lambda: vectors(class_prompts(emb.classes, templates)).astype(np.float32), encode)
 
 
 def preload_text_tower(emb: Embeddings):
