@@ -163,7 +163,7 @@ def _main(argv) -> int:
         return 2
     except OSError as e:
         from .files import NO_SPACE
-        if isinstance(e, (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)):
+        if isinstance(e, (PermissionError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
             print(f"pacs-embed {args.command}: error: {e.strerror}: {e.filename or ''}", file=sys.stderr)
             return 2
         if e.errno not in NO_SPACE:

@@ -59,7 +59,8 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
     names(sources, "sources", "every domain")
     if not descriptions:
         raise ValueError(f"descriptions is empty: name at least one of {DEFAULT_DESCRIPTIONS}")
-    out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, figures):   # both before any work: a folder that cannot be made fails now
+        folder.mkdir(parents=True, exist_ok=True)
     emb = load(cache)
     t1 = table1(emb, domain_prompts)
     text = text_side(emb, tuple(descriptions), domain_prompts, n_nouns)
