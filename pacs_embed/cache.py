@@ -317,13 +317,28 @@ def append_prompts(path, texts: list[str], vectors: np.ndarray, model_id: str, r
             return
         buffer = io.BytesIO(path.read_bytes())   # copy-on-write, in memory; then one atomic write
         with h5py.File(buffer, "a") as f:
-            t, e = f["prompts/text"], f["prompts/embedding"]
-            n = t.shape[0]
-            t.resize((n + len(keep),))
-            e.resize((n + len(keep), e.shape[1]))
-            t[n:] = np.array([texts[i] for i in keep], dtype=object)
-            e[n:] = vectors[keep].astype(np.float32)
+            _append(f, "prompts/text", np.array([texts[i] for i in keep], dtype=object))
+            _append(f, "prompts/embedding", vectors[keep].astype(np.float32))
         atomic_write(path, buffer.getvalue(), durable=True)
+
+
+def _append(f, name: str, rows: np.ndarray) -> None:
+    """Append ``rows`` to the dataset ``name``. One written at a fixed size (by another tool, or h5py's default)
+    cannot grow: it is rewritten as an appendable one (chunked, unlimited rows; text as UTF-8 strings), its
+    attributes kept."""
+    d = f[name]
+    n = d.shape[0]
+    if d.maxshape[0] is None:
+        d.resize((n + len(rows),) + d.shape[1:])
+        d[n:] = rows
+        return
+    text = rows.dtype == object
+    old, attrs = (d.asstr()[:] if text else d[:]), dict(d.attrs)
+    del f[name]
+    data = np.concatenate([old.astype(object) if text else old.astype(np.float32), rows])
+    d = f.create_dataset(name, data=data, dtype=STR if text else np.float32, maxshape=(None,) + data.shape[1:],
+                         chunks=(1024,) if text else (256,) + data.shape[1:])
+    d.attrs.update(attrs)
 
 
 def describe(path) -> str:

@@ -238,3 +238,22 @@ def test_a_text_side_reads_each_kind_of_prompt_only_when_something_uses_it(cache
             (prompt_embeddings(cache_copy, domain_class_prompts(p, emb.classes, ps)) for p in ("a comic book", "a comic strip"))]
     mean = (unit[0] + unit[1]) / 2   # the class vectors of a description average its phrasings
     assert np.allclose(cartoon.class_vectors, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_class_prompts_a_cache_lacks_are_encoded_once_when_methods_on_two_threads_need_them(cache_copy, encoded):
+    import h5py
+    from pacs_embed import analysis as pa
+    from pacs_embed.prompts import class_prompts
+    emb = pa.load(cache_copy)
+    wanted = class_prompts(emb.classes, load_templates())
+    with h5py.File(cache_copy, "a") as f:   # the class prompts taken out of the cache
+        text, vectors = list(f["prompts/text"].asstr()[:]), f["prompts/embedding"][:]
+        rows = [i for i, p in enumerate(text) if p not in wanted]
+        for name, data in (("text", np.array([text[i] for i in rows], dtype=h5py.string_dtype())),
+                           ("embedding", vectors[rows])):
+            del f[f"prompts/{name}"]
+            f.create_dataset(f"prompts/{name}", data=data)
+    res = pa.evaluate(emb, ["gap_shift", "translate_calibrated"], seeds=range(4), workers=2, progress=False,
+                      head_cache=False)
+    assert encoded == [wanted]
+    assert set(res.table.method) == {"in_domain", "gap_shift", "translate_calibrated"}

@@ -264,6 +264,21 @@ def test_10_a_cache_holding_only_its_domain_prompts_gives_table1_and_translation
     assert "Traceback" not in r.stderr
 
 
+def test_10_prompt_arrays_written_at_a_fixed_size_take_new_prompts(cache_copy):
+    """Another tool (or h5py's default) writes contiguous arrays, which cannot grow, and may store text as
+    fixed-length bytes and vectors as float64: a new prompt is still added, every old one kept."""
+    from pacs_embed import prompt_embeddings
+    before = read_prompts(cache_copy)
+    with h5py.File(cache_copy, "a") as f:
+        _replace(f, "prompts/text", np.array([p.encode() for p in before], dtype="S"))
+        _replace(f, "prompts/embedding", np.stack(list(before.values())).astype(np.float64))
+    assert prompt_embeddings(cache_copy, ["a brand new prompt"]).shape == (1, 16)
+    after = read_prompts(cache_copy)
+    assert list(after) == list(before) + ["a brand new prompt"]
+    assert all(np.array_equal(after[p], v) for p, v in before.items())
+    assert prompt_embeddings(cache_copy, ["another new prompt"]).shape == (1, 16)   # now appendable
+
+
 def test_10_a_cache_is_not_written_from_arrays_that_disagree(tmp_path, mini_cache):
     from pacs_embed.cache import write
     from pacs_embed.datasets import Record
