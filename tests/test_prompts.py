@@ -180,6 +180,40 @@ def test_a_preloaded_text_tower_is_the_one_that_encodes_the_first_new_prompt(cac
     assert len(loads) == 1   # not loaded again
 
 
+def test_in_a_notebook_the_preload_waits_until_no_cell_runs(cache_copy, spy, monkeypatch):
+    """A background load slows the cells it runs beside (Python's lock): in a kernel it starts once the run is over."""
+    import time
+
+    class Events:   # IPython's shell.events, driven by hand
+        def __init__(self):
+            self.callbacks = {"pre_run_cell": [], "post_run_cell": []}
+
+        def register(self, event, fn):
+            self.callbacks[event].append(fn)
+
+        def unregister(self, event, fn):
+            self.callbacks[event].remove(fn)
+
+        def trigger(self, event):
+            for fn in list(self.callbacks[event]):
+                fn(None)
+    events = Events()
+    monkeypatch.setattr(prompts_module, "_ipython", lambda: type("Shell", (), {"events": events})())
+    monkeypatch.setattr(prompts_module, "IDLE_S", 0.2)
+    prompts_module._load_text_tower.cache_clear()
+    loads = spy("pacs_embed.models", "load_text_tower")
+    thread = prompts_module.preload_text_tower(cache_copy)   # asked for inside a running cell
+    time.sleep(0.4)
+    assert loads == []                                       # that cell still runs
+    events.trigger("post_run_cell")
+    events.trigger("pre_run_cell")                           # the next cell of the same run, at once
+    time.sleep(0.4)
+    assert loads == [] and thread.is_alive()
+    events.trigger("post_run_cell")                          # the run is over: the kernel is idle
+    thread.join(timeout=60)
+    assert len(loads) == 1 and not any(events.callbacks.values())   # loaded once; its hooks removed
+
+
 def test_a_failed_preload_leaves_the_error_to_the_call_that_needs_the_tower(cache_copy, tmp_path, monkeypatch):
     import threading
     raised = []

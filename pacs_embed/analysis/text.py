@@ -272,7 +272,8 @@ def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | N
 
 def preload_text_tower(emb: Embeddings):
     """Load ``emb``'s text tower in a background thread (returned), so the first prompt edit of a session
-    does not wait for torch, transformers and the weights; see ``pacs_embed.prompts.preload_text_tower``.
+    does not wait for torch, transformers and the weights — in a notebook, once no cell is running; see
+    ``pacs_embed.prompts.preload_text_tower``.
 
     Usage: ``pa.preload_text_tower(emb)`` right after ``pa.load``.
     """
