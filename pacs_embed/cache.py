@@ -236,12 +236,15 @@ def read_images(path) -> dict:
     return out
 
 
-def readable_vectors_finite(path, rows: int = 1 << 16) -> bool:
-    """Whether every image vector marked readable is finite (read in blocks of ``rows``: no copy of the whole
-    matrix). Caches written before extraction checked this can hold NaN/inf rows marked readable."""
+def readable_vectors_usable(path, rows: int = 1 << 16) -> bool:
+    """Whether every image vector marked readable is finite and not all zeros (read in blocks of ``rows``: no copy
+    of the whole matrix). Caches written before extraction checked this can hold NaN/inf rows marked readable,
+    hand-made ones zero rows."""
+    def usable(block):
+        return np.isfinite(block).all() and block.any(1).all()
     with _open(path) as f:
         e, ok = f["images/embedding"], f["images/ok"][:]
-        return all(np.isfinite(e[i:i + rows][ok[i:i + rows]]).all() for i in range(0, len(ok), rows))
+        return all(usable(e[i:i + rows][ok[i:i + rows]]) for i in range(0, len(ok), rows))
 
 
 def read_failures(path) -> list[tuple[str, str]]:

@@ -276,10 +276,10 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
             lead.carried_prompts = _cache.read_prompts(out)   # else every prompt is encoded again
         differs = [k for k in settings if old.get(k) != settings[k]]
         if not differs and not force:
-            if _cache.readable_vectors_finite(out):
+            if _cache.readable_vectors_usable(out):
                 lead.up_to_date = True
                 return plan
-            differs = ["some stored vectors are not finite"]   # a cache from before that was checked
+            differs = ["some stored vectors are not finite or all zeros"]   # a cache from before that was checked
         if "manifest_sha256" in differs:
             changes = compare({p: r.sha256 for p, r in known.items()}, {r.path: r.sha256 for r in ds.records})
             print(f"{out}: the dataset changed since this cache was made:\n{changes.describe()}")
@@ -417,7 +417,8 @@ def _paths_sha256(paths) -> str:
 def _reusable(out, old, ds, settings, image_processor) -> dict:
     """path -> (embedding, ok, reason) of every stored image whose file is unchanged, when the cache was made
     with the same model, revision, dtype and processor (settings included); else nothing is reused. A vector
-    stored as readable but not finite (a cache from before that was checked) is not reused: it is encoded again."""
+    stored as readable but not finite (a cache from before that was checked) or all zeros (no CLIP embedding is;
+    a hand-made cache) is not reused: it is encoded again."""
     same = (_cache.same_model(old, settings["model_id"], settings["revision"])
             and all(old.get(k) == settings[k] for k in ("dtype", "processor", "processor_class"))
             and old.get("processor_settings") == processor_settings(image_processor))
@@ -428,7 +429,7 @@ def _reusable(out, old, ds, settings, image_processor) -> dict:
     now = {r.path: r.sha256 for r in ds.records}
     return {p: (e, bool(ok), reasons.get(p, "")) for p, h, e, ok in zip(stored["path"], stored["sha256"],
                                                                        stored["embedding"], stored["ok"])
-            if now.get(p) == h and (not ok or np.isfinite(e).all())}
+            if now.get(p) == h and (not ok or np.isfinite(e).all() and e.any())}
 
 
 def _assemble(plan: Plan, dev, strict: bool, ranks: Ranks) -> Summary:

@@ -177,9 +177,10 @@ def _spec_for(path, model, local_only: bool = False):
     return spec
 
 
-def _not_finite(prompts, vectors) -> list[str]:
-    """The prompts whose vector holds a NaN or inf."""
-    return [p for p, finite in zip(prompts, np.isfinite(vectors).all(1)) if not finite]
+def _unusable(prompts, vectors) -> list[str]:
+    """The prompts whose vector holds a NaN or inf, or is all zeros (no direction: it cannot be normalised)."""
+    vectors = np.asarray(vectors)
+    return [p for p, good in zip(prompts, np.isfinite(vectors).all(1) & vectors.any(1)) if not good]
 
 
 def provenance(path, model: str | None = None) -> dict:
@@ -218,13 +219,14 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
     if missing:
         from .models import encode_text
         vectors = encode_text(_text_tower(spec, device), missing)
-        if bad := _not_finite(missing, vectors):   # never stored: the next call tries again
-            raise _cache.CacheError(f"the text tower returned a non-finite vector for prompt(s) "
+        if bad := _unusable(missing, vectors):   # never stored: the next call tries again
+            raise _cache.CacheError(f"the text tower returned a non-finite or zero vector for prompt(s) "
                                     f"{', '.join(map(repr, bad[:3]))}; nothing was added to {str(path)!r}")
         _cache.append_prompts(path, missing, vectors, spec.model_id, spec.revision, spec.tokenizer)
         have.update(zip(missing, vectors))
     out = np.stack([have[p] for p in prompts]).astype(np.float32)
-    if bad := _not_finite(prompts, out):
+    if bad := _unusable(prompts, out):
         raise _cache.CacheError(f"{str(path)!r}: the vector of prompt(s) {', '.join(map(repr, bad[:3]))} is not finite "
-                                f"(NaN or inf); no analysis can use it. Re-extract into a new cache to encode them again.")
+                                f"(NaN or inf) or all zeros; no analysis can use it. Re-extract into a new cache to encode "
+                                f"them again.")
     return out

@@ -165,6 +165,22 @@ def test_a_non_finite_image_vector_is_a_recorded_failure_and_a_cache_holding_one
     assert np.isfinite(pa.load(tmp_path / "c.h5").x).all()
 
 
+def test_a_zero_image_vector_marked_readable_is_refused_by_the_analysis_and_encoded_again_by_extract(
+        small_dataset, tiny_clip, tmp_path):
+    """A zero vector has no direction (its cosine with anything is undefined); normalised it stayed zero and was
+    scored like an image. Only a hand-made or damaged cache holds one."""
+    from pacs_embed import analysis as pa
+    s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", progress=False)
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        zeroed = f["images/path"].asstr()[3]
+        f["images/embedding"][3] = 0
+    with pytest.raises(CacheError, match=f"1 image embedding.* all zeros, e.g. {zeroed}"):
+        pa.load(tmp_path / "c.h5")
+    again = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", progress=False)
+    assert again.kept == s.n_images - 1                        # the others kept, that one encoded again
+    assert pa.load(tmp_path / "c.h5").x[3].any()
+
+
 def test_strict_fails_naming_every_unreadable_image(broken_dataset, tiny_clip, tmp_path, capsys):
     root, bad = broken_dataset
     rc = main(["extract", "--data", str(root), "--model", str(tiny_clip), "--out", str(tmp_path / "c.h5"),

@@ -239,12 +239,13 @@ def test_a_preload_never_downloads_a_model(cache_copy, monkeypatch):
     assert asked == [("org/a-hub-model", True)]
 
 
-def test_a_non_finite_prompt_vector_is_refused_by_name_and_never_stored(cache_copy, monkeypatch):
+@pytest.mark.parametrize("stored", [np.nan, 0.0])
+def test_a_non_finite_or_zero_prompt_vector_is_refused_by_name_and_never_stored(cache_copy, monkeypatch, stored):
     import h5py
     with h5py.File(cache_copy, "r+") as f:
         first = f["prompts/text"][0].decode()
-        f["prompts/embedding"][0] = np.nan
-    with pytest.raises(CacheError, match=f"{first!r} is not finite"):
+        f["prompts/embedding"][0] = stored
+    with pytest.raises(CacheError, match=f"{first!r} is not finite \\(NaN or inf\\) or all zeros"):
         prompt_embeddings(cache_copy, [first])
     import pacs_embed.models as models
     monkeypatch.setattr(models, "encode_text", lambda tower, ps: np.full((len(ps), 16), np.inf, np.float32))

@@ -115,6 +115,11 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
                          f"{', '.join(paths[i] for i in bad[:3])}; no analysis can use them. Re-run `pacs-embed extract` "
                          f"for this cache: it encodes them again and records any still not finite as failures "
                          f"(--dtype float32 avoids a float16 overflow).")
+    zero = np.flatnonzero(~x.any(1))
+    if len(zero):   # no direction, so no cosine: normalised it would stay zero and be scored as if it were an image
+        raise CacheError(f"{cache}: {len(zero)} image embedding(s) marked readable (/images/ok) are all zeros, e.g. "
+                         f"{', '.join(paths[i] for i in zero[:3])}; a CLIP embedding never is. If the tool that wrote "
+                         f"the cache stores failed images so, mark them failed (ok False), or re-run `pacs-embed extract`.")
     domain, domains = a["domain"][ok], list(a["domains"])
     empty = [d for i, d in enumerate(domains) if not (domain == i).any()]
     if empty:   # every image of the domain failed extraction: nothing to train or score on
