@@ -24,6 +24,19 @@ def test_report_writes_the_table_and_every_figure(cache_copy, tmp_path, capsys):
         assert (out / f"{name}.csv").is_file()
 
 
+def test_a_description_that_repeats_another_is_said_and_left_out_of_the_report(cache_copy, tmp_path):
+    """Every domain given one prompt of yours: `ensemble` describes each as `paper` does (on a dataset whose templates
+    hold no ensembles, likewise). Reported twice, it would look like a second, agreeing experiment."""
+    from pacs_embed import analysis as pa
+    mine = {"photo": "a picture", "art_painting": "a painting", "cartoon": "a comic", "sketch": "a drawing"}
+    with pytest.warns(UserWarning, match="'ensemble' and 'paper' describe every domain with the same prompts"):
+        pa.report(cache_copy, tmp_path / "r", tmp_path / "f", seeds=range(2), domain_prompts=mine, n_nouns=3,
+                  n_boot=50, progress=False)
+    assert set(pd.read_csv(tmp_path / "r" / "results.csv").description) == {"-", "paper", "nouns"}
+    assert "Description `ensemble` is left out: it describes every domain with the same prompts as `paper`" in (
+        tmp_path / "r" / "report.md").read_text()
+
+
 def test_report_on_a_missing_cache_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "none.h5"), "--out", str(tmp_path)]) == 2
     assert "pacs-embed extract" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from .embeddings import domain_order, load
 from .evaluation import evaluate
 from .similarity import paper_comparison, similarity_matrix, table1
 from .stats import gains, method_means, summary
-from .text import text_side
+from .text import repeated, text_side
 
 DEFAULT_DESCRIPTIONS = ("paper", "ensemble", "nouns")
 BASELINES = ("none", "zeroshot", "zeroshot_domain", "in_domain")   # not candidates for "best method"
@@ -64,7 +64,10 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
     emb = load(cache)
     t1 = table1(emb, domain_prompts)
     text = text_side(emb, tuple(descriptions), domain_prompts, n_nouns)
-    res = evaluate(emb, methods, seeds=seeds, text=text, head_cache=head_cache, progress=progress, sources=sources)
+    repeats = repeated(text.descriptions)   # e.g. `ensemble` on a dataset with no ensembles: `paper` again
+    descriptions = [d for d in descriptions if d not in repeats]
+    res = evaluate(emb, methods, seeds=seeds, text=text, descriptions=descriptions, head_cache=head_cache,
+                   progress=progress, sources=sources)
     summ, gain, means = summary(res.table), gains(res, n_boot=n_boot), method_means(res.table)
     paths = {}
     for name, df in [("results", res.table), ("summary", summ), ("gains", gain), ("methods", means),
@@ -82,6 +85,10 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
           f"Seeds: {list(seeds)}; heads: logistic regression, C chosen on a 20% hold-out of the source domain. "
           f"Image and text embeddings L2-normalised; Δ = t_src − t_tgt of unit text vectors.", "",
           f"Domain prompts (`paper` description): {described}.", "",
+          *([" ".join(f"Description `{how}` is left out: it describes every domain with the same prompts as `{same}` "
+                      f"(no separate `{how}` phrasings are held for these domains, or your domain prompts replace them)."
+                      for how, same in repeats.items()), ""]
+            if repeats else []),
           "**How to read it.** A *gain* is a method's accuracy on the target domain minus that of `none` "
           "(the source head applied to target images as they are), on the same images and seeds: positive "
           "means the method helps. In-domain accuracy is measured on the 20% source hold-out that also chose C, "

@@ -202,6 +202,22 @@ def _uses_nouns(how: str) -> bool:
     return DESCRIPTIONS[how](["p"], ["p"], [], of) != DESCRIPTIONS[how](["p"], ["p"], ["noun"], of)
 
 
+def repeated(descriptions: dict) -> dict[str, str]:
+    """{strategy: the earlier strategy it repeats} for strategies in ``descriptions`` ({strategy: [Description per
+    domain]}) that describe every domain with the same prompts and phrasings as an earlier one — e.g. ``ensemble``
+    for a dataset whose templates hold no ensembles (each domain's falls back to its one prompt, as ``paper``)."""
+    def prompts(ds):
+        return [(d.prompts, d.phrasings) for d in ds]
+    out, seen = {}, {}
+    for how, ds in descriptions.items():
+        key = repr(prompts(ds))
+        if key in seen:
+            out[how] = seen[key]
+        else:
+            seen[key] = how
+    return out
+
+
 def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: dict | None = None,
                    n_nouns: int | None = None, templates: dict | None = None) -> tuple[dict, list[str]]:
     """({strategy: [Description per domain]} not yet encoded, every prompt they and the class prompts need)."""
@@ -217,6 +233,10 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
         if _uses_nouns(how) and n_nouns is not None and n_nouns > held:
             warnings.warn(f"n_nouns={n_nouns}, but the prompt templates hold {held} nouns: the {how!r} description "
                           f"averages over those {held}", stacklevel=3)
+    for how, same in repeated(descs).items():
+        warnings.warn(f"the descriptions {how!r} and {same!r} describe every domain with the same prompts (no separate "
+                      f"{how!r} phrasings are held for these domains, or domain_prompts replace them), so their results "
+                      f"are the same", stacklevel=3)
     wanted = class_prompts(classes, templates)
     for ds in descs.values():
         for d in ds:
