@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 
 from . import DEFAULT_MODEL
 from .errors import PacsEmbedError
@@ -147,6 +148,15 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     args = _parser().parse_args(argv)
+
+    def show(message, category, filename, lineno, file=None, line=None):   # a sentence, not a source line
+        print(f"pacs-embed {args.command}: warning: {message}", file=file or sys.stderr)
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        return _guarded(args)
+
+
+def _guarded(args) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt:

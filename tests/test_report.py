@@ -37,6 +37,15 @@ def test_a_description_that_repeats_another_is_said_and_left_out_of_the_report(c
         tmp_path / "r" / "report.md").read_text()
 
 
+def test_the_command_line_says_a_warning_in_one_sentence(cache_copy, tmp_path, capsys):
+    mine = [f"--domain-prompt={d}=a {d} picture" for d in ("photo", "art_painting", "cartoon", "sketch")]
+    assert main(["report", str(cache_copy), "--out", str(tmp_path / "r"), "--figures", str(tmp_path / "f"), "--seeds",
+                 "1", "--descriptions", "paper", "ensemble", "--methods", "none", "translate", "--no-progress", *mine]) == 0
+    err = capsys.readouterr().err
+    assert "pacs-embed report: warning: the descriptions 'ensemble' and 'paper' describe every domain" in err
+    assert ".py:" not in err and "warnings.warn" not in err   # no source file, line or code
+
+
 def test_report_on_a_missing_cache_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "none.h5"), "--out", str(tmp_path)]) == 2
     assert "pacs-embed extract" in capsys.readouterr().err
