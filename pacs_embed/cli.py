@@ -13,6 +13,7 @@ import contextlib
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from . import DEFAULT_MODEL
 from .errors import PacsEmbedError
@@ -149,8 +150,13 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     args = _parser().parse_args(argv)
 
-    def show(message, category, filename, lineno, file=None, line=None):   # a sentence, not a source line
-        print(f"pacs-embed {args.command}: warning: {message}", file=file or sys.stderr)
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if Path(filename).resolve().is_relative_to(Path(__file__).parent):   # ours: a sentence, not a source line
+            print(f"pacs-embed {args.command}: warning: {message}", file=file or sys.stderr)
+        else:                                                                 # a library's: where it came from
+            default(message, category, filename, lineno, file, line)
     with warnings.catch_warnings():
         warnings.showwarning = show
         return _guarded(args)
