@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as _stats
+from scipy.special import stdtrit   # the Student-t quantile (scipy.stats costs ~0.5 s to import)
 
 from . import arguments
 from .arguments import positive, results_table
@@ -44,7 +44,7 @@ def seed_interval(per_seed: np.ndarray, level: float = LEVEL) -> tuple[float, fl
     m = float(v.mean())
     if len(v) < 2:
         return m, float("nan"), float("nan")
-    half = _stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    half = stdtrit(len(v) - 1, 0.5 + level / 2) * v.std(ddof=1) / np.sqrt(len(v))
     return m, m - float(half), m + float(half)
 
 
