@@ -189,3 +189,11 @@ def test_a_domain_whose_every_image_failed_is_left_out_with_a_warning(cache_copy
     assert emb.n_failed == 56 and all(emb.paths[i].startswith(emb.domains[d]) for i, d in enumerate(emb.domain))
     res = pa.evaluate(emb, ["none"], seeds=[0], progress=False)
     assert set(res.table.target) == {"art_painting", "cartoon", "photo"}
+
+
+@pytest.mark.parametrize("name", ["tab20", "tab10", "colorblind"])
+def test_figure_colours_are_seaborns_palettes_without_importing_seaborn(name):
+    import seaborn as sns
+    from pacs_embed.analysis.plots import palette
+    for n in (1, 3, 10, 25):   # more colours than the palette holds: repeated, as seaborn does
+        assert palette(name, n) == [tuple(c) for c in sns.color_palette(name, n)]

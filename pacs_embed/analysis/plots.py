@@ -15,12 +15,23 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from .arguments import embeddings, results_table
 from .embeddings import Embeddings, domain_order, table_domains
 from .stats import seeded
 from .text import NO_DESCRIPTION, TextSide
+
+
+# seaborn's "colorblind" palette, as data: seaborn (and the scipy.stats it imports, ~0.8 s) is loaded only for
+# Table 1's heatmap
+COLORBLIND = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9"]
+
+
+def palette(name: str, n: int) -> list[tuple]:
+    """``n`` colours of the qualitative palette ``name`` (a matplotlib colormap such as "tab10", or "colorblind"),
+    repeated when ``n`` exceeds it: seaborn's ``color_palette(name, n)``."""
+    base = COLORBLIND if name == "colorblind" else matplotlib.colormaps[name].colors
+    return [matplotlib.colors.to_rgb(base[i % len(base)]) for i in range(n)]
 
 
 def save(fig, folder, name: str) -> list[Path]:
@@ -64,6 +75,7 @@ def table1_heatmap(tables: dict[str, pd.DataFrame]):
             kw = dict(cmap="RdBu_r", center=0, vmin=-lim, vmax=lim)
         else:
             kw = dict(cmap="viridis", vmin=lo, vmax=hi)
+        import seaborn as sns
         sns.heatmap(t, annot=t.shape[1] <= 16, fmt=".3f", cbar=True, ax=ax, cbar_kws={"shrink": 0.8}, **kw)
         ax.set_title({"reproduced": "this cache", "paper": "paper (Table 1)",
                       "difference": "this − paper (own scale, 0 = white)"}[name])
@@ -156,7 +168,7 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
     pairs = [f"{s} → {t}" for s in order for t in order if s != t and f"{s} → {t}" in set(g.pair)]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pairs) + 2), 4.5))
     width = 0.8 / max(1, len(labels))
-    colors = sns.color_palette("tab20", len(labels))
+    colors = palette("tab20", len(labels))
     for i, (label, color) in enumerate(zip(labels, colors)):
         sub = g[g.label == label].set_index("pair").reindex(pairs)
         xs = np.arange(len(pairs)) - 0.4 + width * (i + 0.5)
@@ -207,7 +219,7 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     centre = (x.mean(0) + T.mean(0)) / 2
     plane = lambda v: (np.atleast_2d(v) - centre) @ np.stack([a1, a2]).T  # noqa: E731
     p_img, p_txt = plane(x[pick]), plane(T)
-    colors = dict(zip(order, sns.color_palette("tab10", len(order))))
+    colors = dict(zip(order, palette("tab10", len(order))))
     fig, ax = plt.subplots(figsize=(7, 5.5))
     s = emb.domains.index(source)
     deltas = []
@@ -242,7 +254,7 @@ def models_plot(rows: list[dict]):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(9, 2.2 * len(rows) + 5), 4.2),
                                    gridspec_kw={"width_ratios": [1, 1.2]})
     width = 0.8 / max(1, len(rows))
-    colors = sns.color_palette("colorblind", max(len(rows), 3))
+    colors = palette("colorblind", max(len(rows), 3))
     for i, r in enumerate(rows):
         diag = dict(zip(r["domains"], r["table1_diagonal"]))
         ax1.bar(np.arange(len(domains)) - 0.4 + width * (i + 0.5), [diag.get(d, np.nan) for d in domains], width,
