@@ -197,3 +197,13 @@ def test_figure_colours_are_seaborns_palettes_without_importing_seaborn(name):
     from pacs_embed.analysis.plots import palette
     for n in (1, 3, 10, 25):   # more colours than the palette holds: repeated, as seaborn does
         assert palette(name, n) == [tuple(c) for c in sns.color_palette(name, n)]
+
+
+def test_only_descriptions_made_of_the_same_prompts_are_called_repeats():
+    from pacs_embed.analysis.text import Description, repeated
+    def described(*prompts):
+        return [Description(f"d{i}", [p], [p]) for i, p in enumerate(prompts)]
+    assert repeated({"paper": described("a", "b"), "ensemble": described("a", "b"), "nouns": described("a", "c")}) == {
+        "ensemble": "paper"}
+    given = TextSide.from_vectors({"paper": np.eye(3)[:2], "other": np.eye(3)[1:]}, np.eye(3))   # no prompts: vectors
+    assert repeated(given.descriptions) == {}

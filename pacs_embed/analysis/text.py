@@ -210,6 +210,8 @@ def repeated(descriptions: dict) -> dict[str, str]:
         return [(d.prompts, d.phrasings) for d in ds]
     out, seen = {}, {}
     for how, ds in descriptions.items():
+        if not all(d.prompts for d in ds):   # given as vectors (TextSide.from_vectors): no prompts to compare
+            continue
         key = repr(prompts(ds))
         if key in seen:
             out[how] = seen[key]
