@@ -236,15 +236,20 @@ def read_images(path) -> dict:
     return out
 
 
+def usable(vectors) -> np.ndarray:
+    """Per row: whether the vector can stand for an image or prompt — finite (no NaN or inf) and not all zeros
+    (no direction: it cannot be normalised)."""
+    v = np.asarray(vectors)
+    return np.isfinite(v).all(1) & v.any(1)
+
+
 def readable_vectors_usable(path, rows: int = 1 << 16) -> bool:
-    """Whether every image vector marked readable is finite and not all zeros (read in blocks of ``rows``: no copy
-    of the whole matrix). Caches written before extraction checked this can hold NaN/inf rows marked readable,
-    hand-made ones zero rows."""
-    def usable(block):
-        return np.isfinite(block).all() and block.any(1).all()
+    """Whether every image vector marked readable is ``usable`` (read in blocks of ``rows``: no copy of the whole
+    matrix). Caches written before extraction checked this can hold NaN/inf rows marked readable, hand-made ones
+    zero rows."""
     with _open(path) as f:
         e, ok = f["images/embedding"], f["images/ok"][:]
-        return all(usable(e[i:i + rows][ok[i:i + rows]]) for i in range(0, len(ok), rows))
+        return all(usable(e[i:i + rows][ok[i:i + rows]]).all() for i in range(0, len(ok), rows))
 
 
 def read_failures(path) -> list[tuple[str, str]]:

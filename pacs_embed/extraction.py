@@ -427,9 +427,10 @@ def _reusable(out, old, ds, settings, image_processor) -> dict:
     stored = _cache.read_images(out)
     reasons = dict(_cache.read_failures(out))
     now = {r.path: r.sha256 for r in ds.records}
-    return {p: (e, bool(ok), reasons.get(p, "")) for p, h, e, ok in zip(stored["path"], stored["sha256"],
-                                                                       stored["embedding"], stored["ok"])
-            if now.get(p) == h and (not ok or np.isfinite(e).all() and e.any())}
+    good = _cache.usable(stored["embedding"])
+    return {p: (e, bool(ok), reasons.get(p, "")) for p, h, e, ok, g in zip(stored["path"], stored["sha256"],
+                                                                          stored["embedding"], stored["ok"], good)
+            if now.get(p) == h and (not ok or g)}
 
 
 def _assemble(plan: Plan, dev, strict: bool, ranks: Ranks) -> Summary:

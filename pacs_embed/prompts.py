@@ -119,7 +119,8 @@ def preload_text_tower(path, model: str | None = None, device: str | None = None
 
     Usage: ``preload_text_tower(cache_path)`` while the cache's own prompts are analysed.
     """
-    idle = _when_idle()
+    shell = _ipython()
+    idle = _when_idle(shell)
 
     def load():
         idle()
@@ -127,7 +128,7 @@ def preload_text_tower(path, model: str | None = None, device: str | None = None
             _text_tower(_spec_for(path, model, local_only=True), device)
         except Exception:  # noqa: BLE001 - the encoding call that needs the tower reports it
             pass
-    thread = threading.Thread(target=load, name="pacs_embed text tower", daemon=_ipython() is not None)
+    thread = threading.Thread(target=load, name="pacs_embed text tower", daemon=shell is not None)
     thread.start()
     return thread
 
@@ -139,10 +140,9 @@ def _ipython():
     return shell if hasattr(getattr(shell, "events", None), "register") else None
 
 
-def _when_idle():
-    """A function that returns once the IPython kernel has run no cell for ``IDLE_S`` (at once outside IPython).
-    It must be made while the cell that asks for it runs."""
-    shell = _ipython()
+def _when_idle(shell):
+    """A function that returns once the IPython ``shell`` has run no cell for ``IDLE_S`` (at once when ``shell`` is
+    None: not in IPython). It must be made while the cell that asks for it runs."""
     if shell is None:
         return lambda: None
     state = {"running": True, "since": 0.0}   # made inside a running cell
@@ -178,9 +178,8 @@ def _spec_for(path, model, local_only: bool = False):
 
 
 def _unusable(prompts, vectors) -> list[str]:
-    """The prompts whose vector holds a NaN or inf, or is all zeros (no direction: it cannot be normalised)."""
-    vectors = np.asarray(vectors)
-    return [p for p, good in zip(prompts, np.isfinite(vectors).all(1) & vectors.any(1)) if not good]
+    """The prompts whose vector is not ``cache.usable`` (NaN, inf, or all zeros)."""
+    return [p for p, good in zip(prompts, _cache.usable(vectors)) if not good]
 
 
 def provenance(path, model: str | None = None) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import NOT_RECORDED, CacheError, check_dataset, read_attrs, read_images
+from ..cache import NOT_RECORDED, CacheError, check_dataset, read_attrs, read_images, usable
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -115,7 +115,7 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
                          f"{', '.join(paths[i] for i in bad[:3])}; no analysis can use them. Re-run `pacs-embed extract` "
                          f"for this cache: it encodes them again and records any still not finite as failures "
                          f"(--dtype float32 avoids a float16 overflow).")
-    zero = np.flatnonzero(~x.any(1))
+    zero = np.flatnonzero(~usable(x))   # all finite by now: the rows with no direction
     if len(zero):   # no direction, so no cosine: normalised it would stay zero and be scored as if it were an image
         raise CacheError(f"{cache}: {len(zero)} image embedding(s) marked readable (/images/ok) are all zeros, e.g. "
                          f"{', '.join(paths[i] for i in zero[:3])}; a CLIP embedding never is. If the tool that wrote "

@@ -94,9 +94,14 @@ class OnFirstUse:
         obj.__dict__[self.slot] = None if value is self else value
 
 
+def stored(obj, name: str):
+    """What the OnFirstUse field ``obj.name`` holds, without computing it: its value, or the function that makes it."""
+    return obj.__dict__[f"_{name}"]
+
+
 def computed(obj, name: str) -> bool:
     """Whether ``obj.name`` (an OnFirstUse field) holds its value already, i.e. reading it computes nothing."""
-    return not callable(obj.__dict__[f"_{name}"])
+    return not callable(stored(obj, name))
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,9 +173,9 @@ class TextSide:
                                  f"(with {n_classes} class vectors each), as the cache's images are")
         if all([d.domain for d in ds] == list(emb.domains) for ds in self.descriptions.values()):
             return self
-        named = {how: [replace(d, domain=name, class_vectors=d.__dict__["_class_vectors"]) for d, name in zip(ds, emb.domains)]
+        named = {how: [replace(d, domain=name, class_vectors=stored(d, "class_vectors")) for d, name in zip(ds, emb.domains)]
                  for how, ds in self.descriptions.items()}
-        return replace(self, descriptions=named, class_vectors=self.__dict__["_class_vectors"])
+        return replace(self, descriptions=named, class_vectors=stored(self, "class_vectors"))
 
     def vectors(self, how: str) -> np.ndarray:
         """(n_domains, D): the unit description vector of every domain."""
