@@ -114,8 +114,8 @@ def preload_text_tower(path, model: str | None = None, device: str | None = None
 
     In an IPython kernel (a notebook) the load waits until the kernel is idle — no cell running for
     ``IDLE_S`` — e.g. while you edit a prompt: a background import holds Python's lock, and loading while the
-    cells of a run execute made them about twice as slow (notebook 4 with every prompt cached: 11.1 s instead of
-    5.2 s, one run). A cell that needs the tower before then loads it itself.
+    cells of a run execute made them about twice as slow (``benchmarks/preload_contention.py``). A cell that needs
+    the tower before then loads it itself.
 
     Usage: ``preload_text_tower(cache_path)`` while the cache's own prompts are analysed.
     """
