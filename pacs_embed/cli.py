@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("prompts", help="encode prompts into a cache (only the missing ones)")
     t.add_argument("cache")
     t.add_argument("prompt", nargs="+")
+    t.add_argument("--model", help="the cache's model from another place: a hub id, or a folder holding the same "
+                                   "weights (default: the model the cache records)")
     t.add_argument("--device")
     return p
 
@@ -131,7 +133,7 @@ def _run(args) -> int:
         print("\n".join(f"{name:22s} {path}" for name, path in paths.items()))
     elif args.command == "prompts":
         from .prompts import prompt_embeddings
-        vectors = prompt_embeddings(args.cache, args.prompt, device=args.device)
+        vectors = prompt_embeddings(args.cache, args.prompt, model=args.model, device=args.device)
         print(f"{len(args.prompt)} prompts in {args.cache} (dim {vectors.shape[1]})")
     return 0
 

@@ -177,6 +177,13 @@ def _spec_for(path, model, local_only: bool = False):
     return spec
 
 
+def _without_model(path) -> str:
+    """What a user whose cache's model cannot be loaded here can still do (said after why it cannot)."""
+    return (f" With a copy of the same weights elsewhere, `pacs-embed prompts {str(path)!r} \"PROMPT\" ... --model FOLDER` "
+            f"encodes them, or `pacs-embed extract --data DATASET --model FOLDER --out {str(path)!r}` records the new "
+            f"folder (every image vector is kept). Without the model, only the prompts the cache holds can be used.")
+
+
 def _unusable(prompts, vectors) -> list[str]:
     """The prompts whose vector is not ``cache.usable`` (NaN, inf, or all zeros)."""
     return [p for p, good in zip(prompts, _cache.usable(vectors)) if not good]
@@ -214,7 +221,7 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
                 raise
             shown = ", ".join(repr(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise type(e)(f"{str(path)!r} does not hold {len(missing)} prompt(s) asked for ({shown}); encoding them "
-                          f"needs the cache's own model: {e}") from e
+                          f"needs the cache's own model: {e}{'' if model else _without_model(path)}") from e
     if missing:
         from .models import encode_text
         vectors = encode_text(_text_tower(spec, device), missing)

@@ -131,6 +131,38 @@ def test_a_cache_whose_model_is_gone_still_serves_its_prompts_and_names_the_ones
         prompt_embeddings(cache_copy, ["a photo", "a brand new prompt"])
 
 
+def test_when_the_cache_s_model_folder_moved_the_error_says_how_to_go_on_and_both_ways_work(small_dataset, tiny_clip,
+                                                                                            tmp_path, capsys):
+    import shutil
+    from pacs_embed import extract
+    from pacs_embed.cache import read_attrs, read_images
+    from pacs_embed.cli import main
+    from pacs_embed.errors import PacsEmbedError
+    model = shutil.copytree(tiny_clip, tmp_path / "model")
+    cache = tmp_path / "c.h5"
+    extract(small_dataset, str(model), cache, dtype="float32", workers=0, progress=False)
+    images = read_images(cache)["embedding"]
+    moved = model.rename(tmp_path / "elsewhere")
+    with pytest.raises(PacsEmbedError, match=r"does not exist.*pacs-embed prompts .*--model FOLDER.*"
+                                             r"pacs-embed extract --data DATASET --model FOLDER"):
+        prompt_embeddings(cache, ["a woodcut"])
+    assert main(["prompts", str(cache), "a woodcut", "--model", str(moved)]) == 0     # one way: encode the prompts
+    assert prompt_embeddings(cache, ["a woodcut"]).shape == (1, 16)                   # now read, no model needed
+    extract(small_dataset, str(moved), cache, dtype="float32", workers=0, progress=False)   # the other: re-point
+    assert read_attrs(cache)["model_id"] == str(moved.resolve())
+    np.testing.assert_array_equal(read_images(cache)["embedding"], images)            # no image encoded again
+    assert prompt_embeddings(cache, ["a linocut"]).shape == (1, 16)
+
+
+def test_a_cache_of_vectors_no_model_made_says_only_its_prompts_can_be_used(cache_copy):
+    import h5py
+    from pacs_embed.errors import PacsEmbedError
+    with h5py.File(cache_copy, "a") as f:
+        f.attrs["model_id"], f.attrs["revision"] = "another-tool/vectors", "none"
+    with pytest.raises(PacsEmbedError, match="only the prompts the cache holds can be used"):
+        prompt_embeddings(cache_copy, ["a brand new prompt"])
+
+
 def test_a_failed_append_leaves_the_cache_as_it_was(cache_copy):
     from pacs_embed.cache import append_prompts, read_attrs
     before = cache_copy.read_bytes()
