@@ -64,9 +64,10 @@ def readable(name: str) -> str:
 
 
 def domain_prompt(domain: str, templates: dict | None = None) -> str:
-    """The set's prompt for a domain folder name, else 'a <domain name>'."""
+    """The set's prompt for a domain folder name, else 'a <domain name>' ('an' before a vowel: "an infograph")."""
     templates = templates or load_templates()
-    return templates.get("domains", {}).get(domain) or f"a {readable(domain)}"
+    name = readable(domain)
+    return templates.get("domains", {}).get(domain) or f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def class_prompts(classes, templates=None) -> list[str]:
