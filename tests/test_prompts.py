@@ -326,3 +326,18 @@ def test_class_prompts_a_cache_lacks_are_encoded_once_when_methods_on_two_thread
                       head_cache=False)
     assert encoded == [wanted]
     assert set(res.table.method) == {"in_domain", "gap_shift", "translate_calibrated"}
+
+
+def test_a_text_side_pickles_with_its_vectors_and_still_encodes_new_prompts(cache_copy):
+    import pickle
+    from pacs_embed import analysis as pa
+    emb = pa.load(cache_copy)
+    text = pa.text_side(emb, ("paper", "nouns"), n_nouns=2)      # class vectors not read yet
+    back = pickle.loads(pickle.dumps(text))                       # e.g. sent to a joblib worker
+    np.testing.assert_array_equal(back.class_vectors, text.class_vectors)
+    for how in ("paper", "nouns"):
+        np.testing.assert_array_equal(back.vectors(how), text.vectors(how))
+        for mine, theirs in zip(back.descriptions[how], text.descriptions[how]):
+            np.testing.assert_array_equal(mine.class_vectors, theirs.class_vectors)
+    assert back.encode(["a prompt sent along"]).shape == (1, 16)
+    assert "a prompt sent along" in read_prompts(cache_copy)

@@ -94,6 +94,15 @@ class OnFirstUse:
         obj.__dict__[self.slot] = None if value is self else value
 
 
+def computed_state(obj) -> dict:
+    """``obj.__dict__`` with its OnFirstUse fields computed: what pickling their holder stores (the functions that
+    make them are local to ``text_side`` and cannot be pickled; the vectors can). Use as ``__getstate__``."""
+    for name, attr in vars(type(obj)).items():
+        if isinstance(attr, OnFirstUse):
+            getattr(obj, name)
+    return dict(obj.__dict__)
+
+
 def stored(obj, name: str):
     """What the OnFirstUse field ``obj.name`` holds, without computing it: its value, or the function that makes it."""
     return obj.__dict__[f"_{name}"]
@@ -113,6 +122,7 @@ class Description:
     vector: np.ndarray | None = None          # (D,) unit: normalised mean of the prompts' unit vectors
     # (n_classes, D) unit: "{phrasing} of a {class}", averaged over phrasings (encoded when first read)
     class_vectors: np.ndarray | None = field(default=OnFirstUse(), repr=False)
+    __getstate__ = computed_state
 
 
 def user_prompts(domain_prompts: dict | None, domains) -> dict[str, list[str]]:
@@ -151,6 +161,7 @@ class TextSide:
     # (n_classes, D) unit: "a photo of a {class}" (encoded when first read)
     class_vectors: np.ndarray | None = field(default=OnFirstUse(), repr=False)
     encode: Callable | None = field(default=None, repr=False)   # prompts -> unit vectors (encodes missing ones)
+    __getstate__ = computed_state
 
     def fits(self, emb: Embeddings, what: str) -> "TextSide":
         """This text side, checked to describe ``emb``: every domain in its order and every class, in the images'
@@ -291,10 +302,18 @@ def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | N
                                  l2_normalize(vectors(d.prompts).mean(0)).astype(np.float32), class_vectors(d))
                      for d in ds] for how, ds in descs.items()}
 
-    def encode(prompts):
-        return l2_normalize(prompt_embeddings(cache, list(prompts)).astype(np.float64))
+    return TextSide(encoded, lambda: vectors(class_prompts(emb.classes, templates)).astype(np.float32),
+                    Encoder(cache))
 
-    return TextSide(encoded, lambda: vectors(class_prompts(emb.classes, templates)).astype(np.float32), encode)
+
+@dataclass(frozen=True)
+class Encoder:
+    """prompts -> (n, D) unit float64 text vectors through the cache at ``path``: cached prompts are read, the
+    others encoded with its model and added (``prompt_embeddings``)."""
+    path: str
+
+    def __call__(self, prompts) -> np.ndarray:
+        return l2_normalize(prompt_embeddings(self.path, list(prompts)).astype(np.float64))
 
 
 def preload_text_tower(emb: Embeddings):
