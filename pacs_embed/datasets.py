@@ -128,6 +128,7 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
         raise DatasetError(f"no class folders under the domains of {str(root)!r}; expected <domain>/<class>/<image>.")
     class_index = {c: i for i, c in enumerate(classes)}
     found = []
+    ignored += [f"{e.name} (not in a domain folder)" for e in _entries(root) if e.is_file()]
     for di, d in enumerate(domain_dirs):
         ignored += [f"{d.name}/{e.name} (not in a class folder)" for e in _entries(d) if e.is_file()]
         for c in class_dirs[d]:

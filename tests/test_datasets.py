@@ -28,6 +28,7 @@ def test_scan_lists_images_in_sorted_order_and_names_every_skipped_entry_with_it
     (root / "photo" / "dog" / "loop").symlink_to(root)
     (root / "zloop").symlink_to(root)
     _touch(root / ".cache" / "dog" / "a.jpg")                        # hidden domain
+    _touch(root / "LICENSE.txt")                                       # beside the domains
 
     ds = scan(root, progress=False)
 
@@ -39,6 +40,7 @@ def test_scan_lists_images_in_sorted_order_and_names_every_skipped_entry_with_it
     assert ds.records[5].label == ds.classes.index("dog")
     assert sorted(ds.ignored) == sorted([
         "zloop (link to a folder, not followed)",
+        "LICENSE.txt (not in a domain folder)",
         "photo/readme.md (not in a class folder)",
         "photo/dog/gone.jpg (broken link)",
         "photo/dog/loop (link to a folder, not followed)",
