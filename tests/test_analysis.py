@@ -161,6 +161,10 @@ def test_with_some_sources_every_domain_is_still_a_target_in_the_tables_and_the_
     assert list(g.index) == ["d1"] and list(g.columns) == emb.domains
     fig = plots.accuracy_grid(res.table)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == emb.domains
+    every = plots.accuracy_grid(evaluate(emb, text=text, seeds=range(2), methods=["none", "zeroshot"],
+                                         progress=False).table)
+    # one source row is drawn as a strip, not in a panel as tall as one with a row per domain
+    assert fig.get_figheight() < 0.75 * every.get_figheight()
 
 
 def test_evaluate_fits_the_seeds_of_a_source_together_and_each_head_once(monkeypatch):

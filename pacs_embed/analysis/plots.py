@@ -108,8 +108,12 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
     head_diag = table[table.method == "in_domain"].groupby("source").accuracy.mean()
     cols = min(4, len(methods))
     rows = -(-len(methods) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 4.2 * rows), squeeze=False)
-    fig.subplots_adjust(left=0.09, right=0.98, top=1 - 1.05 / (4.2 * rows), bottom=1.1 / (4.2 * rows), wspace=0.15, hspace=0.35)
+    cell = min(3.1 / max(len(targets), 1), 3.6 / max(len(sources), 1))   # inches: a panel fits in 3.1 x 3.6
+    height = cell * len(sources)                     # a panel's grid; each takes ~0.75 in of titles above it
+    total = rows * height + (rows - 1) * 0.75 + 2.15   # + suptitle and first titles (1.05 in), target names (1.1 in)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, total), squeeze=False)
+    fig.subplots_adjust(left=0.09, right=0.98, top=1 - 1.05 / total, bottom=1.1 / total, wspace=0.15,
+                        hspace=0.75 / height)
     for ax in axes.flat[len(methods):]:
         ax.set_visible(False)
     for ax, m in zip(axes.flat, methods):
@@ -134,7 +138,7 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
         else:
             ax.set_xlabel("target")
     fig.suptitle(f"accuracy (mean over seeds, one 0-1 scale), domain descriptions: {description}",
-                 y=1 - 0.2 / (4.2 * rows))
+                 y=1 - 0.2 / total)
     return fig
 
 
