@@ -64,10 +64,9 @@ def readable(name: str) -> str:
 
 
 def domain_prompt(domain: str, templates: dict | None = None) -> str:
-    """The set's prompt for a domain folder name, else 'a <domain name>' ('an' before a vowel: "an infograph")."""
+    """The set's prompt for a domain folder name, else 'a <domain name>'."""
     templates = templates or load_templates()
-    name = readable(domain)
-    return templates.get("domains", {}).get(domain) or f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+    return templates.get("domains", {}).get(domain) or f"a {readable(domain)}"
 
 
 def class_prompts(classes, templates=None) -> list[str]:
