@@ -1,9 +1,15 @@
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 import pytest
+
+# A runner that starts the tests in the background (`cmd &` without job control) has SIGINT ignored, which every
+# child inherits through exec: the Ctrl-C tests' processes would never see a KeyboardInterrupt. Give it back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
