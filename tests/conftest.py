@@ -58,6 +58,7 @@ def copy_sample(pacs_mini: Path, root: Path, per_class: int = 2) -> Path:
             dest = root / cls_dir.parent.name / cls_dir.name / f.name
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dest)
+            dest.chmod(dest.stat().st_mode | 0o200)   # the sample may be read-only; tests change their copies
     return root
 
 
