@@ -3,3 +3,12 @@
 
 class PacsEmbedError(Exception):
     """Something the user can fix (a file, an argument, a dataset); the message says what."""
+
+
+def add_note(e: BaseException, note: str) -> None:
+    """``e.add_note(note)``: Python 3.11's exception notes; on 3.10 the same ``__notes__`` list (the CLI prints it,
+    3.10's tracebacks do not)."""
+    if hasattr(e, "add_note"):
+        e.add_note(note)
+    else:
+        e.__notes__ = [*getattr(e, "__notes__", []), note]

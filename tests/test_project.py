@@ -1,6 +1,9 @@
 """The project's set-up files agree with each other and with the README."""
 import re
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:   # Python 3.10: pytest's own TOML parser
+    import tomli as tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent

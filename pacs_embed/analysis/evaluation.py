@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..cache import heads_folder
-from ..errors import PacsEmbedError
+from ..errors import PacsEmbedError, add_note
 from .arguments import c_grid, embeddings, names, seed_list
 from .embeddings import Embeddings
 from .heads import C_GRID, HeadBatch, HeadCache, check_solver, resolved, single_threaded_blas, split
@@ -138,7 +138,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
         try:
             fitted = make(name).fit(source(s, seed, how))
         except Exception as e:
-            e.add_note(f"(method {name!r} failed to fit on source {s!r}, seed {seed}, description {how!r}{_leave_out(e)})")
+            add_note(e, f"(method {name!r} failed to fit on source {s!r}, seed {seed}, description {how!r}{_leave_out(e)})")
             raise
         if not callable(getattr(fitted, "predict", None)):
             raise TypeError(f"method {name!r}: fit returned {type(fitted).__name__}, not the fitted method; "
@@ -150,7 +150,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
         try:
             predicted = m.predict(xt, descs(how)[domains.index(s)], descs(how)[domains.index(t)])
         except Exception as e:
-            e.add_note(f"(method {name!r} failed to predict on target {t!r} from source {s!r}, description {how!r}"
+            add_note(e, f"(method {name!r} failed to predict on target {t!r} from source {s!r}, description {how!r}"
                        f"{_leave_out(e)})")
             raise
         return class_indices(predicted, len(yt), len(emb.classes), f"method {name!r} on target {t!r}") == yt

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..cache import read_prompts
-from ..errors import PacsEmbedError
+from ..errors import PacsEmbedError, add_note
 from ..prompts import class_prompts, domain_class_prompts, domain_prompt, load_templates, prompt_embeddings
 from ..prompts import preload_text_tower as _preload_text_tower
 from .arguments import cache_of, names, noun_count, prompt_dict
@@ -294,7 +294,7 @@ def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | N
         held = read_prompts(cache)
         lacking = [how for how, ds in descs.items() if any(p not in held for d in ds for p in d.prompts)]
         if 0 < len(lacking) < len(descs):
-            e.add_note(f"(the description(s) {lacking} need them; the cache holds every prompt of "
+            add_note(e, f"(the description(s) {lacking} need them; the cache holds every prompt of "
                        f"{[how for how in descs if how not in lacking]}: leave the others out with descriptions=[...] "
                        f"in Python, --descriptions on the command line)")
         raise
