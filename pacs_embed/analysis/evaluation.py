@@ -151,7 +151,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
             predicted = m.predict(xt, descs(how)[domains.index(s)], descs(how)[domains.index(t)])
         except Exception as e:
             add_note(e, f"(method {name!r} failed to predict on target {t!r} from source {s!r}, description {how!r}"
-                       f"{_leave_out(e)})")
+                        f"{_leave_out(e)})")
             raise
         return class_indices(predicted, len(yt), len(emb.classes), f"method {name!r} on target {t!r}") == yt
 

@@ -295,8 +295,8 @@ def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | N
         lacking = [how for how, ds in descs.items() if any(p not in held for d in ds for p in d.prompts)]
         if 0 < len(lacking) < len(descs):
             add_note(e, f"(the description(s) {lacking} need them; the cache holds every prompt of "
-                       f"{[how for how in descs if how not in lacking]}: leave the others out with descriptions=[...] "
-                       f"in Python, --descriptions on the command line)")
+                        f"{[how for how in descs if how not in lacking]}: leave the others out with descriptions=[...] "
+                        f"in Python, --descriptions on the command line)")
         raise
     encoded = {how: [Description(d.domain, d.prompts, d.phrasings,
                                  l2_normalize(vectors(d.prompts).mean(0)).astype(np.float32), class_vectors(d))
