@@ -219,9 +219,10 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
         except PacsEmbedError as e:
             if not missing:
                 raise
+            unloadable = not model and not isinstance(e, _cache.CacheError)   # not found, rather than another model
             shown = ", ".join(repr(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise type(e)(f"{str(path)!r} does not hold {len(missing)} prompt(s) asked for ({shown}); encoding them "
-                          f"needs the cache's own model: {e}{'' if model else _without_model(path)}") from e
+                          f"needs the cache's own model: {e}{_without_model(path) if unloadable else ''}") from e
     if missing:
         from .models import encode_text
         vectors = encode_text(_text_tower(spec, device), missing)

@@ -59,8 +59,9 @@ def test_weights_changed_in_place_are_refused(small_dataset, tmp_path):
     out = tmp_path / "c.h5"
     extract(small_dataset, str(model_dir), out, dtype="float32", progress=False)
     make_clip(model_dir, seed=1)  # same folder, new weights
-    with pytest.raises(CacheError, match="do not mix"):
+    with pytest.raises(CacheError, match="do not mix") as e:
         prompt_embeddings(out, ["a new prompt"])
+    assert "--model FOLDER" not in str(e.value)   # the model was found, and is another: no advice for a moved one
     assert prompt_embeddings(out, ["a photo"]).shape == (1, 16)  # cached prompts still read
 
 
