@@ -35,7 +35,7 @@ CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
 def _every_report_prompt(domains, classes) -> list[str]:
     """Every prompt a report with every description (all 100 nouns) needs, and extraction's defaults."""
     from pacs_embed.analysis.text import DESCRIPTIONS, needed_prompts
-    from pacs_embed.prompts import default_prompts
+    from pacs_embed.templates import default_prompts
     return list(dict.fromkeys(default_prompts(domains, classes) + needed_prompts(domains, classes, DESCRIPTIONS)[1]))
 
 

@@ -22,7 +22,7 @@ import pacs_scale  # noqa: E402
 from analysis_speed import _notebook, _override, timed  # noqa: E402
 
 PRELOAD = "pa.preload_text_tower(emb)"
-AT_ONCE = ("import threading\nfrom pacs_embed.prompts import _spec_for, _text_tower\n"
+AT_ONCE = ("import threading\nfrom pacs_embed.text_encoder import _spec_for, _text_tower\n"
            "threading.Thread(target=lambda: _text_tower(_spec_for(emb.cache, None, local_only=True), None)).start()")
 WAYS = {"at once": AT_ONCE, "when idle": PRELOAD, "none": "pass"}
 

@@ -20,6 +20,6 @@ def __getattr__(name):  # lazy: `import pacs_embed` must not pull in torch
         from .extraction import extract
         return extract
     if name == "prompt_embeddings":
-        from .prompts import prompt_embeddings
+        from .text_encoder import prompt_embeddings
         return prompt_embeddings
     raise AttributeError(f"module 'pacs_embed' has no attribute {name!r}")

@@ -1,59 +1,38 @@
-"""The HDF5 embedding cache: its layout, provenance, staleness check and prompt appends.
+"""The embedding cache as an object: opened and checked once, then asked for what it holds.
 
-Layout (format version 1; all vectors are raw projected CLIP embeddings, float32, *not*
-L2-normalised)::
-
-    /                    attrs: provenance (model_id, revision, dtype, versions, manifest_sha256, ...)
-    /domains, /classes   name tables (str)
-    /images/embedding    (N, D) float32; NaN rows for images that failed to decode
-    /images/path         (N,) str, relative to the dataset root
-    /images/domain       (N,) int16 index into /domains
-    /images/label        (N,) int16 index into /classes
-    /images/ok           (N,) bool
-    /images/sha256, size, mtime_ns   per-file content hash and stat, for staleness checks
-    /failures/path, /failures/reason  images that could not be read, and why
-    /prompts/text        (P,) str, appendable
-    /prompts/embedding   (P, D) float32, appendable
+A cache is one HDF5 file (``hdf5``: the layout, the writer, the validating reader) plus the prompts added after
+extraction in an append-only log beside it (``prompt_log``: ``<cache>.prompts``). ``Cache.open`` checks the
+file once and holds its attributes and names; the image index and the prompt table are read once, when first
+used; image vectors are read through the same open handle. Prompts the cache lacks are encoded by an encoder
+you pass in (``text_encoder.TextEncoder``: the only part that needs torch) and appended to the log.
 
 Usage::
 
-    info = read_attrs("data/embeddings/PACS/openai__clip-vit-base-patch32.h5")
-    arrays = read_images(path)         # dict of numpy arrays + name lists
-    changes = check_dataset(path)      # Changes(added, removed, modified) against the files now
+    cache = Cache.open("data/embeddings/PACS/openai__clip-vit-base-patch32.h5")
+    cache.attrs["model_id"], cache.domains, cache.classes
+    x = cache.image_vectors(cache.index["ok"])            # (n_ok, D) raw vectors of the readable images
+    v = cache.prompt_vectors(["a photo"], encoder=None)   # cached prompts; missing ones need an encoder
+    cache.changes()                                       # Changes(added, removed, modified) vs the files now
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import io
 import os
 import threading
-import time
+from functools import cached_property
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from . import __version__
+from . import hdf5
 from .datasets import Changes, Record, compare, scan
-from .files import atomic_write
-from .errors import PacsEmbedError
+from .errors import CacheError, PacsEmbedError  # noqa: F401  (CacheError: the cache's errors, importable from here)
+from .files import LockBusy
+from .files import locked as _locked
+from .prompt_log import PromptLog, log_path
 
-FORMAT_VERSION = 1
-EMBEDDING_NOTE = ("raw projected CLIP embeddings (output of the visual/text projection), float32, "
-                  "not L2-normalised")
-STR = h5py.string_dtype()
-GROUPS = ("domains", "classes", "images/embedding", "images/path", "images/domain", "images/label", "images/ok",
-          "images/sha256", "images/size", "images/mtime_ns", "failures/path", "failures/reason", "prompts/text",
-          "prompts/embedding")
-
-
-class CacheError(PacsEmbedError, RuntimeError):
-    pass
-
-
-PROVENANCE = ("model_id", "revision")   # which model made the vectors: a cache must say (prompts are checked against it)
-NOT_RECORDED = "not recorded"           # what read_attrs gives for a descriptive attribute a cache lacks
+FORMAT_VERSION = hdf5.FORMAT_VERSION
+NOT_RECORDED = "not recorded"           # what a descriptive attribute a cache lacks reads
 DESCRIPTIVE = ("processor_class", "device", "dtype", "batch_size", "created", "dataset_root", "torch_version",
                "transformers_version")
 
@@ -69,171 +48,27 @@ def default_path(dataset_name: str, model_id: str, folder="data/embeddings") -> 
     return Path(folder) / dataset_name / f"{name}.h5"
 
 
-_HELD: dict[str, int] = {}        # locks this process holds, and how deeply (a writer may nest)
-_THREADS = threading.RLock()      # one writer thread at a time within this process
+def default_cache(folder="data/embeddings") -> Path:
+    """The cache to use when none is named: ``$PACS_EMBED_CACHE``, else the most recently written ``*.h5`` under
+    ``folder``; an error saying how to make or name one when there is none."""
+    named = os.environ.get("PACS_EMBED_CACHE")
+    if named:
+        return Path(named)
+    found = sorted(Path(folder).glob("**/*.h5"), key=lambda p: p.stat().st_mtime_ns)
+    if not found:
+        raise CacheError(f"no cache under {folder}/ and PACS_EMBED_CACHE is not set: make one with `pacs-embed extract "
+                         f"--data DATASET --model MODEL` (it writes {folder}/<dataset>/<model>.h5), or name one")
+    return found[-1]
 
 
 @contextlib.contextmanager
 def locked(path, wait: bool = True):
-    """An exclusive lock beside ``path`` (one writer at a time); ``wait=False`` fails at once.
-
-    POSIX record locks (``lockf``): they belong to the process that took them, so DataLoader workers
-    forked meanwhile do not inherit them, and a killed writer's lock dies with it.
-    """
-    lock = Path(str(path) + ".lock")
-    key = str(lock.resolve())
-    busy = CacheError(f"another process is writing {str(path)!r} (lock {lock}); wait for it to finish")
-    if not _THREADS.acquire(blocking=wait):
-        raise busy
+    """One writer of the cache at ``path`` at a time (``files.locked``); busy is a CacheError."""
     try:
-        if key in _HELD:
-            _HELD[key] += 1
-            try:
-                yield
-            finally:
-                _HELD[key] -= 1
-            return
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a") as f:
-            try:
-                fcntl.lockf(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except OSError:
-                raise busy from None
-            _HELD[key] = 1
-            try:
-                yield
-            finally:
-                del _HELD[key]
-                fcntl.lockf(f, fcntl.LOCK_UN)
-    finally:
-        _THREADS.release()
-
-
-def write(path, attrs: dict, domains, classes, records: list[Record], embeddings: np.ndarray,
-          ok: np.ndarray, failures: list[tuple[str, str]], prompts: list[str], prompt_embeddings: np.ndarray):
-    """Write a complete cache to ``<path>.partial``, then rename it to ``path`` (atomic)."""
-    path = Path(path)
-    embeddings, prompt_embeddings = np.asarray(embeddings), np.asarray(prompt_embeddings)
-    n = len(records)
-    if embeddings.ndim != 2 or len(embeddings) != n or len(ok) != n:
-        raise ValueError(f"{str(path)!r}: {n} records need an (n, D) embedding matrix and n ok flags; got "
-                         f"{embeddings.shape} and {len(ok)}")
-    if prompt_embeddings.shape != (len(prompts), embeddings.shape[1]):
-        raise ValueError(f"{str(path)!r}: {len(prompts)} prompts need a ({len(prompts)}, {embeddings.shape[1]}) "
-                         f"matrix of vectors (the images' dimension); got {prompt_embeddings.shape}")
-    if any(not 0 <= r.domain < len(domains) or not 0 <= r.label < len(classes) for r in records):
-        raise ValueError(f"{str(path)!r}: a record's domain or label index is outside the {len(domains)} domains "
-                         f"and {len(classes)} classes")
-    buffer = io.BytesIO()   # built in memory, written with plain file I/O: a full disk is a clean error, not a crash
-    with h5py.File(buffer, "w") as f:
-        for key, value in attrs.items():
-            f.attrs[key] = str(value) if isinstance(value, str) else value  # str subclasses: h5py fails
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["pacs_embed_version"] = __version__
-        f.attrs["embedding"] = EMBEDDING_NOTE
-        f.attrs["n_images"] = len(records)
-        f.attrs["embed_dim"] = embeddings.shape[1]
-        f.create_dataset("domains", data=np.array(domains, dtype=object), dtype=STR)
-        f.create_dataset("classes", data=np.array(classes, dtype=object), dtype=STR)
-        g = f.create_group("images")
-        g.create_dataset("embedding", data=embeddings.astype(np.float32))
-        g.create_dataset("path", data=np.array([r.path for r in records], dtype=object), dtype=STR)
-        g.create_dataset("domain", data=np.array([r.domain for r in records], np.int16))
-        g.create_dataset("label", data=np.array([r.label for r in records], np.int16))
-        g.create_dataset("ok", data=ok.astype(bool))
-        g.create_dataset("sha256", data=np.array([r.sha256 for r in records], dtype=object), dtype=STR)
-        g.create_dataset("size", data=np.array([r.size for r in records], np.int64))
-        g.create_dataset("mtime_ns", data=np.array([r.mtime_ns for r in records], np.int64))
-        fg = f.create_group("failures")
-        fg.create_dataset("path", data=np.array([p for p, _ in failures], dtype=object), dtype=STR)
-        fg.create_dataset("reason", data=np.array([r for _, r in failures], dtype=object), dtype=STR)
-        pg = f.create_group("prompts")
-        pg.attrs["embedding"] = EMBEDDING_NOTE + "; text tower run in float32"
-        pg.create_dataset("text", data=np.array(prompts, dtype=object), dtype=STR,
-                          maxshape=(None,), chunks=(1024,))
-        pg.create_dataset("embedding", data=prompt_embeddings.astype(np.float32),
-                          maxshape=(None, embeddings.shape[1]), chunks=(256, embeddings.shape[1]))
-    atomic_write(path, buffer.getvalue(), durable=True)
-
-
-def _open(path, mode="r"):
-    path = Path(path)
-    if not path.is_file():
-        raise CacheError(f"no cache at {str(path)!r}; make it with `pacs-embed extract` (see --out).")
-    for attempt in range(50):  # another process may hold HDF5's own file lock for a moment
-        try:
-            f = h5py.File(path, mode)
-            break
-        except OSError as e:
-            if "lock" not in str(e).lower() or attempt == 49:
-                raise CacheError(f"cannot open cache {str(path)!r}: {e}") from e
-            time.sleep(0.2)
-    version = f.attrs.get("format_version")
-    if version is None or "pacs_embed_version" not in f.attrs:
-        f.close()
-        raise CacheError(f"{str(path)!r} is an HDF5 file but not a pacs_embed cache (no pacs_embed attributes)")
-    if version != FORMAT_VERSION:
-        f.close()
-        raise CacheError(f"{str(path)!r} has cache format {version!r}; this pacs_embed reads {FORMAT_VERSION}. "
-                         f"Re-run `pacs-embed extract --force`.")
-    missing = [g for g in GROUPS if g not in f]
-    problem = (f"it lacks {', '.join('/' + g for g in missing)}" if missing else _layout_problem(f))
-    if not problem and (unsaid := [a for a in PROVENANCE if a not in f.attrs]):
-        problem = (f"it does not say which model made its vectors (no attribute {', '.join(unsaid)}; add it), so no "
-                   f"prompt can be checked against them")
-    if problem:
-        f.close()
-        raise CacheError(f"{str(path)!r} is damaged or inconsistent: {problem}. "
-                         f"Re-run `pacs-embed extract --force` to rebuild it.")
-    return f
-
-
-def _layout_problem(f) -> str:
-    """What makes the arrays of an open cache disagree with each other (shapes only: no vector is read), or ""."""
-    e, n = f["images/embedding"], f["images/path"].shape[0]
-    if e.ndim != 2 or e.shape[0] != n:
-        return f"/images/embedding has shape {e.shape}, not one row per image path ({n})"
-    for name in ("domain", "label", "ok", "sha256", "size", "mtime_ns"):
-        if f[f"images/{name}"].shape != (n,):
-            return f"/images/{name} has shape {f[f'images/{name}'].shape}, not one entry per image ({n})"
-    p, texts = f["prompts/embedding"], f["prompts/text"].shape[0]
-    if p.ndim != 2 or p.shape != (texts, e.shape[1]):
-        return (f"/prompts/embedding has shape {p.shape}, not one {e.shape[1]}-dimensional vector (the images' "
-                f"dimension) per prompt ({texts})")
-    if f["failures/path"].shape != f["failures/reason"].shape:
-        return "/failures/path and /failures/reason differ in length"
-    return ""
-
-
-def read_attrs(path) -> dict:
-    """The cache's attributes; descriptive ones it lacks (a cache written by another tool) read "not recorded"."""
-    with _open(path) as f:
-        a = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-        a.setdefault("embed_dim", int(f["images/embedding"].shape[1]))
-    return {**dict.fromkeys(DESCRIPTIVE, NOT_RECORDED), **a}
-
-
-def read_names(path) -> tuple[list[str], list[str]]:
-    """(domains, classes) without reading any vectors."""
-    with _open(path) as f:
-        return f["domains"].asstr()[:].tolist(), f["classes"].asstr()[:].tolist()
-
-
-def read_images(path) -> dict:
-    """Every image's embedding and labels: keys embedding, path, domain, label, ok, sha256, domains, classes."""
-    with _open(path) as f:
-        g = f["images"]
-        out = {"embedding": g["embedding"][:], "path": g["path"].asstr()[:].tolist(),
-               "domain": g["domain"][:].astype(np.int64), "label": g["label"][:].astype(np.int64),
-               "ok": g["ok"][:], "sha256": g["sha256"].asstr()[:].tolist(),
-               "domains": f["domains"].asstr()[:].tolist(), "classes": f["classes"].asstr()[:].tolist()}
-    for key, names in (("domain", "domains"), ("label", "classes")):
-        v = out[key]
-        if len(v) and (v.min() < 0 or v.max() >= len(out[names])):
-            raise CacheError(f"{str(path)!r} is damaged or inconsistent: /images/{key} holds index "
-                             f"{int(v.max() if v.max() >= len(out[names]) else v.min())}, but there are "
-                             f"{len(out[names])} {names}. Re-run `pacs-embed extract --force` to rebuild it.")
-    return out
+        with _locked(path, wait):
+            yield
+    except LockBusy as e:
+        raise CacheError(str(e)) from None
 
 
 def usable(vectors) -> np.ndarray:
@@ -241,45 +76,6 @@ def usable(vectors) -> np.ndarray:
     (no direction: it cannot be normalised)."""
     v = np.asarray(vectors)
     return np.isfinite(v).all(1) & v.any(1)
-
-
-def readable_vectors_usable(path, rows: int = 1 << 16) -> bool:
-    """Whether every image vector marked readable is ``usable`` (read in blocks of ``rows``: no copy of the whole
-    matrix). Caches written before extraction checked this can hold NaN/inf rows marked readable, hand-made ones
-    zero rows."""
-    with _open(path) as f:
-        e, ok = f["images/embedding"], f["images/ok"][:]
-        return all(usable(e[i:i + rows][ok[i:i + rows]]).all() for i in range(0, len(ok), rows))
-
-
-def read_failures(path) -> list[tuple[str, str]]:
-    with _open(path) as f:
-        return list(zip(f["failures/path"].asstr()[:], f["failures/reason"].asstr()[:]))
-
-
-def stored_records(path) -> dict[str, Record]:
-    with _open(path) as f:
-        g = f["images"]
-        return {p: Record(p, int(d), int(c), int(s), int(m), h) for p, d, c, s, m, h in zip(
-            g["path"].asstr()[:], g["domain"][:], g["label"][:], g["size"][:], g["mtime_ns"][:], g["sha256"].asstr()[:])}
-
-
-def check_dataset(path, root=None) -> Changes:
-    """Exactly which dataset files were added, removed or modified since the cache was made.
-
-    Files whose size and mtime are unchanged are trusted; others are hashed again.
-    """
-    root = root or read_attrs(path)["dataset_root"]
-    if root == NOT_RECORDED:
-        raise CacheError(f"{str(path)!r} does not record its dataset folder; name it (pacs-embed info --data FOLDER)")
-    old = stored_records(path)
-    now = scan(root, known=old, progress=False)
-    return compare({p: r.sha256 for p, r in old.items()}, {r.path: r.sha256 for r in now.records})
-
-
-def read_prompts(path) -> dict[str, np.ndarray]:
-    with _open(path) as f:
-        return dict(zip(f["prompts/text"].asstr()[:], f["prompts/embedding"][:]))
 
 
 def same_model(attrs, model_id: str, revision: str, tokenizer: str | None = None) -> bool:
@@ -306,68 +102,301 @@ def model_mismatch(attrs, model_id: str, revision: str, tokenizer: str | None = 
     return ""
 
 
-def append_prompts(path, texts: list[str], vectors: np.ndarray, model_id: str, revision: str,
-                   tokenizer: str | None = None) -> None:
-    """Append prompt embeddings; refuses vectors from another model, revision or tokenizer.
-
-    Copy-on-write: the append goes to ``<path>.partial``, renamed over ``path`` when done, so a crash
-    mid-append never damages the cache (the image embeddings are the expensive part).
-    """
-    path = Path(path)
-    with locked(path):
-        with _open(path) as f:
-            why = model_mismatch(f.attrs, model_id, revision, tokenizer)
-            if why:
-                raise CacheError(f"{str(path)!r} was {why}; refusing to add prompts encoded otherwise.")
-            have = set(f["prompts/text"].asstr()[:])
-        keep = [i for i, t in enumerate(texts) if t not in have]
-        if not keep:
-            return
-        buffer = io.BytesIO(path.read_bytes())   # copy-on-write, in memory; then one atomic write
-        with h5py.File(buffer, "a") as f:
-            _append(f, "prompts/text", np.array([texts[i] for i in keep], dtype=object))
-            _append(f, "prompts/embedding", vectors[keep].astype(np.float32))
-        atomic_write(path, buffer.getvalue(), durable=True)
+def _identity(path: Path):
+    s = path.stat()
+    return s.st_ino, s.st_dev, s.st_size, s.st_mtime_ns
 
 
-def _append(f, name: str, rows: np.ndarray) -> None:
-    """Append ``rows`` to the dataset ``name``. One written at a fixed size (by another tool, or h5py's default)
-    cannot grow: it is rewritten as an appendable one (chunked, unlimited rows; text as UTF-8 strings), its
-    attributes kept."""
-    d = f[name]
-    n = d.shape[0]
-    if d.maxshape[0] is None:
-        d.resize((n + len(rows),) + d.shape[1:])
-        d[n:] = rows
-        return
-    text = rows.dtype == object
-    old, attrs = (d.asstr()[:] if text else d[:]), dict(d.attrs)
-    del f[name]
-    data = np.concatenate([old.astype(object) if text else old.astype(np.float32), rows])
-    d = f.create_dataset(name, data=data, dtype=STR if text else np.float32, maxshape=(None,) + data.shape[1:],
-                         chunks=(1024,) if text else (256,) + data.shape[1:])
-    d.attrs.update(attrs)
+class Cache(os.PathLike):
+    """An embedding cache, opened and checked once (``Cache.open``). It stands for its path where one is
+    expected (``Path(cache)``, ``open(cache)``, f-strings)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._file = hdf5.HDF5File(self.path)
+        try:
+            self._identity = _identity(self.path)
+            attrs = dict(self._file.attrs)
+            attrs.setdefault("embed_dim", int(self._file.shape[1]))
+            self.attrs = {**dict.fromkeys(DESCRIPTIVE, NOT_RECORDED), **attrs}
+            self.domains, self.classes = self._file.names()
+        except BaseException:
+            self._file.close()
+            raise
+        self.n_images, self.dim = self._file.shape
+        self._log = PromptLog(log_path(self.path))
+        self._prompts: dict[str, np.ndarray] | None = None
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path) -> "Cache":
+        """The cache at ``path`` (a Cache is returned as it is); a missing, damaged or foreign file is a CacheError
+        naming it and what is wrong."""
+        return path if isinstance(path, Cache) else cls(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.path)!r})"
+
+    def __reduce__(self):   # pickles as its path; unpickled, it is opened (and checked) again
+        return Cache.open, (str(self.path),)
+
+    def close(self) -> None:
+        """Close the file handle (reads that need it later open it again, after checking the file was not replaced)."""
+        with self._lock:
+            self._file.close()
+
+    def _h(self) -> hdf5.HDF5File:
+        """The open file, reopened if it was closed — refused if the file at the path is no longer this one."""
+        if not self._file.f:
+            self.check_current("read it")
+            self._file.reopen()
+        return self._file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def replaced(self) -> bool:
+        """Whether the file at the path is no longer the one opened (re-extracted, or copied over)."""
+        try:
+            return _identity(self.path) != self._identity
+        except FileNotFoundError:
+            return True
+
+    def check_current(self, doing: str = "use it") -> None:
+        if self.replaced():
+            raise CacheError(f"{str(self.path)!r} was replaced (re-extracted or copied over) after it was opened; its "
+                             f"vectors in memory are the old file's, so they cannot be mixed with the new file's "
+                             f"prompts. Load it again (emb = pa.load(...)) to {doing}.")
+
+    # -- images ---------------------------------------------------------------------------------------------
+    @cached_property
+    def index(self) -> dict:
+        """Every image's path, domain, label, ok, sha256, size, mtime_ns (checked: read as what each must be)."""
+        with self._lock:
+            return self._h().index(len(self.domains), len(self.classes))
+
+    def image_vectors(self, rows=None) -> np.ndarray:
+        """The stored image vectors (raw, float as stored): all, or the rows of a boolean mask / index array."""
+        with self._lock:
+            return self._h().embedding(rows)
+
+    def vectors_usable(self) -> bool:
+        """Whether every image vector marked readable is ``usable`` (read in blocks: no copy of the whole matrix)."""
+        ok = self.index["ok"]
+        with self._lock:
+            return all(usable(e[ok[i:i + len(e)]]).all() for i, e in self._h().blocks())
+
+    def records(self) -> dict[str, Record]:
+        """path -> Record (domain, label, size, mtime, sha256) as extracted."""
+        a = self.index
+        return {p: Record(p, int(d), int(c), int(s), int(m), h) for p, d, c, s, m, h in zip(
+            a["path"], a["domain"], a["label"], a["size"], a["mtime_ns"], a["sha256"])}
+
+    def failures(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return self._h().failures()
+
+    def changes(self, root=None) -> Changes:
+        """Exactly which dataset files were added, removed or modified since extraction (files whose size and
+        mtime are unchanged are trusted; others are hashed again)."""
+        root = root or self.attrs["dataset_root"]
+        if root == NOT_RECORDED:
+            raise CacheError(f"{str(self.path)!r} does not record its dataset folder; name it (pacs-embed info --data FOLDER)")
+        old = self.records()
+        now = scan(root, known=old, progress=False)
+        return compare({p: r.sha256 for p, r in old.items()}, {r.path: r.sha256 for r in now.records})
+
+    # -- prompts --------------------------------------------------------------------------------------------
+    @property
+    def model(self) -> dict:
+        """Which text tower the cache's prompts must come from (``prompt_log.MODEL_KEYS``)."""
+        return {"model_id": self.attrs["model_id"], "revision": self.attrs["revision"],
+                "tokenizer_sha256": self.attrs.get("tokenizer_sha256")}
+
+    def _ours(self, record) -> bool:
+        """A log record is the cache's when the same model (and tokenizer, where both say) encoded it; others are
+        left over from a cache this one replaced with another model."""
+        return same_model(self.attrs, record.model["model_id"], record.model["revision"],
+                          record.model.get("tokenizer_sha256"))
+
+    def _take(self, texts, vectors, where: str) -> None:
+        table = self._prompts
+        for t, v in zip(texts, vectors):
+            if t in table and not np.array_equal(table[t], v):
+                raise CacheError(f"{str(self.path)!r} is damaged or inconsistent: {where} holds the prompt {t!r} twice, "
+                                 f"with two different vectors. {hdf5.REBUILD}.")
+            table[t] = v
+
+    def _refresh(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            if self._prompts is None:
+                self._prompts = {}
+                self._take(*self._h().prompts(), "/prompts")
+            for record in self._log.read_new():   # only what was committed since the last look
+                if self._ours(record):
+                    if record.vectors.shape[1] != self.dim:
+                        raise CacheError(f"{str(self._log.path)!r} holds {record.vectors.shape[1]}-dimensional prompt "
+                                         f"vectors; the cache's are {self.dim}-dimensional. Delete it (its prompts are "
+                                         f"encoded again when needed).")
+                    self._take(record.texts, record.vectors, str(self._log.path))
+            return self._prompts
+
+    @property
+    def prompts(self) -> dict[str, np.ndarray]:
+        """prompt -> raw vector: those of the file and of its log (read once; new log records when they appear)."""
+        return dict(self._refresh())
+
+    def prompt_vectors(self, prompts, encoder=None) -> np.ndarray:
+        """(len(prompts), D) float32 raw vectors in order. Missing prompts are encoded by ``encoder`` (prompts ->
+        vectors, with a ``model`` dict saying which text tower it runs) and appended to the log; without one they
+        are a CacheError naming them."""
+        if isinstance(prompts, (str, bytes)):
+            raise TypeError(f"prompts must be a list of strings, not one string ({prompts!r}); write [{prompts!r}]")
+        prompts = list(prompts)
+        if any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError("prompts must be non-empty strings")
+        if not prompts:
+            return np.zeros((0, self.dim), np.float32)
+        self.check_current("encode or read prompts")
+        have = self._refresh()
+        missing = [p for p in dict.fromkeys(prompts) if p not in have]
+        if missing:
+            if encoder is None:
+                raise CacheError(f"{str(self.path)!r} does not hold {len(missing)} prompt(s) asked for "
+                                 f"({_shown(missing)}), and no text encoder was given to encode them")
+            vectors = np.asarray(encoder(missing), np.float32)
+            if bad := [p for p, good in zip(missing, usable(vectors)) if not good]:   # never stored: tried again next time
+                raise CacheError(f"the text tower returned a non-finite or zero vector for prompt(s) "
+                                 f"{', '.join(map(repr, bad[:3]))}; nothing was added to {str(self.path)!r}")
+            self.append_prompts(missing, vectors, encoder.model)
+            have = self._refresh()
+        out = np.stack([have[p] for p in prompts]).astype(np.float32)
+        if bad := [p for p, good in zip(prompts, usable(out)) if not good]:
+            raise CacheError(f"{str(self.path)!r}: the vector of prompt(s) {', '.join(map(repr, bad[:3]))} is not finite "
+                             f"(NaN or inf) or all zeros; no analysis can use it. Re-extract into a new cache to encode "
+                             f"them again.")
+        return out
+
+    def append_prompts(self, texts, vectors: np.ndarray, model: dict) -> int:
+        """Add prompt vectors to the log (those not held yet; returns how many); refuses vectors from another model,
+        revision or tokenizer, or of another dimension. One record, fsynced: a crash leaves the old prompts or all."""
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.shape != (len(texts), self.dim):
+            raise ValueError(f"{str(self.path)!r}: {len(texts)} prompts need a ({len(texts)}, {self.dim}) matrix of "
+                             f"vectors (the images' dimension); got {vectors.shape}")
+        why = model_mismatch(self.attrs, model["model_id"], model["revision"], model.get("tokenizer_sha256"))
+        if why:
+            raise CacheError(f"{str(self.path)!r} was {why}; refusing to add prompts encoded otherwise.")
+        with locked(self.path), self._lock:
+            self.check_current("add prompts")
+            have = self._refresh()
+            keep = [i for i, t in enumerate(texts) if t not in have]
+            if keep:
+                stale = [r for r in _all_records(self._log) if not self._ours(r)]
+                if stale:   # left by a cache this one replaced: dropped, the rest kept (an atomic rewrite)
+                    self._log.rewrite([r for r in _all_records(self._log) if self._ours(r)])
+                    self._prompts = None
+                self._log.append([texts[i] for i in keep], vectors[keep], model)
+                self._refresh()
+            return len(keep)
+
+    def dataset(self) -> str:
+        """Which registered dataset this is, and how many of its images the cache holds ('OfficeHome: 15,588 of
+        15,588 images'), or that the registry does not know it."""
+        from .templates import match
+        entry = match(self.domains, self.classes)
+        if entry is None:
+            return ("a dataset the registry does not know (generic prompts: 'a {domain}', 'a photo of a {class}'); "
+                    "add it to pacs_embed/data/datasets.json or pass --prompts FILE")
+        d = self.index["domain"]
+        counts = {name: int((d == i).sum()) for i, name in enumerate(self.domains)}
+        line = entry.coverage(counts)
+        if set(self.classes) != set(entry.classes):
+            line += f"; {len(self.classes)} of its {len(entry.classes)} classes"
+        return line
+
+    # -- summary --------------------------------------------------------------------------------------------
+    def summary(self) -> str:
+        """A short human-readable summary (``pacs-embed info``)."""
+        a, ix, failures = self.attrs, self.index, self.failures()
+        n_log = sum(len(r.texts) for r in _all_records(self._log) if self._ours(r))
+        lines = [f"cache      {self.path}",
+                 f"model      {a['model_id']} @ {a['revision']}",
+                 f"processor  {a['processor_class']} ({a.get('processor', 'pil')})",
+                 f"run        {a['device']} / {a['dtype']}, batch {a['batch_size']}, {a['created']}",
+                 f"dataset    {a['dataset_root']} ({len(self.domains)} domains x {len(self.classes)} classes)",
+                 f"known as   {self.dataset()}",
+                 f"images     {self.n_images} ({int(ix['ok'].sum())} embedded, {len(failures)} failed), dim {self.dim}",
+                 f"prompts    {len(self._refresh())} ({n_log} added since extraction, in {self._log.path.name}), "
+                 f"tokenizer files sha256 {a.get('tokenizer_sha256') or 'not recorded'}",
+                 f"versions   torch {a['torch_version']}, transformers {a['transformers_version']}, "
+                 f"pacs_embed {a['pacs_embed_version']}"]
+        heads = heads_folder(self.path)
+        if heads.is_dir():   # the analysis side's fitted heads (pacs_embed.analysis.heads.HeadCache)
+            files = list(heads.glob("*.npz"))
+            lines.append(f"heads      {len(files)} fitted heads in {heads} ({sum(f.stat().st_size for f in files) / 2**20:.1f} "
+                         f"MiB; each prompt edit adds the heads it changes; delete the folder to free the space)")
+        lines += [f"  failed: {p}: {r}" for p, r in failures[:10]]
+        return "\n".join(lines)
 
 
-def describe(path) -> str:
-    """A short human-readable summary of a cache."""
-    a = read_attrs(path)
-    imgs = read_images(path)
-    failures = read_failures(path)
-    with _open(path) as f:
-        n_prompts = f["prompts/text"].shape[0]
-    lines = [f"cache      {path}",
-             f"model      {a['model_id']} @ {a['revision']}",
-             f"processor  {a['processor_class']} ({a.get('processor', 'pil')})",
-             f"run        {a['device']} / {a['dtype']}, batch {a['batch_size']}, {a['created']}",
-             f"dataset    {a['dataset_root']} ({len(imgs['domains'])} domains x {len(imgs['classes'])} classes)",
-             f"images     {len(imgs['path'])} ({int(imgs['ok'].sum())} embedded, {len(failures)} failed), dim {a['embed_dim']}",
-             f"prompts    {n_prompts}, tokenizer files sha256 {a.get('tokenizer_sha256') or 'not recorded'}",
-             f"versions   torch {a['torch_version']}, transformers {a['transformers_version']}, pacs_embed {a['pacs_embed_version']}"]
-    heads = heads_folder(path)
-    if heads.is_dir():   # the analysis side's fitted heads (pacs_embed.analysis.heads.HeadCache)
-        files = list(heads.glob("*.npz"))
-        lines.append(f"heads      {len(files)} fitted heads in {heads} ({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB; "
-                     f"each prompt edit adds the heads it changes; delete the folder to free the space)")
-    lines += [f"  failed: {p}: {r}" for p, r in failures[:10]]
-    return "\n".join(lines)
+def _all_records(log: PromptLog):
+    return PromptLog(log.path).read_new()
+
+
+def _shown(prompts) -> str:
+    return ", ".join(repr(p) for p in prompts[:3]) + (f" and {len(prompts) - 3} more" if len(prompts) > 3 else "")
+
+
+def write(path, *args, **kwargs) -> None:
+    """A new cache file (``hdf5.write``: atomic); prompts logged for the file it replaces are folded in by the caller
+    (extraction carries them), so the log goes."""
+    hdf5.write(path, *args, **kwargs)
+    PromptLog(log_path(path)).remove()
+
+
+@contextlib.contextmanager
+def _once(path):
+    """A Cache for one question: opened (and closed) here unless one is given."""
+    if isinstance(path, Cache):
+        yield path
+    else:
+        with Cache(path) as c:
+            yield c
+
+
+# One-shot readers for scripts and tests: each opens the cache once. Code that asks more than one thing opens a Cache.
+def read_attrs(path) -> dict:
+    with _once(path) as c:
+        return c.attrs
+
+
+def read_images(path) -> dict:
+    """Every image's embedding and labels: keys embedding, path, domain, label, ok, sha256, domains, classes."""
+    with _once(path) as c:
+        return {"embedding": c.image_vectors(), **{k: c.index[k] for k in ("path", "domain", "label", "ok", "sha256")},
+                "domains": c.domains, "classes": c.classes}
+
+
+def read_prompts(path) -> dict[str, np.ndarray]:
+    with _once(path) as c:
+        return c.prompts
+
+
+def read_failures(path) -> list[tuple[str, str]]:
+    with _once(path) as c:
+        return c.failures()
+
+
+def check_dataset(path, root=None) -> Changes:
+    with _once(path) as c:
+        return c.changes(root)

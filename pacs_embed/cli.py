@@ -52,9 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--data", help="dataset folder to check against (default: the one recorded in the cache)")
 
     r = sub.add_parser("report", help="evaluate every method on a cache; write CSV, Markdown and figures")
-    r.add_argument("cache", nargs="*", default=["data/embeddings/PACS/openai__clip-vit-base-patch32.h5"],
-                   help="embedding cache(s) (default: data/embeddings/PACS/openai__clip-vit-base-patch32.h5); "
-                        "with several, one report per cache in OUT/<cache name>/ and models.md/models.png side by side")
+    r.add_argument("cache", nargs="*", default=[],
+                   help="embedding cache(s) (default: $PACS_EMBED_CACHE, else the newest data/embeddings/*/*.h5); "
+                        "with several (datasets x models), one report per cache in OUT/<dataset>/<model>/ and "
+                        "study.md/.csv/.tex and study.png side by side")
     r.add_argument("--out", default="results", help="folder for the tables (default: results)")
     r.add_argument("--figures", default="figures", help="folder for the figures (default: figures)")
     r.add_argument("--seeds", type=int, default=5, help="number of seeds of the source split (default: 5)")
@@ -66,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", nargs="+", help="methods to run (default: every default method)")
     r.add_argument("--sources", nargs="+", metavar="DOMAIN",
                    help="source domains to train heads on (default: every domain; all are scored as targets)")
-    r.add_argument("--n-nouns", type=int, default=100, help="generic nouns for the 'nouns' description (default: 100)")
+    r.add_argument("--n-nouns", type=int, default=None,
+                   help="generic nouns for the 'nouns' description (default: every noun the dataset's templates hold)")
     r.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     r.add_argument("--no-head-cache", action="store_true",
                    help="refit every head (default: reuse heads cached in <cache>.heads/ whose training data is unchanged)")
@@ -94,7 +96,7 @@ def parse_domain_prompts(items: list[str]) -> dict[str, list[str]]:
 
 def _run(args) -> int:
     if args.command == "download":
-        from .download import convert_parquet, download_pacs, PACS_COUNTS
+        from .download import PACS_COUNTS, convert_parquet, download_pacs
         if args.parquet:
             dest = convert_parquet(args.parquet, args.dest, expected=None if args.no_check else PACS_COUNTS)
         else:
@@ -109,32 +111,42 @@ def _run(args) -> int:
                           progress=not args.no_progress)
         print(summary)
     elif args.command == "info":
-        from .cache import check_dataset, describe
-        print(describe(args.cache))
+        from .cache import Cache
+        cache = Cache.open(args.cache)
+        print(cache.summary())
         try:
-            changes = check_dataset(args.cache, args.data)
+            changes = cache.changes(args.data)
         except Exception as e:  # the images need not be on this machine
             print(f"dataset    not checked: {e}")
         else:
             print("dataset    unchanged" if not changes else f"dataset    CHANGED since extraction:\n{changes.describe()}")
     elif args.command == "report":
-        from .analysis import compare_models, report
+        from .analysis import report, study
         for flag, n in [("--seeds", args.seeds), ("--n-nouns", args.n_nouns), ("--bootstrap", args.bootstrap)]:
-            if n < 1:
+            if n is not None and n < 1:
                 raise ValueError(f"{flag} {n}: give a whole number, 1 or more")
         options = dict(seeds=range(args.seeds), descriptions=args.descriptions,
                        domain_prompts=parse_domain_prompts(args.domain_prompt), methods=args.methods, sources=args.sources,
                        n_nouns=args.n_nouns, n_boot=args.bootstrap, head_cache=not args.no_head_cache,
                        progress=not args.no_progress)
+        if not args.cache:
+            from .cache import default_cache
+            args.cache = [default_cache()]
+            print(f"cache: {args.cache[0]}")
         if len(args.cache) == 1:
             paths = report(args.cache[0], args.out, args.figures, **options)
         else:
-            paths = compare_models(args.cache, args.out, args.figures, **options)
+            paths = study(args.cache, args.out, args.figures, **options)
         print("\n".join(f"{name:22s} {path}" for name, path in paths.items()))
     elif args.command == "prompts":
-        from .prompts import prompt_embeddings
-        vectors = prompt_embeddings(args.cache, args.prompt, model=args.model, device=args.device)
-        print(f"{len(args.prompt)} prompts in {args.cache} (dim {vectors.shape[1]})")
+        from .cache import Cache
+        from .text_encoder import TextEncoder
+        cache = Cache.open(args.cache)
+        before = set(cache.prompts)
+        vectors = cache.prompt_vectors(args.prompt, TextEncoder(cache, args.model, args.device))
+        new = len(set(args.prompt) - before)
+        print(f"{len(args.prompt)} prompts in {args.cache} (dim {vectors.shape[1]}): {new} new, "
+              f"{len(set(args.prompt)) - new} already cached")
     return 0
 
 

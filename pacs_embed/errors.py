@@ -12,3 +12,7 @@ def add_note(e: BaseException, note: str) -> None:
         e.add_note(note)
     else:
         e.__notes__ = [*getattr(e, "__notes__", []), note]
+
+
+class CacheError(PacsEmbedError, RuntimeError):
+    """An embedding cache that is missing, damaged, inconsistent, or of another model; the message names the file."""

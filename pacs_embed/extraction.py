@@ -42,7 +42,7 @@ from .journal import Journal
 from .models import (DEFAULT_MODEL, PROCESSORS, ModelSpec, check_clip, check_device, choose_dtype,
                      choose_processor, dtype_name, embed_images, encode_text, load_image_tower, load_processor,
                      load_text_tower, processor_settings, resolve)
-from .prompts import default_prompts, load_templates
+from .templates import default_prompts, load_templates, templates_for
 from .errors import PacsEmbedError
 
 
@@ -89,14 +89,14 @@ class Summary:
         return "\n".join(lines)
 
 
-def _read_old(out: Path, force: bool) -> dict | None:
-    """The attributes of the cache at ``out``; refuses to replace a file that is not one (unless ``force``)."""
+def _read_old(out: Path, force: bool) -> "_cache.Cache | None":
+    """The cache at ``out``, opened (and checked) once; refuses to replace a file that is not one (unless ``force``)."""
     if not out.exists():
         return None
     if not out.is_file():
         raise ExtractionError(f"--out {str(out)!r} exists and is not a file; choose another --out")
     try:
-        return _cache.read_attrs(out)
+        return _cache.Cache.open(out)
     except _cache.CacheError as e:
         if not force:
             raise ExtractionError(f"--out {str(out)!r} exists and is not a pacs_embed cache this version can read "
@@ -151,11 +151,12 @@ class Plan:
 class _Lead:
     t0: float
     ds: object
-    templates: dict
+    templates: dict | None             # a --prompts file's, else the dataset's (templates.templates_for)
     image_processor: object
     settings: dict
     journal: Journal
-    old: dict | None = None
+    old: dict | None = None             # the attributes of the cache being replaced
+    cache: object = None                # that cache, open
     carried_prompts: dict = field(default_factory=dict)
     kept: dict = field(default_factory=dict)
     resumed: int = 0
@@ -182,7 +183,7 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
         raise ExtractionError(f"--processor {processor!r}: choose one of {', '.join(PROCESSORS)}")
     if dtype is not None:
         choose_dtype(torch.device("cpu"), dtype)
-    templates = load_templates(prompts_file)
+    templates = load_templates(prompts_file) if prompts_file else None
     if not root.is_dir():  # fail before touching the model
         scan(root)
     ranks = Ranks()
@@ -248,8 +249,9 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
     dt = choose_dtype(dev, dtype)
     kind = choose_processor(processor, dev)
     image_processor = load_processor(spec, kind)
-    old = _read_old(out, force)
-    known = _cache.stored_records(out) if old else None
+    cache = _read_old(out, force)
+    old = dict(cache.attrs) if cache else None
+    known = cache.records() if cache else None
     ds = scan(root, known=known, progress=progress)
     if ds.ignored:
         print(f"note: {len(ds.ignored)} entries skipped: " + ", ".join(ds.ignored[:10])
@@ -258,7 +260,8 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
                 "dtype": dtype_name(dt),
                 "processor": kind, "processor_class": type(image_processor).__name__,
                 "manifest_sha256": ds.manifest_sha256(), "n_images": len(ds.records)}
-    lead = _Lead(t0, ds, templates, image_processor, settings, Journal(out), old)
+    templates = templates or templates_for(ds.domains, ds.classes)
+    lead = _Lead(t0, ds, templates, image_processor, settings, Journal(out), old, cache)
     paths = [r.path for r in ds.records]
     plan = Plan(spec, out, ds.root, paths, dtype_name(dt), kind, 0, {}, [], lead)
     journal, meta = lead.journal, lead.journal.meta()
@@ -273,10 +276,10 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
     differs = []
     if old:
         if _cache.same_model(old, spec.model_id, spec.revision, spec.tokenizer):
-            lead.carried_prompts = _cache.read_prompts(out)   # else every prompt is encoded again
+            lead.carried_prompts = cache.prompts   # else every prompt is encoded again
         differs = [k for k in settings if old.get(k) != settings[k]]
         if not differs and not force:
-            if _cache.readable_vectors_usable(out):
+            if cache.vectors_usable():
                 lead.up_to_date = True
                 return plan
             differs = ["some stored vectors are not finite or all zeros"]   # a cache from before that was checked
@@ -284,7 +287,7 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
             changes = compare({p: r.sha256 for p, r in known.items()}, {r.path: r.sha256 for r in ds.records})
             print(f"{out}: the dataset changed since this cache was made:\n{changes.describe()}")
         if not force:
-            lead.kept = _reusable(out, old, ds, settings, image_processor)
+            lead.kept = _reusable(cache, old, ds, settings, image_processor)
     todo = [i for i, p in enumerate(paths) if p not in lead.kept]
     if old:
         why = ", ".join(differs) or "--force"
@@ -327,8 +330,9 @@ def _top_up(plan: Plan, dev) -> Summary:
     ds = lead.ds
     new = [p for p in default_prompts(ds.domains, ds.classes, lead.templates) if p not in lead.carried_prompts]
     if new:  # e.g. a new --prompts file: text only, images stay as they are
-        _cache.append_prompts(out, new, encode_text(load_text_tower(plan.spec, dev), new),
-                              plan.spec.model_id, plan.spec.revision, plan.spec.tokenizer)
+        lead.cache.append_prompts(new, encode_text(load_text_tower(plan.spec, dev), new),
+                                  {"model_id": plan.spec.model_id, "revision": plan.spec.revision,
+                                   "tokenizer_sha256": plan.spec.tokenizer})
         print(f"{out}: encoded {len(new)} new prompts")
     return Summary(out, len(ds.records), int(len(ds.records) - lead.old.get("n_failed", 0)),
                    device=lead.old["device"], dtype=lead.old["dtype"], up_to_date=True,
@@ -414,7 +418,7 @@ def _paths_sha256(paths) -> str:
     return h.hexdigest()
 
 
-def _reusable(out, old, ds, settings, image_processor) -> dict:
+def _reusable(cache, old, ds, settings, image_processor) -> dict:
     """path -> (embedding, ok, reason) of every stored image whose file is unchanged, when the cache was made
     with the same model, revision, dtype and processor (settings included); else nothing is reused. A vector
     stored as readable but not finite (a cache from before that was checked) or all zeros (no CLIP embedding is;
@@ -424,12 +428,12 @@ def _reusable(out, old, ds, settings, image_processor) -> dict:
             and old.get("processor_settings") == processor_settings(image_processor))
     if not same:
         return {}
-    stored = _cache.read_images(out)
-    reasons = dict(_cache.read_failures(out))
+    stored, vectors = cache.index, cache.image_vectors()
+    reasons = dict(cache.failures())
     now = {r.path: r.sha256 for r in ds.records}
-    good = _cache.usable(stored["embedding"])
+    good = _cache.usable(vectors)
     return {p: (e, bool(ok), reasons.get(p, "")) for p, h, e, ok, g in zip(stored["path"], stored["sha256"],
-                                                                          stored["embedding"], stored["ok"], good)
+                                                                          vectors, stored["ok"], good)
             if now.get(p) == h and (not ok or g)}
 
 
@@ -477,6 +481,8 @@ def _assemble(plan: Plan, dev, strict: bool, ranks: Ranks) -> Summary:
              "transformers_version": transformers.__version__,
              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
              "dataset_root": str(ds.root.resolve()), "dataset_name": ds.name, "n_failed": len(failures)}
+    if lead.cache is not None:
+        lead.cache.close()   # the file it replaces (on Windows an open file cannot be replaced)
     _cache.write(plan.out, attrs, ds.domains, ds.classes, ds.records, embedding, ok, failures,
                  prompts, np.stack([vectors[p] for p in prompts]))
     journal.remove()

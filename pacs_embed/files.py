@@ -1,13 +1,17 @@
-"""Atomic file writes: readers see the old file or the whole new one, never a half-written one.
+"""Atomic file writes and the writers' lock: readers see the old file or the whole new one, never a half-written one.
 
 Usage::
 
     atomic_write(Path("out.json"), b"{}", durable=True)
+    with locked(path): ...          # one writer at a time (portable: POSIX lockf, msvcrt on Windows)
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import threading
+import time
 from pathlib import Path
 
 from .errors import PacsEmbedError
@@ -38,3 +42,77 @@ NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 class NoSpaceError(PacsEmbedError, OSError):
     """The disk (or a quota or file-size limit) is full: nothing was half-written."""
+
+
+_HELD: dict[str, int] = {}        # locks this process holds, and how deeply (a writer may nest)
+_THREADS = threading.RLock()      # one writer thread at a time within this process
+
+
+class LockBusy(PacsEmbedError, RuntimeError):
+    """Another process holds the lock (``locked(..., wait=False)``)."""
+
+
+def _lock_file(f, wait: bool) -> None:
+    """An exclusive lock on the open file ``f``: POSIX ``lockf`` (it belongs to the process, so DataLoader workers
+    forked meanwhile do not inherit it, and a killed writer's lock dies with it), or ``msvcrt.locking`` on Windows
+    (also released when the process dies). Imported here, when a writer asks: reading a cache needs neither."""
+    try:
+        import fcntl
+    except ImportError:   # Windows
+        import msvcrt
+        f.seek(0)
+        while True:
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                return
+            except OSError:
+                if not wait:
+                    raise
+                time.sleep(0.1)
+    fcntl.lockf(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+
+
+def _unlock_file(f) -> None:
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        return
+    fcntl.lockf(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def locked(path, wait: bool = True, what: str = "writing"):
+    """An exclusive lock ``<path>.lock`` (one writer at a time); ``wait=False`` fails at once with ``LockBusy``.
+
+    Usage: ``with locked(cache_path): ...``
+    """
+    lock = Path(str(path) + ".lock")
+    key = str(lock.resolve())
+    busy = LockBusy(f"another process is {what} {str(path)!r} (lock {lock}); wait for it to finish")
+    if not _THREADS.acquire(blocking=wait):
+        raise busy
+    try:
+        if key in _HELD:
+            _HELD[key] += 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a+b") as f:
+            try:
+                _lock_file(f, wait)
+            except OSError:
+                raise busy from None
+            _HELD[key] = 1
+            try:
+                yield
+            finally:
+                del _HELD[key]
+                _unlock_file(f)
+    finally:
+        _THREADS.release()

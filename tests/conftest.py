@@ -70,7 +70,7 @@ def small_dataset(pacs_mini, tmp_path) -> Path:
 
 @pytest.fixture
 def spy(monkeypatch):
-    """spy("pacs_embed.prompts", "encode_text") -> list that receives the 2nd argument of every call."""
+    """spy("pacs_embed.models", "encode_text") -> list that receives the 2nd argument of every call."""
     import importlib
 
     def install(module_name, attr):

@@ -17,7 +17,7 @@ if fault == "slow-batches":
     _encode = ex.embed_images
     ex.embed_images = lambda model, pixels: (time.sleep(0.25), _encode(model, pixels))[1]
 elif fault == "final-write":
-    cache = importlib.import_module("pacs_embed.cache")
+    cache = importlib.import_module("pacs_embed.hdf5")
 
     def half_then_hang(path, data, durable=False):
         partial = path.with_name(path.name + ".partial")

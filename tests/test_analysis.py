@@ -28,7 +28,7 @@ def synthetic(n_per=30, noise=0.03, seed=0):
             dom += [d] * n_per
     x = l2_normalize(np.concatenate(x))
     emb = Embeddings(x, np.array(y), np.array(dom), [f"d{i}" for i in range(N_DOMAINS)],
-                     [f"c{k}" for k in range(N_CLASSES)], [f"{i}.png" for i in range(len(y))], None, True)
+                     [f"c{k}" for k in range(N_CLASSES)], [f"{i}.png" for i in range(len(y))], None)
     text = TextSide.from_vectors({"paper": t}, e[:N_CLASSES], domains=emb.domains)
     return emb, text
 

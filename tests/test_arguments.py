@@ -144,7 +144,7 @@ def test_a_projection_of_vectors_that_do_not_fit_the_cache_is_named(world, args,
 def test_embeddings_built_in_memory_must_agree_with_themselves(world, change, says):
     emb, _ = world
     fields = dict(x=emb.x, label=emb.label, domain=emb.domain, domains=emb.domains, classes=emb.classes,
-                  paths=emb.paths, cache=None, normalized=True)
+                  paths=emb.paths, cache=None)
     with pytest.raises(ValueError, match=says):
         pa.Embeddings(**{**fields, **change(emb)})
     assert pa.Embeddings(**{**fields, "paths": []}).x is emb.x   # paths are optional

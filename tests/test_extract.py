@@ -20,7 +20,7 @@ from pacs_embed import extract
 from pacs_embed.cache import CacheError, check_dataset, read_attrs, read_failures, read_images, read_prompts
 from pacs_embed.cli import main
 from pacs_embed.extraction import ExtractionError
-from pacs_embed.prompts import default_prompts
+from pacs_embed.templates import default_prompts
 
 TESTS = Path(__file__).parent
 

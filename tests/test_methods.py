@@ -66,7 +66,7 @@ def test_a_method_may_use_its_head_while_it_fits():
 def test_no_method_ever_sees_target_images_or_labels(user_methods):
     """Every registered method, fitted on clean and on poisoned target domains, fits the same."""
     emb, text = synthetic()
-    poisoned = Embeddings(emb.x.copy(), emb.label.copy(), emb.domain, emb.domains, emb.classes, emb.paths, None, True)
+    poisoned = Embeddings(emb.x.copy(), emb.label.copy(), emb.domain, emb.domains, emb.classes, emb.paths, None)
     target = emb.domain != 0
     rng = np.random.default_rng(9)
     poisoned.x[target] = rng.standard_normal(poisoned.x[target].shape)

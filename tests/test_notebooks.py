@@ -75,3 +75,24 @@ def test_prompts_and_operators_notebook_encodes_new_prompts_on_the_fly(params, t
     assert {("half_translate", "nouns"), ("translated_centroids", "paper"), ("augment", "nouns"),
             ("gap_shift", "paper"), ("project_out", "nouns"), ("none", "-")} <= methods
     assert not any(how == "ensemble" for _, how in methods)   # compared by similarity only, as asked
+
+
+def test_study_notebook_over_three_datasets_and_two_models(tmp_path):
+    from pacs_embed.synthetic import make_cache
+    caches = [str(make_cache(tmp_path / "caches" / f"{d}-{m}" / f"model-{m}.h5", d, scale=0.004, dim=16, seed=m,
+                             prompts="report", descriptions=("paper",)))
+              for d in ("PACS", "VLCS", "TerraIncognita") for m in (0, 1)]
+    rec = run_notebook("05_study.ipynb", tmp_path, caches=caches, out=str(tmp_path / "study"),
+                       figures=str(tmp_path / "figures"), record_to=str(tmp_path / "rec.json"), seeds=2,
+                       descriptions=["paper"])
+    rows = rec["study"]
+    assert [(r["dataset"], r["model"]) for r in rows] == [
+        (d, f"model-{m}") for d in ("PACS", "VLCS", "TerraIncognita", "average") for m in (0, 1)]
+    for r in rows[:6]:
+        assert 0 <= r["none"] <= 1 and r["none_ci_low"] <= r["none"] <= r["none_ci_high"] and r["best_method"]
+    for m in (0, 1):   # DomainBed's Avg: the plain mean over datasets
+        mine = [r["translate"] for r in rows[:6] if r["model"] == f"model-{m}"]
+        assert np.isclose(rows[6 + m]["translate"], np.mean(mine))
+    for f in ("study.csv", "study.md", "study.tex", "VLCS/model-0/report.md"):
+        assert (tmp_path / "study" / f).is_file()
+    assert (tmp_path / "figures" / "study.png").is_file()

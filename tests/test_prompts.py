@@ -1,6 +1,7 @@
 """The prompt API: cached prompts are read, missing ones encoded once and appended; models never mix."""
 import importlib
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -8,10 +9,10 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from pacs_embed import extract, prompt_embeddings
 from pacs_embed.cache import CacheError, read_prompts
-from pacs_embed.prompts import domain_class_prompts, load_templates
+from pacs_embed.templates import domain_class_prompts, load_templates
 from tiny_clip import make_clip
 
-prompts_module = importlib.import_module("pacs_embed.prompts")
+prompts_module = importlib.import_module("pacs_embed.text_encoder")
 
 
 @pytest.fixture
@@ -165,13 +166,14 @@ def test_a_cache_of_vectors_no_model_made_says_only_its_prompts_can_be_used(cach
 
 
 def test_a_failed_append_leaves_the_cache_as_it_was(cache_copy):
-    from pacs_embed.cache import append_prompts, read_attrs
+    from pacs_embed.cache import Cache
     before = cache_copy.read_bytes()
-    attrs = read_attrs(cache_copy)
+    cache = Cache.open(cache_copy)
     wrong_width = np.zeros((1, 17), np.float32)
     with pytest.raises((TypeError, ValueError)):
-        append_prompts(cache_copy, ["a broken prompt"], wrong_width, attrs["model_id"], attrs["revision"])
+        cache.append_prompts(["a broken prompt"], wrong_width, cache.model)
     assert cache_copy.read_bytes() == before
+    assert not cache_copy.with_name(cache_copy.name + ".prompts").exists()
     assert not cache_copy.with_name(cache_copy.name + ".partial").exists()
 
 
@@ -266,7 +268,8 @@ def test_a_preload_never_downloads_a_model(cache_copy, monkeypatch):
         asked.append((model, kwargs.get("local_files_only")))
         raise OSError("not in the local cache")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr(prompts_module._cache, "read_attrs", lambda path: {"model_id": "org/a-hub-model", "revision": "abc"})
+    with h5py.File(cache_copy, "a") as f:
+        f.attrs["model_id"], f.attrs["revision"] = "org/a-hub-model", "abc"
     prompts_module._load_text_tower.cache_clear()
     prompts_module.preload_text_tower(cache_copy).join()
     assert asked == [("org/a-hub-model", True)]
@@ -311,9 +314,8 @@ def test_a_text_side_reads_each_kind_of_prompt_only_when_something_uses_it(cache
 def test_class_prompts_a_cache_lacks_are_encoded_once_when_methods_on_two_threads_need_them(cache_copy, encoded):
     import h5py
     from pacs_embed import analysis as pa
-    from pacs_embed.prompts import class_prompts
-    emb = pa.load(cache_copy)
-    wanted = class_prompts(emb.classes, load_templates())
+    from pacs_embed.templates import class_prompts
+    wanted = class_prompts(pa.load(cache_copy).classes, load_templates())
     with h5py.File(cache_copy, "a") as f:   # the class prompts taken out of the cache
         text, vectors = list(f["prompts/text"].asstr()[:]), f["prompts/embedding"][:]
         rows = [i for i, p in enumerate(text) if p not in wanted]
@@ -321,6 +323,7 @@ def test_class_prompts_a_cache_lacks_are_encoded_once_when_methods_on_two_thread
                            ("embedding", vectors[rows])):
             del f[f"prompts/{name}"]
             f.create_dataset(f"prompts/{name}", data=data)
+    emb = pa.load(cache_copy)
     res = pa.evaluate(emb, ["gap_shift", "translate_calibrated"], seeds=range(4), workers=2, progress=False,
                       head_cache=False)
     assert encoded == [wanted]

@@ -239,15 +239,15 @@ def test_10_a_cache_holding_only_its_domain_prompts_gives_table1_and_translation
     those runs; what needs more names the description or method and how to leave it out, before any head is fitted."""
     from pacs_embed import analysis as pa
     from pacs_embed.errors import PacsEmbedError
-    from pacs_embed.prompts import domain_prompt, load_templates
-    emb = pa.load(cache_copy)
-    keep = [domain_prompt(d, load_templates()) for d in emb.domains]
+    from pacs_embed.templates import domain_prompt, load_templates
+    keep = [domain_prompt(d, load_templates()) for d in pa.load(cache_copy).domains]
     with h5py.File(cache_copy, "a") as f:
         text, vectors = f["prompts/text"].asstr()[:], f["prompts/embedding"][:]
         rows = [list(text).index(p) for p in keep]
         _replace(f, "prompts/text", np.array(keep, dtype=h5py.string_dtype()))
         _replace(f, "prompts/embedding", vectors[rows])
         f.attrs["model_id"] = str(cache_copy.parent / "deleted-model")
+    emb = pa.load(cache_copy)
     assert pa.table1(emb)["reproduced"].shape == (4, 4)
     res = pa.evaluate(emb, ["none", "translate", "project_out", "augment"], seeds=[0], progress=False, head_cache=False)
     assert set(res.table.method) == {"in_domain", "none", "translate", "project_out", "augment"}

@@ -106,30 +106,24 @@ def test_several_caches_are_reported_side_by_side(small_dataset, tiny_clip, tmp_
     out, figs = tmp_path / "results", tmp_path / "figures"
     assert main(["report", str(tmp_path / "narrow.h5"), str(tmp_path / "wide.h5"), "--out", str(out), "--figures",
                  str(figs), "--seeds", "2", "--descriptions", "paper", "--bootstrap", "50", "--no-progress"]) == 0
-    models = pd.read_csv(out / "models.csv")
-    assert list(models.model) == ["narrow", "wide"] and list(models.dim) == [16, 24]
-    assert {"sim photo", "sim sketch", "own domain first", "none", "translate", "best method", "best"} <= set(models)
-    for name, (_, row) in zip(["narrow", "wide"], models.iterrows()):
-        assert (out / name / "report.md").is_file() and (figs / name / "gains.png").is_file()
-        means = pd.read_csv(out / name / "methods.csv")                   # the model's own report agrees
+    table = pd.read_csv(out / "study.csv")
+    assert list(table.dataset) == ["PACS", "PACS"] and list(table.model) == ["narrow", "wide"]
+    for name, (_, row) in zip(["narrow", "wide"], table.iterrows()):
+        assert (out / "PACS" / name / "report.md").is_file() and (figs / "PACS" / name / "gains.png").is_file()
+        means = pd.read_csv(out / "PACS" / name / "methods.csv")          # the model's own report agrees
         none = means[means.method == "none"].iloc[0]
         translate = means[(means.method == "translate") & (means.description == "paper")].iloc[0]
         best = means[~means.method.isin(["none", "zeroshot", "zeroshot_domain", "in_domain"])].iloc[0]
-        assert row["none"].startswith(f"{none['mean']:.3f} [")
-        assert row["translate"].startswith(f"{translate['mean']:.3f} [")
-        assert row["best method"] == f"{best.method} / {best.description}" and row["best"].startswith(f"{best['mean']:.3f} [")
-    assert (figs / "models.png").stat().st_size > 1000 and "| narrow |" in (out / "models.md").read_text()
+        assert row["none"] == pytest.approx(none["mean"]) and row["none_ci_low"] == pytest.approx(none["ci_low"])
+        assert row["translate"] == pytest.approx(translate["mean"])
+        assert row["best_method"] == f"{best.method} / {best.description}" and row["best"] == pytest.approx(best["mean"])
+    assert (figs / "study.png").stat().st_size > 1000 and "| narrow |" in (out / "study.md").read_text()
+    assert "\\begin{tabular}" in (out / "study.tex").read_text()
 
 
-def test_models_are_compared_only_when_every_cache_is_there_and_of_one_dataset(cache_copy, small_dataset, tiny_clip,
-                                                                                tmp_path, capsys):
+def test_a_study_is_refused_before_any_work_when_a_cache_is_missing_or_named_twice(cache_copy, tmp_path, capsys):
     out = tmp_path / "results"
     assert main(["report", str(cache_copy), str(tmp_path / "missing.h5"), "--out", str(out), "--seeds", "1"]) == 2
     assert "missing.h5" in capsys.readouterr().err and not out.exists()          # refused before any work
     assert main(["report", str(cache_copy), str(cache_copy.parent / "." / cache_copy.name), "--out", str(out)]) == 2
-    assert "twice" in capsys.readouterr().err and not out.exists()                # the same model, once
-    from pacs_embed import extract
-    shutil.rmtree(small_dataset / "sketch")
-    extract(small_dataset, str(tiny_clip), tmp_path / "three.h5", dtype="float32", workers=0, progress=False)
-    assert main(["report", str(cache_copy), str(tmp_path / "three.h5"), "--out", str(out), "--seeds", "1"]) == 2
-    assert "compared on one dataset" in capsys.readouterr().err and not out.exists()
+    assert "twice" in capsys.readouterr().err and not out.exists()                # the same cache, once

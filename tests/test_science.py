@@ -30,7 +30,7 @@ def known_world(n_per=25, noise=0.04, seed=0):
     domains = 0.8 * f + 0.6 * gap_txt                       # unit: t_s − t_t = the image offset 0.8 (f_s − f_t)
     names = ["photo", "art_painting", "cartoon", "sketch"]
     emb = Embeddings(x, np.array(y), np.array(dom), names, [f"c{k}" for k in range(K)],
-                     [f"{i}.png" for i in range(len(y))], None, True)
+                     [f"{i}.png" for i in range(len(y))], None)
     domain_classes = l2_normalize(0.45 * e[:K][None] + 0.8 * f[:, None] + 0.4 * gap_txt)  # "{domain} of a {class}"
     return emb, pa.TextSide.from_vectors({"paper": domains}, classes, domain_classes, domains=names)
 

@@ -10,21 +10,26 @@ Usage::
     res = pa.evaluate(emb, domain_prompts={"cartoon": "a comic strip"})
     pa.method_means(res.table)
 """
-from ..prompts import load_templates, prompt_embeddings, provenance
+from ..cache import Cache
+from ..templates import load_templates, match, registry, templates_for
+from ..text_encoder import prompt_embeddings, provenance
 from .embeddings import Embeddings, dataset_status, l2_normalize, load
 from .evaluation import Results, evaluate
 from .heads import C_GRID, Head, HeadCache, fit_head, split
 from . import lads  # noqa: F401  (registers the opt-in method "lads")
 from .methods import METHODS, Method, Source, default_methods, delta, register
-from .reporting import compare_models, markdown, record, report
+from .reporting import markdown, record, report
 from .similarity import (description_similarity, paper_comparison, paper_table1, prompt_similarity, similarity_matrix,
                          table1)
+from .study import study
 from .stats import gains, grid, method_means, summary
 from .text import DESCRIPTIONS, NO_DESCRIPTION, Description, TextSide, preload_text_tower, text_side
 
 __all__ = [
     # the cache
-    "load", "Embeddings", "l2_normalize", "dataset_status", "provenance", "prompt_embeddings", "load_templates",
+    "load", "Cache", "Embeddings", "l2_normalize", "dataset_status", "provenance", "prompt_embeddings",
+    # datasets and their prompt templates
+    "registry", "match", "templates_for", "load_templates",
     # the text side
     "text_side", "TextSide", "Description", "DESCRIPTIONS", "NO_DESCRIPTION", "preload_text_tower",
     # methods and heads
@@ -32,7 +37,7 @@ __all__ = [
     # evaluation, statistics, output
     "evaluate", "Results", "summary", "method_means", "gains", "grid",
     "table1", "paper_table1", "paper_comparison", "prompt_similarity", "description_similarity", "similarity_matrix",
-    "report", "compare_models", "record", "markdown", "plots",
+    "report", "study", "record", "markdown", "plots",
 ]
 
 

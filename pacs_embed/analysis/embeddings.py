@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import NOT_RECORDED, CacheError, check_dataset, read_attrs, read_images, usable
+from ..cache import NOT_RECORDED, Cache, CacheError, usable
+from ..templates import match
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -36,8 +37,7 @@ class Embeddings:
     domains: list[str]
     classes: list[str]
     paths: list[str]
-    cache: Path
-    normalized: bool
+    cache: Cache | None = None   # the open cache they came from (prompt vectors are read through it); None: in memory
     n_failed: int = 0        # images left out because extraction could not read them
 
     def __post_init__(self):
@@ -58,14 +58,18 @@ class Embeddings:
         return np.flatnonzero(self.domain == self.domains.index(name))
 
 
-PAPER_ORDER = ("photo", "art_painting", "cartoon", "sketch")   # PACS, as the paper's Table 1 lists it
-
-
-def domain_order(domains) -> list[str]:
-    """The one order every table and figure uses: the paper's for PACS's domains, then the cache's order."""
+def domain_order(domains, classes=None) -> list[str]:
+    """The one order every table and figure uses: the dataset's display order (``templates.match``: the paper's
+    for PACS) when its domains are all of one registered dataset's, else the cache's order."""
     domains = list(domains)
-    first = [d for d in PAPER_ORDER if d in domains] if set(PAPER_ORDER) <= set(domains) else []
-    return first + [d for d in domains if d not in first]
+    entry = match(domains, classes) if classes is not None else _by_domains(domains)
+    return entry.order(domains) if entry is not None and set(domains) == set(entry.domains) else domains
+
+
+def _by_domains(domains):
+    """The registered dataset that has exactly these domains (results tables do not carry the classes)."""
+    from ..templates import registry
+    return next((e for e in registry().values() if set(e.domains) == set(domains)), None)
 
 
 def table_domains(table, column: str) -> list[str]:
@@ -82,12 +86,13 @@ class StaleCacheWarning(UserWarning):
 
 def dataset_status(cache) -> str:
     """'unchanged', 'CHANGED since extraction: ...', or why it could not be checked."""
-    root = read_attrs(cache)["dataset_root"]
+    cache = Cache.open(cache)
+    root = cache.attrs["dataset_root"]
     if root == NOT_RECORDED:
         return "not checked (the cache does not record its dataset folder)"
     if not Path(root).is_dir():
         return f"not checked (dataset folder {root} is not on this machine)"
-    changes = check_dataset(cache, root)
+    changes = cache.changes(root)
     return f"CHANGED since extraction:\n{changes.describe()}" if changes else "unchanged"
 
 
@@ -101,13 +106,21 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
     if isinstance(cache, Embeddings):
         raise TypeError(f"these embeddings are already loaded: load and report take the cache path "
                         f"({str(cache.cache)!r}); the analysis functions take the loaded embeddings")
-    a = read_images(cache)
+    cache = Cache.open(cache)   # checked once; every later read goes through it
+    try:
+        return _read(cache, normalize, check)
+    finally:
+        cache.close()   # the analysis needs the file no more: one open per load (a later read opens it again)
+
+
+def _read(cache: Cache, normalize: bool, check: bool) -> Embeddings:
+    a = cache.index
     if check:
         status = dataset_status(cache)
         if status.startswith("CHANGED"):
-            warnings.warn(f"{cache}: dataset {status}\nRe-run `pacs-embed extract`.", StaleCacheWarning, stacklevel=2)
+            warnings.warn(f"{cache}: dataset {status}\nRe-run `pacs-embed extract`.", StaleCacheWarning, stacklevel=3)
     ok = a["ok"]
-    x = np.asarray(a["embedding"][ok], np.float32)   # float32 however it was stored (as the docstring says)
+    x = np.asarray(cache.image_vectors(ok), np.float32)   # float32 however it was stored (as the docstring says)
     paths = [p for p, keep in zip(a["path"], ok) if keep]
     bad = np.flatnonzero(~np.isfinite(x).all(1))
     if len(bad):
@@ -120,16 +133,16 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
         raise CacheError(f"{cache}: {len(zero)} image embedding(s) marked readable (/images/ok) are all zeros, e.g. "
                          f"{', '.join(paths[i] for i in zero[:3])}; a CLIP embedding never is. If the tool that wrote "
                          f"the cache stores failed images so, mark them failed (ok False), or re-run `pacs-embed extract`.")
-    domain, domains = a["domain"][ok], list(a["domains"])
+    domain, domains = a["domain"][ok], list(cache.domains)
     empty = [d for i, d in enumerate(domains) if not (domain == i).any()]
     if empty:   # every image of the domain failed extraction: nothing to train or score on
         warnings.warn(f"{cache}: domain(s) {empty} have no readable images (see `pacs-embed info {cache}`); they are "
-                      f"left out of the analysis", stacklevel=2)
+                      f"left out of the analysis", stacklevel=3)
         keep = [i for i, d in enumerate(domains) if d not in empty]
         domain = np.searchsorted(keep, domain).astype(domain.dtype)
         domains = [domains[i] for i in keep]
         if not domains:
             raise CacheError(f"{cache}: no image could be read; there is nothing to analyse")
+    cache.prompts   # the prompt table, read now while the file is open
     return Embeddings(l2_normalize(x) if normalize else x, a["label"][ok], domain, domains,
-                      a["classes"], paths, Path(cache), normalize,
-                      int((~ok).sum()))
+                      list(cache.classes), paths, cache, int((~ok).sum()))

@@ -249,41 +249,43 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     return fig
 
 
-def models_plot(rows: list[dict]):
-    """Models side by side (``headline`` dicts): left, Table 1's diagonal per domain (cosine scales differ
-    between models: compare patterns); right, mean cross-domain accuracy of none, translate and the best
-    other method, with 95% intervals over seeds. The best method is picked on the same results, so its
-    bar is optimistic (the maximum of many noisy means); the axis label says so."""
-    domains = list(dict.fromkeys(d for r in rows for d in r["domains"]))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(9, 2.2 * len(rows) + 5), 4.2),
-                                   gridspec_kw={"width_ratios": [1, 1.2]})
-    width = 0.8 / max(1, len(rows))
-    colors = palette("colorblind", max(len(rows), 3))
-    for i, r in enumerate(rows):
-        diag = dict(zip(r["domains"], r["table1_diagonal"]))
-        ax1.bar(np.arange(len(domains)) - 0.4 + width * (i + 0.5), [diag.get(d, np.nan) for d in domains], width,
-                color=colors[i], label=r["name"])
-    ax1.set_xticks(np.arange(len(domains)), domains, rotation=20)
-    ax1.set_ylabel("Sim(description of the domain, its images)")
-    ax1.set_title("Table 1's diagonal (scales differ by model)", fontsize=10)
-    ax1.legend(fontsize=7)
-    kinds = ["none", "translate", "best"]
-    for i, r in enumerate(rows):
-        xs = np.arange(len(kinds)) - 0.4 + width * (i + 0.5)
-        vals = [r[k] for k in kinds]
-        means = [v["mean"] if v else np.nan for v in vals]
-        err = np.array([[v["mean"] - v["ci_low"], v["ci_high"] - v["mean"]] if v else [0, 0] for v in vals]).T
-        best = f"best: {vals[2]['method']} / {vals[2]['description']}" if vals[2] else "no other method"
-        ax2.bar(xs, means, width, yerr=err, capsize=3, color=colors[i], label=f"{r['name']} ({best})")
-    chance = {1 / r["classes"] for r in rows if r.get("classes")}
-    if len(chance) == 1:
-        ax2.axhline(chance.pop(), color="gray", ls="--", lw=1, label="chance (1 / classes)")
-    ax2.set_xticks(np.arange(len(kinds)), ["none", "translate (paper)", "best other method\n(picked on these results)"])
-    ax2.set_ylabel("mean cross-domain accuracy\n(95% interval over seeds)")
-    ax2.set_ylim(0, 1.05)
-    ax2.set_title("accuracy on other domains, per model", fontsize=10)
-    ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))   # below: bars may reach 1
-    fig.tight_layout()
+def study_plot(table):
+    """Datasets x models (``study.study_table``): one panel per dataset, a group of bars per model: zero-shot, none,
+    translate and the best other method, with 95% intervals over seeds where a method depends on the split, and
+    chance (1 / classes) dashed; a last panel the average over datasets (no interval). The best method is picked on
+    the same results, so its bar is optimistic; the legend says so."""
+    kinds = {"zeroshot": "zero-shot (no split: no interval)", "none": "none", "translate": "translate (paper)",
+             "best": "best other method (selected on these results: optimistic)"}
+    datasets = list(dict.fromkeys(table.dataset))
+    models = list(dict.fromkeys(table.model))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(min(0.9 * len(models) * len(datasets) + 2.5, 16), 3.6),
+                             sharey=True, squeeze=False)
+    colors = palette("colorblind", len(kinds))
+    width = 0.8 / len(kinds)
+    for ax, d in zip(axes[0], datasets):
+        part = table[table.dataset == d].set_index("model")
+        for j, (k, label) in enumerate(kinds.items()):
+            xs = np.arange(len(models)) - 0.4 + width * (j + 0.5)
+            get = lambda col, m: float(part.at[m, col]) if m in part.index and col in part else np.nan  # noqa: E731
+            means = np.array([get(k, m) for m in models])
+            ax.bar(xs, means, width, color=colors[j], label=label)
+            lo, hi = np.array([get(f"{k}_ci_low", m) for m in models]), np.array([get(f"{k}_ci_high", m) for m in models])
+            has = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(means)
+            if k != "zeroshot" and has.any():
+                ax.errorbar(xs[has], means[has], yerr=[means[has] - lo[has], hi[has] - means[has]], fmt="none",
+                            ecolor="black", capsize=2, lw=1)
+        classes = set(part["classes"].dropna()) if "classes" in part else set()
+        if len(classes) == 1:
+            ax.axhline(1 / classes.pop(), color="gray", ls="--", lw=1)
+        ax.set_xticks(np.arange(len(models)), models, rotation=25, ha="right", fontsize=7)
+        ax.set_title(d if d != "average" else "average over datasets\n(mean of the means; no interval)", fontsize=9)
+        ax.set_ylim(0, 1.0)
+    axes[0][0].set_ylabel("mean cross-domain accuracy\n(95% interval over seeds)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles.append(matplotlib.lines.Line2D([], [], color="gray", ls="--", lw=1))
+    labels.append("chance (1 / classes)")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     return fig
 
 

@@ -4,7 +4,6 @@ Usage::
 
     paths = report("data/embeddings/PACS/openai__clip-vit-base-patch32.h5", out="results", figures="figures",
                    domain_prompts={"cartoon": "a comic strip"})
-    paths = compare_models(["data/embeddings/PACS/a.h5", "data/embeddings/PACS/b.h5"])   # one report per model + models.md
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cache import read_attrs
+from ..cache import Cache
 from ..files import atomic_write
 from .arguments import names, output_folder, positive, seed_list
 from .embeddings import domain_order, load
@@ -47,7 +46,7 @@ def record(path, **values) -> None:
 
 
 def report(cache, out="results", figures="figures", seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS,
-           domain_prompts: dict | None = None, methods=None, n_nouns: int | None = 100, n_boot: int = 1000,
+           domain_prompts: dict | None = None, methods=None, n_nouns: int | None = None, n_boot: int = 1000,
            head_cache=True, progress: bool = True, sources=None) -> dict[str, Path]:
     """Evaluate every method on ``cache`` and write tables (CSV + Markdown) and figures (PNG + PDF).
     ``sources`` limits the source domains (default: all); every domain is scored as a target."""
@@ -74,7 +73,7 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
                      ("table1", t1["reproduced"]), ("table1_difference", t1["difference"])]:
         paths[name] = out / f"{name}.csv"
         df.to_csv(paths[name], index=name.startswith("table1"))
-    attrs = read_attrs(cache)
+    attrs = emb.cache.attrs
     described = "; ".join(f"{d.domain}: " + " | ".join(d.prompts) for d in text.descriptions.get("paper", []))
     order = {d: i for i, d in enumerate(domain_order(emb.domains))}
     gain = gain.sort_values(["source", "target"], key=lambda c: c.map(order), kind="stable", ignore_index=True)
@@ -128,8 +127,8 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
 
 
 def headline(emb, means: pd.DataFrame, description: str = "paper", domain_prompts: dict | None = None) -> dict:
-    """One model's result in a few numbers: Table 1's diagonal, `none`, the paper's `translate` and the best
-    other method (mean cross-domain accuracy with its 95% seed interval)."""
+    """One model's result in a few numbers: Table 1's diagonal, zero-shot, `none`, the paper's `translate` and the
+    best other method (mean cross-domain accuracy with its 95% seed interval); ``study`` tabulates them."""
     text = text_side(emb, ("paper",), domain_prompts)
     sims = similarity_matrix(text.vectors("paper"), emb.x, emb.domain, len(emb.domains))   # description x images
     order = domain_order(emb.domains)
@@ -146,78 +145,10 @@ def headline(emb, means: pd.DataFrame, description: str = "paper", domain_prompt
                 "ci_low": float(r.ci_low), "ci_high": float(r.ci_high)}
     others = means[~means.method.isin(BASELINES)]
     best = others.sort_values("mean", ascending=False).iloc[0] if not others.empty else None
-    attrs = read_attrs(emb.cache)
+    attrs = emb.cache.attrs
     return {"cache": str(emb.cache), "model_id": attrs["model_id"], "dim": int(emb.x.shape[1]), "images": int(len(emb.x)),
             "classes": len(emb.classes),
             "domains": order, "table1_diagonal": [float(sims[i, i]) for i in idx],
             "own_domain_first": int(sum(int(np.argmax(sims[i])) == i for i in idx)),
-            "none": row("none"), "translate": row("translate", description),
+            "zeroshot": row("zeroshot"), "none": row("none"), "translate": row("translate", description),
             "best": None if best is None else row(best.method, best.description)}
-
-
-def _names(caches) -> list[str]:
-    stems = [Path(c).stem for c in caches]
-    return [s if stems.count(s) == 1 else f"{i + 1}-{s}" for i, s in enumerate(stems)]
-
-
-def compare_models(caches, out="results", figures="figures", **kwargs) -> dict[str, Path]:
-    """``report`` for each cache (into ``out/<cache name>/``, ``figures/<cache name>/``), then one table
-    (``models.csv``, ``models.md``) and one figure (``models.png``) side by side: does the paper's conclusion
-    depend on the backbone? ``kwargs`` go to ``report``."""
-    from . import plots
-    out, figures = output_folder(out, "results folder"), output_folder(figures, "figures folder")
-    _check_comparable(caches)
-    rows = []
-    for name, cache in zip(_names(caches), caches):
-        paths = report(cache, out / name, figures / name, **kwargs)
-        rows.append({"name": name, **json.loads(paths["headline"].read_text())})
-    table = models_table(rows)
-    paths = {"models": out / "models.csv", "models_markdown": out / "models.md"}
-    table.to_csv(paths["models"], index=False)
-    md = ["# pacs_embed: models side by side", "",
-          "Per model (one cache each): Table 1's diagonal, Sim(description of a domain, its images) — cosine "
-          "scales differ between models, so compare the pattern, not the level; how many domains' descriptions "
-          "are closest to their own domain's images; mean cross-domain accuracy of `none`, of the paper's "
-          "`translate` and of the best other method (95% Student-t intervals over seeds). The best method is "
-          "picked as the highest of the model's methods on these same results, so its accuracy is optimistic "
-          "(a maximum of noisy means); check it on other seeds before reading it as a gain. Each model's full "
-          "report is in its folder.", "", markdown(table)]
-    atomic_write(paths["models_markdown"], ("\n".join(md) + "\n").encode())
-    fig = plots.models_plot(rows)
-    paths["figure_models"] = plots.save(fig, figures, "models")[0]
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return paths
-
-
-def _check_comparable(caches) -> None:
-    """Every cache readable, and all of one dataset (same domains and classes), before any work."""
-    from ..cache import read_names
-    if not caches:
-        raise ValueError("compare_models needs at least one cache")
-    same = [str(c) for i, c in enumerate(caches) if Path(c).resolve() in [Path(o).resolve() for o in caches[:i]]]
-    if same:
-        raise ValueError(f"compare_models names the cache {same[0]} twice: one report per model, name each once")
-    names = {str(c): read_names(c) for c in caches}   # a missing or damaged cache fails here, naming it
-    first, (domains, classes) = next(iter(names.items()))
-    for c, (d, k) in names.items():
-        if (d, k) != (domains, classes):
-            raise ValueError(f"models are compared on one dataset: {c} has domains {d} and classes {k}, "
-                             f"{first} has {domains} and {classes}")
-
-
-def models_table(rows: list[dict]) -> pd.DataFrame:
-    """One row per model from ``headline`` dicts."""
-    def acc(r):
-        return "" if r is None else f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-    out = []
-    for r in rows:
-        line = {"model": r["name"], "dim": r["dim"], "images": r["images"]}
-        line.update({f"sim {d}": v for d, v in zip(r["domains"], r["table1_diagonal"])})
-        line["own domain first"] = f"{r['own_domain_first']}/{len(r['domains'])}"
-        line["none"], line["translate"] = acc(r["none"]), acc(r["translate"])
-        best = r["best"]
-        line["best method"] = "" if best is None else f"{best['method']} / {best['description']}"
-        line["best"] = acc(best)
-        out.append(line)
-    return pd.DataFrame(out)

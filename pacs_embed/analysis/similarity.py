@@ -14,8 +14,8 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from ..download import PACS_CLASSES, PACS_COUNTS
-from ..prompts import prompt_embeddings
+from ..templates import registry
+from ..text_encoder import TextEncoder
 from .arguments import cache_of, embeddings
 from .embeddings import Embeddings, l2_normalize
 from .text import TextSide, text_for, text_side
@@ -29,7 +29,8 @@ def similarity_matrix(text: np.ndarray, images: np.ndarray, image_domain: np.nda
 
 def prompt_similarity(emb: Embeddings, prompts: list[str]) -> pd.DataFrame:
     """Sim(prompt, domain) for any prompts (rows; missing ones are encoded) and every domain (columns)."""
-    vectors = prompt_embeddings(cache_of(emb, "prompt_similarity"), prompts)
+    cache = cache_of(emb, "prompt_similarity")
+    vectors = cache.prompt_vectors(prompts, TextEncoder(cache))
     values = similarity_matrix(vectors, emb.x, emb.domain, len(emb.domains))
     return pd.DataFrame(values, index=pd.Index(list(prompts), name="prompt"), columns=emb.domains)
 
@@ -47,18 +48,23 @@ def paper_comparison(emb: Embeddings) -> tuple[bool, str]:
     another dataset — even one with a domain of the same name, such as DomainNet's ``sketch`` — or of
     other classes measures something else, so it is not compared."""
     emb = embeddings(emb, "paper_comparison")
-    other_domains = sorted(set(emb.domains) - set(PACS_COUNTS))
-    if other_domains or sorted(emb.classes) != sorted(PACS_CLASSES):
+    pacs = registry()["PACS"]
+    other_domains = sorted(set(emb.domains) - set(pacs.domains))
+    if other_domains or sorted(emb.classes) != sorted(pacs.classes):
         why = (f"domains {other_domains}" if other_domains else
-               f"classes {sorted(emb.classes)} instead of PACS's {PACS_CLASSES}")
+               f"classes {sorted(emb.classes)} instead of PACS's {pacs.classes}")
         return False, (f"The paper's Table 1 is measured on PACS; this cache has {why}, so it is not compared "
                        f"with the paper.")
     n = {d: int((emb.domain == i).sum()) for i, d in enumerate(emb.domains)}
-    fewer = {d: f"{k} of {PACS_COUNTS[d]}" for d, k in n.items() if k < PACS_COUNTS[d]}
+    model = emb.cache.attrs.get("model_id", "an unrecorded model") if emb.cache is not None else "vectors given in memory"
+    unnamed = (f" The paper does not name its CLIP model; this cache was made with {model}, so differences also "
+               f"include any difference of model.")
+    fewer = {d: f"{k} of {pacs.domains[d]}" for d, k in n.items() if k < pacs.domains[d]}
     if fewer:
         return True, ("Compared with the paper's Table 1, which averages over every PACS image; this cache has "
-                      + ", ".join(f"{d} {v}" for d, v in fewer.items()) + " images, so differences include sampling.")
-    return True, "Compared with the paper's Table 1 (every PACS image)."
+                      + ", ".join(f"{d} {v}" for d, v in fewer.items()) + " images, so differences include sampling."
+                      + unnamed)
+    return True, "Compared with the paper's Table 1 (every PACS image)." + unnamed
 
 
 def table1(emb: Embeddings, domain_prompts: dict | None = None, templates: dict | None = None) -> dict[str, pd.DataFrame]:

@@ -13,8 +13,8 @@ for "{phrasing} of a {class}" prompts (domain-aware zero-shot). How the prompts 
 
 ``domain_prompts`` (a dict from domain folder name to one prompt or a list) replaces a domain's
 prompt in every description: ``paper`` and ``ensemble`` use your prompts as they are, ``nouns``
-expands them with the nouns. Domains you do not name keep the packaged prompts
-(``pacs_embed/data/prompts.json``, or a templates file of your own).
+expands them with the nouns. Domains you do not name keep their dataset's prompts (``templates``:
+the registry entry the cache matches, or a templates file of your own).
 
 Usage::
 
@@ -30,10 +30,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..cache import read_prompts
+from ..cache import Cache
 from ..errors import PacsEmbedError, add_note
-from ..prompts import class_prompts, domain_class_prompts, domain_prompt, load_templates, prompt_embeddings
-from ..prompts import preload_text_tower as _preload_text_tower
+from ..templates import class_prompts, domain_class_prompts, domain_prompt, legacy_templates, match, templates_for
+from ..text_encoder import TextEncoder
+from ..text_encoder import preload_text_tower as _preload_text_tower
 from .arguments import cache_of, names, noun_count, prompt_dict
 from .embeddings import Embeddings, l2_normalize
 
@@ -239,7 +240,7 @@ def repeated(descriptions: dict) -> dict[str, str]:
 def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: dict | None = None,
                    n_nouns: int | None = None, templates: dict | None = None) -> tuple[dict, list[str]]:
     """({strategy: [Description per domain]} not yet encoded, every prompt they and the class prompts need)."""
-    templates = templates or load_templates()
+    templates = templates or templates_for(domains, classes)
     descriptions, n_nouns = names(descriptions, "descriptions") or [], noun_count(n_nouns)
     mine = user_prompts(domain_prompts, domains)
     descs = {how: [describe(d, how, templates, mine, n_nouns) for d in domains] for how in descriptions}
@@ -267,14 +268,15 @@ def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | N
     """The text side of ``descriptions``, through the cache: every description's vector now; the class prompts
     and "{phrasing} of a {class}" when a method first reads them. Prompts the cache lacks are encoded (and added
     to it), each time together with every other prompt of that kind the text side may need."""
-    cache, templates = cache_of(emb, "text_side"), templates or load_templates()
+    cache = cache_of(emb, "text_side")
+    templates = templates or cache_templates(emb)
     descs, _ = needed_prompts(emb.domains, emb.classes, descriptions, domain_prompts, n_nouns, templates)
     unit: dict[str, np.ndarray] = {}
 
     def vectors(prompts) -> np.ndarray:   # (len(prompts), D) unit float64; reads or encodes only unseen prompts
         new = [p for p in dict.fromkeys(prompts) if p not in unit]
         if new:
-            unit.update(zip(new, l2_normalize(prompt_embeddings(cache, new).astype(np.float64))))
+            unit.update(zip(new, l2_normalize(cache.prompt_vectors(new, TextEncoder(cache)).astype(np.float64))))
         return np.stack([unit[p] for p in prompts])
 
     def of_classes(p):
@@ -291,7 +293,7 @@ def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | N
     try:
         vectors([p for ds in descs.values() for d in ds for p in d.prompts])
     except PacsEmbedError as e:   # say which descriptions lack prompts when the others could run
-        held = read_prompts(cache)
+        held = cache.prompts
         lacking = [how for how, ds in descs.items() if any(p not in held for d in ds for p in d.prompts)]
         if 0 < len(lacking) < len(descs):
             add_note(e, f"(the description(s) {lacking} need them; the cache holds every prompt of "
@@ -308,12 +310,44 @@ def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | N
 
 @dataclass(frozen=True)
 class Encoder:
-    """prompts -> (n, D) unit float64 text vectors through the cache at ``path``: cached prompts are read, the
-    others encoded with its model and added (``prompt_embeddings``)."""
-    path: str
+    """prompts -> (n, D) unit float64 text vectors through ``cache``: cached prompts are read, the others encoded
+    with its model and added (``Cache.prompt_vectors`` with a ``TextEncoder``). Pickles as the cache's path."""
+    cache: Cache
 
     def __call__(self, prompts) -> np.ndarray:
-        return l2_normalize(prompt_embeddings(self.path, list(prompts)).astype(np.float64))
+        return l2_normalize(self.cache.prompt_vectors(list(prompts), TextEncoder(self.cache)).astype(np.float64))
+
+
+def cache_templates(emb: Embeddings) -> dict:
+    """The prompt templates for ``emb``: its dataset's (``templates.templates_for``). A cache of a registered dataset
+    made before the registry holds the former defaults ("a infograph", "a photo of a Alarm Clock"): when it lacks
+    the registry's prompts and its model cannot be loaded here to encode them, those stored forms are used, with a
+    warning (a prompt default is part of the cache format)."""
+    templates = templates_for(emb.domains, emb.classes)
+    entry = match(emb.domains, emb.classes)
+    if entry is None or entry.name == "PACS" or emb.cache is None:
+        return templates
+    held = emb.cache.prompts
+    if all(domain_prompt(d, templates) in held for d in emb.domains):
+        return templates
+    old = legacy_templates()
+    if not all(domain_prompt(d, old) in held for d in emb.domains) or _encodable(emb.cache):
+        return templates
+    warnings.warn(f"{emb.cache}: this {entry.name} cache holds the prompts of pacs_embed's former defaults (e.g. "
+                  f"{domain_prompt(emb.domains[0], old)!r}), not the dataset's ({domain_prompt(emb.domains[0], templates)!r}), "
+                  f"and its model cannot be loaded here to encode those; the stored forms are used. Encode the new ones "
+                  f"where the model is (`pacs-embed prompts CACHE ...`) to use them.", stacklevel=3)
+    return old
+
+
+def _encodable(cache: Cache) -> bool:
+    """Whether the cache's own text tower can be found on this machine (nothing is downloaded)."""
+    from ..text_encoder import _spec_for
+    try:
+        _spec_for(cache, None, local_only=True)
+        return True
+    except PacsEmbedError:
+        return False
 
 
 def preload_text_tower(emb: Embeddings):

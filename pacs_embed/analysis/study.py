@@ -1,0 +1,155 @@
+"""``pacs-embed report A.h5 B.h5 ...``: the paper's question across datasets and models, in one table.
+
+Each cache (one dataset, one model) gets its full ``report`` in ``out/<dataset>/<model>/``; then one table with a
+row per dataset x model — zero-shot, ``none``, the paper's ``translate`` and the best other method (flagged as
+selected on these same results), each the mean cross-domain accuracy with its 95% interval over seeds — and, per
+model, the average over datasets as DomainBed prints it (a plain mean of the dataset means, no interval). Written
+as Markdown, CSV and LaTeX, with one figure.
+
+Usage::
+
+    paths = study(["data/embeddings/PACS/b32.h5", "data/embeddings/VLCS/b32.h5", "data/embeddings/PACS/l14.h5"])
+    pd.read_csv(paths["study"])
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cache import Cache
+from ..files import atomic_write
+from ..templates import match
+from .arguments import output_folder
+from .reporting import markdown, report
+
+COLUMNS = ("zeroshot", "none", "translate", "best")
+TITLES = {"zeroshot": "zero-shot", "none": "none", "translate": "translate (paper)", "best": "best other (selected)"}
+AVERAGE = "average"
+
+
+def _label(cache: Cache) -> tuple[str, str]:
+    """(dataset, model) names of a cache: its registry entry (else its recorded dataset name, else its folder's
+    name), and its file's stem (one file per model)."""
+    entry = match(cache.domains, cache.classes)
+    name = entry.name if entry else str(cache.attrs.get("dataset_name", "not recorded"))
+    return (cache.path.parent.name if name == "not recorded" else name), cache.path.stem
+
+
+def _check(caches) -> list[tuple[str, str, str]]:
+    """(cache, dataset, model) for every cache, each readable and named once, before any work."""
+    caches = [str(c) for c in ([caches] if isinstance(caches, (str, Path)) else caches)]
+    if not caches:
+        raise ValueError("study needs at least one cache")
+    seen = {}
+    for c in caches:
+        if Path(c).resolve() in seen:
+            raise ValueError(f"the cache {c} is named twice: one report per cache, name each once")
+        seen[Path(c).resolve()] = c
+    out, labels = [], {}
+    for c in caches:
+        with Cache(c) as cache:   # a missing or damaged cache fails here, naming it
+            dataset, model = _label(cache)
+        if (dataset, model) in labels:   # two files of one name for one dataset: tell them apart by folder
+            model = f"{Path(c).parent.name}/{model}"
+        labels[(dataset, model)] = c
+        out.append((c, dataset, model))
+    return out
+
+
+def study(caches, out="results", figures="figures", **kwargs) -> dict[str, Path]:
+    """``report`` for each cache (into ``out/<dataset>/<model>/`` and ``figures/<dataset>/<model>/``), then
+    ``study.csv``/``study.md``/``study.tex`` and ``figures/study.png``. ``kwargs`` go to ``report``."""
+    from . import plots
+    out, figures = output_folder(out, "results folder"), output_folder(figures, "figures folder")
+    rows = []
+    for cache, dataset, model in _check(caches):
+        paths = report(cache, out / dataset / model, figures / dataset / model, **kwargs)
+        rows.append({"dataset": dataset, "model": model, **json.loads(paths["headline"].read_text())})
+    table = study_table(rows)
+    paths = {"study": out / "study.csv", "study_markdown": out / "study.md", "study_latex": out / "study.tex"}
+    table.to_csv(paths["study"], index=False)
+    atomic_write(paths["study_markdown"], ("\n".join(["# pacs_embed: datasets x models", "", EXPLAINED, "",
+                                                      markdown(_shown(table))]) + "\n").encode())
+    atomic_write(paths["study_latex"], latex(table).encode())
+    fig = plots.study_plot(table)
+    paths["figure_study"] = plots.save(fig, figures, "study")[0]
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return paths
+
+
+EXPLAINED = (
+    "One row per dataset and model: mean cross-domain accuracy (a head trained on one domain, scored on every "
+    "other; averaged over pairs) with its 95% Student-t interval over seeds, for zero-shot CLIP (no interval: it "
+    "does not depend on the split), `none` (the source head on target images as they are), the paper's `translate` "
+    "and the best other method. *The best other method is selected on these same results*: its accuracy is the "
+    "maximum of several noisy means, so it is optimistic; check it on other seeds before reading it as a gain. "
+    f"The `{AVERAGE}` rows average each column over the datasets of a model, as DomainBed prints its Avg (a plain "
+    "mean of the dataset means, with no interval; only over datasets that every model has). Each cache's full "
+    "report is in `<dataset>/<model>/`.")
+
+
+def study_table(rows: list[dict]) -> pd.DataFrame:
+    """Numeric: per (dataset, model) each column's mean, ci_low, ci_high; ``best_method`` names the selected one."""
+    out = []
+    for r in rows:
+        line = {"dataset": r["dataset"], "model": r["model"], "model_id": r["model_id"], "images": r["images"],
+                "classes": r["classes"], "own_domain_first": r["own_domain_first"], "domains": len(r["domains"])}
+        for k in COLUMNS:
+            v = r.get(k) or {}
+            line.update({f"{k}": v.get("mean", np.nan), f"{k}_ci_low": v.get("ci_low", np.nan),
+                         f"{k}_ci_high": v.get("ci_high", np.nan)})
+        best = r.get("best")
+        line["best_method"] = "" if not best else f"{best['method']} / {best['description']}"
+        out.append(line)
+    table = pd.DataFrame(out)
+    datasets = list(dict.fromkeys(table.dataset))
+    shared = [d for d in datasets if all(((table.dataset == d) & (table.model == m)).any() for m in set(table.model))]
+    if len(shared) > 1:
+        avg = (table[table.dataset.isin(shared)].groupby("model", sort=False)[list(COLUMNS)].mean().reset_index())
+        avg["dataset"] = AVERAGE
+        table = pd.concat([table, avg], ignore_index=True)
+    return table
+
+
+def _cell(row, k) -> str:
+    m, lo, hi = row[k], row.get(f"{k}_ci_low", np.nan), row.get(f"{k}_ci_high", np.nan)
+    if not np.isfinite(m):
+        return ""
+    if k == "zeroshot" or not np.isfinite(lo):
+        return f"{m:.3f}"
+    return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as text cells, for Markdown."""
+    out = pd.DataFrame({"dataset": table.dataset, "model": table.model})
+    for k in COLUMNS:
+        out[TITLES[k]] = [_cell(r, k) for _, r in table.iterrows()]
+    out["best method"] = table.get("best_method", "").fillna("")
+    return out
+
+
+def _tex(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("$", r"\$")):
+        s = s.replace(a, b)
+    return s
+
+
+def latex(table: pd.DataFrame) -> str:
+    """A booktabs table (``\\usepackage{booktabs}``), as DomainBed prints its results."""
+    lines = [r"% pacs_embed study: mean cross-domain accuracy [95% interval over seeds]; best other method selected",
+             r"% on these results (optimistic). Generated by pacs-embed report; needs \usepackage{booktabs}.",
+             r"\begin{tabular}{ll" + "c" * len(COLUMNS) + "l}", r"\toprule",
+             " & ".join(["Dataset", "Model"] + [TITLES[k] for k in COLUMNS] + ["best method"]) + r" \\", r"\midrule"]
+    for _, r in table.iterrows():
+        if r.dataset == AVERAGE and not lines[-1].startswith(r"\midrule"):
+            lines.append(r"\midrule")
+        cells = [_tex(str(r.dataset)), _tex(str(r.model))] + [_cell(r, k) for k in COLUMNS]
+        cells.append(_tex(str(r.get("best_method", "") if isinstance(r.get("best_method", ""), str) else "")))
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)

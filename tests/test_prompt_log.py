@@ -1,0 +1,82 @@
+"""Prompts added after extraction go to an append-only log beside the cache (<cache>.prompts): an append writes only
+what it adds, the image file is never rewritten, and a writer killed at any byte leaves the old prompts or the new."""
+import numpy as np
+import pytest
+
+from pacs_embed import prompt_embeddings
+from pacs_embed.cache import Cache, CacheError, read_prompts
+from pacs_embed.prompt_log import PromptLog, encode, log_path
+
+
+def vectors(n, dim=16, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def test_an_append_writes_only_what_it_adds_and_never_touches_the_image_file(cache_copy):
+    before = cache_copy.read_bytes()
+    cache = Cache.open(cache_copy)
+    assert cache.append_prompts(["a woodcut", "a mosaic"], vectors(2), cache.model) == 2
+    assert cache_copy.read_bytes() == before                                  # the HDF5 file is as it was
+    size = log_path(cache_copy).stat().st_size
+    assert size < 2 * 16 * 4 + 1000                                          # two vectors and a header, no copy
+    assert cache.append_prompts(["a woodcut"], vectors(1), cache.model) == 0  # held already: nothing written
+    assert log_path(cache_copy).stat().st_size == size
+    assert {"a woodcut", "a mosaic"} <= read_prompts(cache_copy).keys()       # another reader sees them
+
+
+def test_a_torn_record_at_any_byte_reads_as_the_old_prompts_and_the_next_append_cuts_it_off(cache_copy):
+    cache = Cache.open(cache_copy)
+    cache.append_prompts(["first"], vectors(1), cache.model)
+    log = log_path(cache_copy)
+    committed = log.read_bytes()
+    record = encode(["second"], vectors(1, seed=1), cache.model)
+    for cut in range(len(record)):                                            # kill -9 after any byte of the write
+        log.write_bytes(committed + record[:cut])
+        have = read_prompts(cache_copy)
+        assert "first" in have and "second" not in have
+    log.write_bytes(committed + record[:len(record) // 2])
+    fresh = Cache.open(cache_copy)
+    fresh.append_prompts(["third"], vectors(1, seed=2), fresh.model)
+    assert {"first", "third"} <= read_prompts(cache_copy).keys() and "second" not in read_prompts(cache_copy)
+
+
+def test_an_open_cache_sees_prompts_another_process_appends(cache_copy):
+    mine, other = Cache.open(cache_copy), Cache.open(cache_copy)
+    assert "a linocut" not in mine.prompts
+    other.append_prompts(["a linocut"], vectors(1), other.model)
+    assert "a linocut" in mine.prompts
+
+
+def test_prompts_of_another_model_in_the_log_are_never_used(cache_copy):
+    log = PromptLog(log_path(cache_copy))
+    log.append(["a stale prompt"], vectors(1), {"model_id": "another/model", "revision": "x", "tokenizer_sha256": None})
+    assert "a stale prompt" not in read_prompts(cache_copy)
+    cache = Cache.open(cache_copy)
+    cache.append_prompts(["a fresh prompt"], vectors(1), cache.model)        # the stale record is dropped
+    assert [r.texts for r in PromptLog(log_path(cache_copy)).read_new()] == [["a fresh prompt"]]
+
+
+def test_the_same_prompt_with_two_vectors_is_refused_naming_the_file(cache_copy):
+    held = next(iter(read_prompts(cache_copy)))
+    cache = Cache.open(cache_copy)
+    PromptLog(log_path(cache_copy)).append([held], vectors(1), cache.model)  # a tool that appended blindly
+    with pytest.raises(CacheError, match=r"mini\.h5\.prompts.*twice, with two different vectors"):
+        read_prompts(cache_copy)
+
+
+def test_re_extraction_folds_the_log_into_the_new_file(cache_copy, pacs_mini, tiny_clip):
+    from pacs_embed import extract
+    prompt_embeddings(cache_copy, ["a folded prompt"])
+    assert log_path(cache_copy).exists()
+    extract(pacs_mini, tiny_clip, cache_copy, dtype="float32", workers=0, progress=False, force=True)
+    assert not log_path(cache_copy).exists() and "a folded prompt" in read_prompts(cache_copy)
+
+
+def test_a_cache_replaced_while_its_embeddings_are_loaded_is_detected(cache_copy, tmp_path):
+    from pacs_embed import analysis as pa
+    emb = pa.load(cache_copy)
+    replacement = tmp_path / "other.h5"
+    replacement.write_bytes(cache_copy.read_bytes())
+    replacement.replace(cache_copy)                                           # re-extracted meanwhile
+    with pytest.raises(CacheError, match="was replaced .* after it was opened"):
+        pa.prompt_similarity(emb, ["a prompt asked after the swap"])
