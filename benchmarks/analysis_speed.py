@@ -87,19 +87,18 @@ def encode_edit_prompts(cache):
     emb = pa.load(cache, check=False)
     _, new = needed_prompts(emb.domains, emb.classes, DEFAULT_DESCRIPTIONS, EDIT, 100)
     if pa.provenance(cache)["model_id"].startswith("synthetic/"):
-        from pacs_embed.cache import append_prompts, read_attrs, read_prompts
-        have = read_prompts(cache)
-        new = [p for p in new if p not in have]
-        a = read_attrs(cache)
-        append_prompts(cache, new, np.random.default_rng(1).standard_normal((len(new), a["embed_dim"])).astype(np.float32),
-                       a["model_id"], a["revision"])
+        from pacs_embed.cache import Cache
+        c = Cache.open(cache)
+        new = [p for p in new if p not in c.prompts]
+        c.append_prompts(new, np.random.default_rng(1).standard_normal((len(new), c.dim)).astype(np.float32), c.model)
     else:
         pa.prompt_embeddings(cache, new)
 
 
 def run_report(cache, tmp, **kw):
     with contextlib.redirect_stdout(io.StringIO()):
-        return timed(pa.report, cache, tmp / "results", tmp / "figures", progress=False, **kw)[1]
+        run = tmp / f"run-{len(list(tmp.glob('run-*')))}"   # a folder per run: another run's is never reused
+        return timed(pa.report, cache, run / "results", run / "figures", progress=False, **kw)[1]
 
 
 def _notebook(cache, tmp):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -56,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="embedding cache(s) (default: $PACS_EMBED_CACHE, else the newest data/embeddings/*/*.h5); "
                         "with several (datasets x models), one report per cache in OUT/<dataset>/<model>/ and "
                         "study.md/.csv/.tex and study.png side by side")
-    r.add_argument("--out", default="results", help="folder for the tables (default: results)")
-    r.add_argument("--figures", default="figures", help="folder for the figures (default: figures)")
+    r.add_argument("--out", help="folder for the tables (default: a new results/<cache name>/<time>/, with "
+                                 "results/<cache name>/latest pointing at it)")
+    r.add_argument("--figures", help="folder for the figures (default: OUT/figures)")
     r.add_argument("--seeds", type=int, default=5, help="number of seeds of the source split (default: 5)")
     r.add_argument("--descriptions", nargs="+", default=["paper", "ensemble", "nouns"],
                    help="how domains are described: paper, ensemble, nouns, nouns_ensemble (default: paper ensemble nouns)")
@@ -163,6 +165,8 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     args = _parser().parse_args(argv)
+    from .analysis.runs import COMMAND   # what run.json records as the command that made a run's files
+    COMMAND.set("pacs-embed " + shlex.join(sys.argv[1:] if argv is None else [str(a) for a in argv]))
 
     default = warnings.showwarning
 

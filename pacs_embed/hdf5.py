@@ -198,16 +198,24 @@ class HDF5File:
     def prompts(self) -> tuple[list[str], np.ndarray]:
         return self.strings("prompts/text"), self.floats("prompts/embedding")[:].astype(np.float32)
 
-    def embedding(self, rows=None, block: int = 1 << 16):
-        """The image vectors (all, or a sorted index array / boolean mask of ``rows``), as stored."""
+    def embedding(self, rows=None, block: int = 1 << 16) -> np.ndarray:
+        """The image vectors (all, or a boolean mask / index array of ``rows``), as stored, read straight into one
+        array (no copy of the whole matrix)."""
         e = self.f["images/embedding"]
-        if rows is None:
-            return e[:]
-        rows = np.asarray(rows)
-        if rows.dtype == bool:
-            out = [e[i:i + block][rows[i:i + block]] for i in range(0, len(rows), block)]
-            return np.concatenate(out) if out else np.zeros((0, e.shape[1]), e.dtype)
-        return e[np.sort(rows)] if len(rows) else np.zeros((0, e.shape[1]), e.dtype)
+        if rows is not None and np.asarray(rows).dtype != bool:
+            rows = np.sort(np.asarray(rows))
+            return e[rows] if len(rows) else np.zeros((0, e.shape[1]), e.dtype)
+        if rows is None or np.all(rows):
+            out = np.empty(e.shape, e.dtype)
+            if out.size:
+                e.read_direct(out)
+            return out
+        out, at = np.empty((int(np.count_nonzero(rows)), e.shape[1]), e.dtype), 0
+        for i in range(0, len(rows), block):
+            part = e[i:i + block][rows[i:i + block]]
+            out[at:at + len(part)] = part
+            at += len(part)
+        return out
 
     def blocks(self, block: int = 1 << 16):
         """(start, vectors) in blocks of ``block`` rows: no copy of the whole matrix."""

@@ -24,6 +24,7 @@ MODEL = "synthetic/random"
 
 
 def make_cache(path, dataset: str, scale: float = 1.0, dim: int = 512, seed: int = 0, prompts: str = "default",
+               signal: float = 0.9,
                descriptions=("paper", "ensemble", "nouns"), block: int = 1 << 16) -> Path:
     """Write a cache of ``dataset`` (a registry name) with ``scale`` x its published image count per domain (at least
     one image per class). ``prompts``: "default" (what extraction encodes), "report" (also every prompt of a
@@ -41,7 +42,7 @@ def make_cache(path, dataset: str, scale: float = 1.0, dim: int = 512, seed: int
         labels = np.sort(np.arange(counts[d]) % len(classes))
         for lo in range(0, counts[d], block):
             k = labels[lo:lo + block]
-            x[at + lo:at + lo + len(k)] = (0.9 * class_dirs[k] + 0.6 * domain_dirs[di]
+            x[at + lo:at + lo + len(k)] = (signal * class_dirs[k] + 0.6 * domain_dirs[di]
                                            + 2.0 * rng.standard_normal((len(k), dim), dtype=np.float32))
         for i, c in enumerate(labels):
             p = f"{d}/{classes[c]}/{i:07d}.jpg"

@@ -62,14 +62,43 @@ def test_heads_are_cached_on_disk_by_exactly_what_they_depend_on(tmp_path):
     assert cache.fits == 5
 
 
-def test_a_damaged_cache_entry_is_refitted(tmp_path):
+def _rewrite(path, **change):
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays.update({k: v(arrays) if callable(v) else v for k, v in change.items()})
+    np.savez(path.with_suffix(""), **arrays)    # np.savez adds .npz
+
+
+TAMPERED = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:100]),
+    "not a head": lambda p: p.write_bytes(b"not a head"),
+    "a pickle": lambda p: np.save(p.with_suffix(""), np.array([{"W": 1}], dtype=object), allow_pickle=True) or
+                          p.with_suffix(".npy").replace(p),
+    "negated W": lambda p: _rewrite(p, W=lambda a: -a["W"]),
+    "permuted classes": lambda p: _rewrite(p, classes=lambda a: a["classes"][::-1].copy()),
+    "a 2-class head": lambda p: _rewrite(p, W=lambda a: a["W"][:, :2], b=lambda a: a["b"][:2],
+                                         classes=lambda a: a["classes"][:2]),
+    "wrong shape": lambda p: _rewrite(p, W=lambda a: a["W"][:-1]),
+    "all NaN": lambda p: _rewrite(p, W=lambda a: np.full_like(a["W"], np.nan)),
+    "out-of-range classes": lambda p: _rewrite(p, classes=lambda a: a["classes"] + 10),
+    "another key's entry": lambda p: _rewrite(p, key=np.array("0" * 40)),
+}
+
+
+@pytest.mark.parametrize("damage", list(TAMPERED))
+def test_a_damaged_or_foreign_cache_entry_is_refitted_with_a_notice(tmp_path, damage):
+    from pacs_embed.analysis.heads import HeadCacheWarning
     x, y = problem(n=200, d=6, k=3)
     train, holdout = split(len(y), 0, "photo")
     head = fit_head(x, y, train, holdout, cache=HeadCache(tmp_path))
-    (tmp_path / f"{head.key}.npz").write_bytes(b"not a head")
+    entry = tmp_path / f"{head.key}.npz"
+    TAMPERED[damage](entry)
     cache = HeadCache(tmp_path)
-    assert np.array_equal(fit_head(x, y, train, holdout, cache=cache).W, head.W) and cache.fits == 1
-    assert isinstance(Head.from_file(tmp_path / f"{head.key}.npz"), Head)  # rewritten, and no pickle needed
+    with pytest.warns(HeadCacheWarning, match=f"{head.key}.npz is refitted"):
+        again = fit_head(x, y, train, holdout, cache=cache)
+    assert np.array_equal(again.W, head.W) and cache.fits == 1              # the same head as a clean cache gives
+    classes = np.unique(y[train])
+    assert np.array_equal(Head.from_file(entry, head.key, 6, classes).W, head.W)   # rewritten, and no pickle needed
 
 
 def test_a_source_with_one_class_is_a_clear_error():

@@ -84,7 +84,7 @@ def test_bad_domain_prompts_are_clear_errors(cache_copy, tmp_path, capsys):
     (["--bootstrap", "0"], "--bootstrap 0: give a whole number, 1 or more"),
     (["--out", "{file}"], "results folder '{file}' is a file, not a folder"),
     (["--figures", "{file}"], "figures folder '{file}' is a file, not a folder"),
-    (["--figures", "{file}/figures"], "Not a directory: {file}/figures"),   # cannot be made: before the heads
+    (["--figures", "{file}/figures"], "cannot make the output folder '{file}/figures'"),   # before the heads
 ])
 def test_bad_report_options_are_clear_errors_before_any_work(cache_copy, tmp_path, capsys, args, says):
     file = tmp_path / "a-file"

@@ -19,6 +19,7 @@ from .heads import C_GRID, Head, HeadCache, fit_head, split
 from . import lads  # noqa: F401  (registers the opt-in method "lads")
 from .methods import METHODS, Method, Source, default_methods, delta, register
 from .reporting import markdown, record, report
+from .runs import notebook_run
 from .similarity import (description_similarity, paper_comparison, paper_table1, prompt_similarity, similarity_matrix,
                          table1)
 from .study import study
@@ -37,7 +38,7 @@ __all__ = [
     # evaluation, statistics, output
     "evaluate", "Results", "summary", "method_means", "gains", "grid",
     "table1", "paper_table1", "paper_comparison", "prompt_similarity", "description_similarity", "similarity_matrix",
-    "report", "study", "record", "markdown", "plots",
+    "report", "study", "notebook_run", "record", "markdown", "plots",
 ]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import NOT_RECORDED, Cache, CacheError, usable
+from ..cache import NOT_RECORDED, Cache, CacheError
 from ..templates import match
 
 
@@ -26,6 +26,20 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     norm = np.expand_dims(np.sqrt(np.einsum("...i,...i->...", last, last)), axis)
     norm[norm == 0] = 1
     return x / norm
+
+
+def group_means(x: np.ndarray, group: np.ndarray, n_groups: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """(n_groups, D) float64: the mean of the rows of ``x`` in each group (optionally each row scaled by
+    ``weights``), by one (n_groups x n) @ (n x D) product in x's precision: no per-group copy of the rows (at
+    DomainNet size a copy per class costs seconds). A group with no rows has a zero mean."""
+    x = np.asarray(x)
+    group = np.asarray(group)
+    counts = np.bincount(group, minlength=n_groups).astype(np.float64)
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+    onehot = np.zeros((n_groups, len(group)), dtype)
+    onehot[group, np.arange(len(group))] = 1 if weights is None else weights
+    sums = (onehot @ x).astype(np.float64)
+    return sums / np.maximum(counts, 1)[:, None]
 
 
 @dataclass
@@ -122,13 +136,14 @@ def _read(cache: Cache, normalize: bool, check: bool) -> Embeddings:
     ok = a["ok"]
     x = np.asarray(cache.image_vectors(ok), np.float32)   # float32 however it was stored (as the docstring says)
     paths = [p for p, keep in zip(a["path"], ok) if keep]
-    bad = np.flatnonzero(~np.isfinite(x).all(1))
+    norm = np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float64))   # one pass: a NaN or inf makes the norm one
+    bad = np.flatnonzero(~np.isfinite(norm))
     if len(bad):
         raise CacheError(f"{cache}: {len(bad)} image embedding(s) are not finite (NaN or inf), e.g. "
                          f"{', '.join(paths[i] for i in bad[:3])}; no analysis can use them. Re-run `pacs-embed extract` "
                          f"for this cache: it encodes them again and records any still not finite as failures "
                          f"(--dtype float32 avoids a float16 overflow).")
-    zero = np.flatnonzero(~usable(x))   # all finite by now: the rows with no direction
+    zero = np.flatnonzero(norm == 0)   # all finite by now: the rows with no direction
     if len(zero):   # no direction, so no cosine: normalised it would stay zero and be scored as if it were an image
         raise CacheError(f"{cache}: {len(zero)} image embedding(s) marked readable (/images/ok) are all zeros, e.g. "
                          f"{', '.join(paths[i] for i in zero[:3])}; a CLIP embedding never is. If the tool that wrote "
@@ -144,5 +159,7 @@ def _read(cache: Cache, normalize: bool, check: bool) -> Embeddings:
         if not domains:
             raise CacheError(f"{cache}: no image could be read; there is nothing to analyse")
     cache.prompts   # the prompt table, read now while the file is open
-    return Embeddings(l2_normalize(x) if normalize else x, a["label"][ok], domain, domains,
+    if normalize:   # in place: x is this function's own array (a DomainNet-size copy costs seconds)
+        x /= norm.astype(np.float32)[:, None]
+    return Embeddings(x, a["label"][ok], domain, domains,
                       list(cache.classes), paths, cache, int((~ok).sum()))

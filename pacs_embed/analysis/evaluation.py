@@ -26,7 +26,7 @@ from ..cache import heads_folder
 from ..errors import PacsEmbedError, add_note
 from .arguments import c_grid, embeddings, names, seed_list
 from .embeddings import Embeddings
-from .heads import C_GRID, HeadBatch, HeadCache, check_solver, resolved, single_threaded_blas, split
+from .heads import C_GRID, HeadBatch, HeadCache, check_solver, resolved, shared_products, single_threaded_blas, split
 from .methods import Source, default_methods, make
 from .text import NO_DESCRIPTION, TextSide, text_for, text_side
 
@@ -66,6 +66,23 @@ def _leave_out(e: Exception) -> str:
     that does not match): how to run the others."""
     return ("; leave it out with methods=[...] in Python, --methods on the command line"
             if isinstance(e, PacsEmbedError) else "")
+
+
+def _rows(emb: Embeddings, domain: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of a domain, read-only: a view where its rows are contiguous (a cache's are: no copy of
+    every image), else a copy."""
+    i = emb.in_domain(domain)
+    x, y = ((emb.x[i[0]:i[-1] + 1], emb.label[i[0]:i[-1] + 1]) if len(i) and i[-1] - i[0] + 1 == len(i)
+            else (emb.x[i], emb.label[i]))
+    x, y = x.view(), y.view()
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
+def _head_id(method) -> int:
+    """The identity of the head a fitted method predicts with (0: none), to score those sharing one together."""
+    head = getattr(method, "head", None)
+    return 0 if head is None else id(resolved(head))
 
 
 def head_cache_for(emb: Embeddings, head_cache) -> HeadCache:
@@ -117,7 +134,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
         raise ValueError(f"{emb.cache}: cross-domain evaluation needs at least two domains; this cache has {domains}")
     cache = head_cache_for(emb, head_cache)
     batch = HeadBatch(cache, Cs)   # heads are asked for by every method first, then fitted together per source
-    targets = {t: (emb.x[i], emb.label[i]) for t, i in ((t, emb.in_domain(t)) for t in domains)}
+    targets = {t: _rows(emb, t) for t in domains}
     protos = {name: make(name) for name in methods}
 
     def descs(how):
@@ -162,16 +179,26 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
                   for name, p in protos.items() for how in (descriptions if p.uses_text else [NO_DESCRIPTION])}
         return src.fit_head(src.x), fitted
 
-    def score_job(s, seed, plain, fitted):
-        """Score every fitted method of one (source, seed) on every other domain."""
+    def score(s, t, items) -> dict:
+        """The fitted methods ``items`` [(key, method)] of one (source, seed) scored on target ``t``: {key: hits}.
+        Methods that share a head run one after another, sharing its product with the target's images."""
+        out = {}
+        with shared_products():
+            for key, m in sorted(items, key=lambda item: _head_id(item[1])):
+                name, how = key[2], key[3]
+                p = protos[name]
+                if t != s or not p.seeded:   # methods that never see source labels are scored on the source too
+                    out[key] = hits(name, m, s, t, how) if p.seeded else once_hits[(s, t, name, how)]
+        return out
+
+    def job_rows(s, seed, plain, methods, by_target):
+        """The results rows of one (source, seed) and its hits, method by method, target by target."""
         plain = resolved(plain)
         rows = [(s, s, "in_domain", NO_DESCRIPTION, seed, plain.holdout_accuracy, len(data[(s, seed)][3]))]
         hits_by = {}
-        for (_, _, name, how), m in fitted.items():
-            p = protos[name]
-            for t in domains:  # methods that never see source labels are also scored on the source itself
-                if t != s or not p.seeded:
-                    h = hits(name, m, s, t, how) if p.seeded else once_hits[(s, t, name, how)]
+        for (_, _, name, how) in methods:
+            for t in domains:
+                if (h := by_target[t].get((s, seed, name, how))) is not None:
                     rows.append((s, t, name, how, seed, float(h.mean()), len(h)))
                     hits_by[(s, t, name, how)] = h
         return plain, rows, hits_by
@@ -185,16 +212,20 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
         once = {(s, name, how): fit(s, seeds[0], name, how) for s in (sources or domains) for name, p in protos.items()
                 if not p.seeded for how in (descriptions if p.uses_text else [NO_DESCRIPTION])}
         # scored before any head is fitted: they need no head, and a prompt they lack fails at once
-        once_hits = {(s, t, name, how): hits(name, m, s, t, how) for (s, name, how), m in once.items() for t in domains}
+        once_hits = {(s, t, name, how): pool.submit(hits, name, m, s, t, how)
+                     for (s, name, how), m in once.items() for t in domains}
+        once_hits = {key: f.result() for key, f in once_hits.items()}
         asked = {j: pool.submit(fit_job, *j) for j in order}
         asked = {j: f.result() for j, f in asked.items()}
         with tqdm(total=len(batch), desc="fitting heads", unit="head", disable=not progress or not len(batch)) as bar:
             batch.flush(pool, bar.update)   # the heads not in the head cache, the seeds of a source together
-        scored = {j: pool.submit(score_job, *j, *asked[j]) for j in order}
+        # every (job, target) scored side by side (one job alone still uses every worker)
+        scoring = {j: {t: pool.submit(score, j[0], t, list(asked[j][1].items())) for t in domains} for j in order}
         for s, seed in jobs:  # in job order, whatever order they ran in
-            plain, job_rows, hits_by = scored[(s, seed)].result()
+            by_target = {t: f.result() for t, f in scoring[(s, seed)].items()}
+            plain, new_rows, hits_by = job_rows(s, seed, asked[(s, seed)][0], asked[(s, seed)][1], by_target)
             heads[(s, seed)] = plain
-            rows += job_rows
+            rows += new_rows
             fitted.update(asked[(s, seed)][1])
             for key, hit in hits_by.items():
                 correct.setdefault(key, [None] * len(seeds))[seeds.index(seed)] = hit

@@ -58,9 +58,11 @@ from .arguments import c_grid
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 SOLVERS = ("fast", "sklearn")           # this module's solver, or scikit-learn's LogisticRegression (for comparison)
 HOLDOUT = 0.2
-SOLVER = "pacs_embed-lbfgs-precond/5"   # part of every cache key: a solver change never reuses old heads
+SOLVER = "pacs_embed-lbfgs-precond/6"   # part of every cache key: a solver change never reuses old heads
 TOL = 3e-5                              # max |gradient| of the per-image mean loss at convergence (sklearn: 1e-4)
 BATCH_BYTES = 256 << 20                 # splits fitted together hold logit arrays of at most this size (PACS: 2 MB)
+BLOCK_BYTES = 64 << 20                  # a loss evaluation works through the rows in blocks whose logits take this
+SELECT_ROWS = 10_000                    # above this many training rows, C is chosen on a stratified sample of them
 
 
 def split(n: int, seed: int, name: str, holdout: float = HOLDOUT) -> tuple[np.ndarray, np.ndarray]:
@@ -83,33 +85,96 @@ class Head:
     iterations: int = 0           # L-BFGS iterations over the whole grid (0 when read from the cache)
     key: str = ""                 # the cache key (hash of what the head depends on)
 
+    def product(self, x: np.ndarray) -> np.ndarray:
+        """x·W in float32. Within ``shared_products`` (this thread) the last product is kept, and asked again for
+        the same array it is not recomputed: the methods that score one target with one head share it."""
+        last = getattr(_SHARED, "last", None)
+        if last is not None and last[0] is self and last[1] is x:
+            return last[2]
+        out = np.asarray(x, np.float32) @ self.W.astype(np.float32)
+        if getattr(_SHARED, "on", False):
+            _SHARED.last = (self, x, out)   # holds x: its identity stays valid
+        return out
+
     def decision(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, np.float32) @ self.W.astype(np.float32) + self.b.astype(np.float32)
+        return self.product(x) + self.b.astype(np.float32)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class labels of the rows of ``x``; rows with NaN or inf values are an error, not class 0."""
+        return self.predict_affine(x)
+
+    def predict_affine(self, x: np.ndarray, vectors=None, coef=None, scale=None) -> np.ndarray:
+        """Class labels of x' = scale ⊙ (x + coef · vectors), row by row — the form of translation and the other
+        affine operators — from x·W and vectors·W: (n x K) work beside the shared product, no copy of x.
+        ``vectors`` (m, D); ``coef`` (n, m) or None (every row adds every vector once); ``scale`` (n,) or None."""
         if np.ndim(x) != 2 or np.shape(x)[1] != len(self.W):
             raise ValueError(f"the head was trained on {len(self.W)}-dimensional features; it was given an array of "
                              f"shape {np.shape(x)}")
         with np.errstate(invalid="ignore", over="ignore"):   # said below, in words
-            scores = self.decision(x)
-        if not np.isfinite(scores).all():
+            shared = self.product(x)                         # may be shared with other methods: never written to
+            b = self.b.astype(np.float32)
+            if vectors is None and scale is None:
+                scores = shared + b
+            else:   # one new (n x K) array, then in place: at DomainNet size each is ~0.7 GB
+                if vectors is None:
+                    scores = shared.copy()
+                else:
+                    moved = np.asarray(vectors, np.float32) @ self.W.astype(np.float32)        # (m, K)
+                    if coef is None:
+                        scores = shared + moved.sum(0)
+                    else:
+                        scores = np.asarray(coef, np.float32) @ moved
+                        scores += shared
+                if scale is not None:
+                    scores *= np.asarray(scale, np.float32)[:, None]
+                scores += b
+        best = scores.argmax(1)   # a row with NaN takes a NaN (argmax prefers it), one with +inf the inf: checked below
+        if not np.isfinite(scores[np.arange(len(best)), best]).all():
             bad = np.flatnonzero(~np.isfinite(scores).all(1))
             raise ValueError(f"the head was given features with NaN or inf values in {len(bad)} of {len(scores)} "
                              f"rows (e.g. row {bad[0]}): made by a method's transform of the images, or passed in")
-        return self.classes[scores.argmax(1)]
+        return self.classes[best]
+
+    def digest(self) -> str:
+        """sha256 of the key and every array and number of the head: an entry whose arrays were changed (a negated W,
+        permuted classes) no longer matches the digest stored beside them."""
+        h = hashlib.sha256(self.key.encode())
+        for a in (self.W, self.b, self.classes, np.float64(self.C), np.float64(self.holdout_accuracy)):
+            h.update(_digest(np.ascontiguousarray(a)))
+        return h.hexdigest()
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         np.savez(buf, W=self.W, b=self.b, classes=self.classes, C=self.C, holdout_accuracy=self.holdout_accuracy,
-                 grid=np.array(list(self.validation)), scores=np.array(list(self.validation.values())))
+                 grid=np.array(list(self.validation)), scores=np.array(list(self.validation.values())),
+                 key=np.array(self.key), digest=np.array(self.digest()))
         return buf.getvalue()
 
     @classmethod
-    def from_file(cls, path, key: str = "") -> "Head":
+    def from_file(cls, path, key: str, dim: int, classes: np.ndarray) -> "Head":
+        """The head stored at ``path`` for ``key``, checked to be one: its stored key, digest, shapes, dtypes and
+        classes (``dim``-dimensional features, ``classes`` present in training); else ValueError saying why."""
         with np.load(path, allow_pickle=False) as f:
-            return cls(f["W"], f["b"], f["classes"], float(f["C"]), float(f["holdout_accuracy"]),
+            if str(f["key"]) != key:
+                raise ValueError(f"it was stored for another key ({str(f['key'])[:12]}...)")
+            head = cls(f["W"], f["b"], f["classes"], float(f["C"]), float(f["holdout_accuracy"]),
                        dict(zip(f["grid"].tolist(), f["scores"].tolist())), 0, key)
+            stored = str(f["digest"])
+        K = len(classes)
+        if head.W.shape != (dim, K) or head.b.shape != (K,) or head.W.dtype.kind != "f" or head.b.dtype.kind != "f":
+            raise ValueError(f"its arrays have shapes W {head.W.shape}, b {head.b.shape}; a head of {dim}-dimensional "
+                             f"features and {K} classes needs ({dim}, {K}) and ({K},)")
+        if head.classes.shape != (K,) or not np.array_equal(head.classes, classes):
+            raise ValueError(f"its classes {head.classes.tolist()[:8]} are not the training classes {list(classes)[:8]}")
+        if not (np.isfinite(head.W).all() and np.isfinite(head.b).all() and 0 <= head.holdout_accuracy <= 1):
+            raise ValueError("it holds NaN or inf values")
+        if head.digest() != stored:
+            raise ValueError("its arrays do not match the digest stored with them")
+        return head
+
+
+class HeadCacheWarning(UserWarning):
+    """A head cache entry was damaged or did not belong to its key: it is refitted."""
 
 
 class HeadCache:
@@ -120,15 +185,20 @@ class HeadCache:
         self.memory: dict[str, Head] = {}
         self.hits = self.fits = 0
 
-    def get(self, key: str) -> Head | None:
+    def get(self, key: str, dim: int, classes: np.ndarray) -> Head | None:
+        """The head stored for ``key`` (``dim``-dimensional features, ``classes`` present in training), or None. An
+        entry that is unreadable or does not prove it belongs to its key (``Head.from_file``) is refitted and
+        rewritten, with a one-line warning; a forged entry that passes every check is out of scope."""
         if key in self.memory:
             self.hits += 1
             return self.memory[key]
         path = self.folder / f"{key}.npz" if self.folder else None
         if path and path.is_file():
             try:
-                head = Head.from_file(path, key)
-            except Exception:  # noqa: BLE001 - a damaged entry is refitted and rewritten
+                head = Head.from_file(path, key, dim, classes)
+            except Exception as e:  # noqa: BLE001 - any damage: refitted and rewritten
+                warnings.warn(f"head cache entry {path} is refitted: {e if isinstance(e, ValueError) else type(e).__name__}",
+                              HeadCacheWarning, stacklevel=2)
                 return None
             self.memory[key] = head
             self.hits += 1
@@ -146,6 +216,22 @@ class HeadCache:
             except OSError as e:  # a read-only folder must not stop an analysis
                 warnings.warn(f"cannot write the head cache {self.folder}: {e}; heads are kept in memory only")
                 self.folder = None
+
+
+_SHARED = threading.local()   # shared_products' last product, per thread
+
+
+@contextlib.contextmanager
+def shared_products():
+    """Inside it, ``Head.product`` keeps this thread's last product: scoring one target, the plain head's x·W is
+    computed once for none, translate, translate_renorm, interpolate, translate_calibrated and project_pair (each
+    adds its (n x K) part with ``predict_affine``). ``evaluate`` scores a target's methods inside one, those that
+    share a head one after another."""
+    _SHARED.on, _SHARED.last = True, None
+    try:
+        yield
+    finally:
+        _SHARED.on, _SHARED.last = False, None
 
 
 def single_threaded_blas():
@@ -179,6 +265,8 @@ def head_key(x, y, train, holdout, Cs, shifts=None, x_digest: bytes | None = Non
     """Hash of exactly what a head depends on: features, labels, split, C grid, shifts and solver
     (``x_digest``: ``x``'s, when already known)."""
     h = hashlib.sha256(SOLVER.encode())
+    if len(train) > SELECT_ROWS:   # C chosen on a sample: another procedure, another key
+        h.update(f"select {SELECT_ROWS}".encode())
     h.update(x_digest or _digest(np.ascontiguousarray(x, np.float32)))
     parts = [np.asarray(y, np.int64), np.asarray(train, np.int64), np.asarray(holdout, np.int64),
              np.asarray(Cs, np.float64)]
@@ -225,7 +313,7 @@ def fit_heads(x: np.ndarray, y: np.ndarray, splits, Cs=C_GRID, cache: HeadCache 
         xd = _digest(x)
         keys = [head_key(x, y, train, holdout, Cs, shifts, xd) for train, holdout in splits]
     for i, ((train, _), key) in enumerate(zip(splits, keys)):
-        if cache is not None and (hit := cache.get(key)) is not None:
+        if cache is not None and (hit := cache.get(key, x.shape[1], _classes(y, train))) is not None:
             heads[i] = hit
             continue
         todo.setdefault(tuple(_classes(y, train).tolist()), []).append(i)
@@ -236,12 +324,59 @@ def fit_heads(x: np.ndarray, y: np.ndarray, splits, Cs=C_GRID, cache: HeadCache 
         per_split = groups * len(classes) * len(x) * 4
         size = max(1, BATCH_BYTES // per_split)
         for part in (batch[k:k + size] for k in range(0, len(batch), size)):
+            whole = [i for i in part if len(splits[i][0]) <= SELECT_ROWS]
+            sampled = [i for i in part if len(splits[i][0]) > SELECT_ROWS]
             with single_threaded_blas():
-                paths = _lbfgs_paths(x, y, [splits[i] for i in part], classes, Cs, shifts)
-            for i, path in zip(part, paths):
-                heads[i] = _best(path, classes, x, y, splits[i][1], keys[i])
-                if cache is not None:
+                if whole:
+                    paths, _ = _lbfgs_paths(x, y, [splits[i] for i in whole], classes, Cs, shifts)
+                    for i, path in zip(whole, paths):
+                        heads[i] = _best(path, classes, x, y, splits[i][1], keys[i])
+                if sampled:
+                    for i, head in zip(sampled, _fit_sampled(x, y, [splits[i] for i in sampled], classes, Cs, shifts,
+                                                             [keys[i] for i in sampled])):
+                        heads[i] = head
+            if cache is not None:
+                for i in part:
                     cache.put(keys[i], heads[i])
+    return heads
+
+
+def selection_rows(train: np.ndarray, y: np.ndarray, cap: int, key: str) -> np.ndarray:
+    """At most about ``cap`` of the ``train`` rows, stratified by class (each class its share, at least one row),
+    drawn by a generator seeded from the head's ``key``: the rows C is chosen on when there are more."""
+    train = np.asarray(train)
+    if len(train) <= cap:
+        return train
+    rng = np.random.default_rng(int(key[:16], 16) if key else 0)
+    labels = y[train]
+    order = np.argsort(labels, kind="stable")
+    classes, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+    quota = np.maximum(1, np.floor(counts * cap / len(train))).astype(int)
+    picked = [rng.choice(train[order[a:a + n]], q, replace=False) for a, n, q in zip(starts, counts, quota)]
+    return np.sort(np.concatenate(picked))
+
+
+def _fit_sampled(x, y, splits, classes, Cs, shifts, keys) -> list[Head]:
+    """Heads of splits with more than SELECT_ROWS training rows: the C path is walked on a stratified sample of
+    ``selection_rows`` (its C scaled by rows / sample rows, so that each C weighs data against the penalty as on
+    every row; C chosen on the whole hold-out, as always), then the head is fitted once on every training row at
+    that C, starting from the sample's solution. ``validation`` holds the sample's hold-out accuracies, the chosen
+    C's replaced by the final head's."""
+    heads = []
+    for (train, holdout), key in zip(splits, keys):   # one at a time: each sample's grid is scaled by its own size
+        sample = selection_rows(train, y, SELECT_ROWS, key)
+        # the loss sums over rows, so a sample of n of N rows at C·N/n has the full objective's balance at C
+        scale = len(train) / len(sample)
+        grid = sorted(Cs)
+        paths, V = _lbfgs_paths(x, y, [(sample, holdout)], classes, [c * scale for c in grid], shifts)
+        h = _best([(c, W, b, nit) for c, (_, W, b, nit) in zip(grid, paths[0])], classes, x, y, holdout)
+        paths, _ = _lbfgs_paths(x, y, [(train, holdout)], classes, [np.array([h.C])], shifts, start=[(h.W, h.b)],
+                                rotation=V)
+        C, W, b, nit = paths[0][0]
+        head = _best([(C, W, b, nit)], classes, x, y, holdout, key)
+        head.validation = {**h.validation, C: head.holdout_accuracy}
+        head.iterations += h.iterations
+        heads.append(head)
     return heads
 
 
@@ -296,12 +431,12 @@ class HeadBatch:
         x, y, shifts = _inputs(x, y, shifts)
         xd = _digest(x)
         key = head_key(x, y, train, holdout, self.Cs, shifts, xd)
-        _classes(y, train)                                # a one-class training set fails here, not at the flush
+        classes = _classes(y, train)                      # a one-class training set fails here, not at the flush
         rows = xd + _digest(y) + (b"" if shifts is None else _digest(shifts))
         with self.lock:   # asked for already (maybe being fitted right now), or fitted?
             if key in self.asked:
                 return self.asked[key]
-            if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            if self.cache is not None and (hit := self.cache.get(key, x.shape[1], classes)) is not None:
                 return hit
             head = self.asked[key] = PendingHead(self)
             self.rows.setdefault(rows, (x, y, shifts))
@@ -421,9 +556,26 @@ def _sklearn_head(x, y, train, holdout, Cs, shifts) -> Head:
     return _best(path, classes, x, y, holdout)
 
 
-def _lbfgs_paths(x, y, splits, classes, Cs, shifts=None) -> list[list[tuple]]:
+def _rotation(x, R, R2, C_all) -> np.ndarray:
+    """The eigenvectors of the scatter of every group's rows r ⊙ (x + c) (any rotation is exact; this one makes the
+    diagonal preconditioner good), with one n x d x d product for all groups:
+    Σ_g (r_g ⊙ (x + c_g))ᵀ(r_g ⊙ (x + c_g)) = xᵀ diag(Σ_g r_g²) x + Σ_g [m_g c_gᵀ + c_g m_gᵀ + |r_g|² c_g c_gᵀ],
+    m_g = xᵀ r_g²."""
+    G, n = R.shape
+    xw = np.sqrt(R2.sum(0)).astype(np.float32)[:, None] * x
+    M = (R2.astype(np.float32) @ x).astype(np.float64)               # (G, d): m_g
+    scatter = (xw.T @ xw).astype(np.float64) + M.T @ C_all + C_all.T @ M + (C_all.T * R2.sum(1)) @ C_all
+    mu = ((R.sum(0).astype(np.float32) @ x).astype(np.float64) + R.sum(1) @ C_all) / (G * n)
+    _, V = scipy.linalg.eigh((scatter - G * n * np.outer(mu, mu)).astype(np.float32), driver="evd")
+    return V.astype(np.float64)
+
+
+def _lbfgs_paths(x, y, splits, classes, Cs, shifts=None, start=None, rotation=None) -> list[list[tuple]]:
     """For each (train, holdout) in ``splits``: [(C, W, b, iterations)] for C ascending, each C warm-started
     from the last. The splits share ``x``, ``y`` and ``shifts`` (so one matrix product serves all of them).
+    ``Cs``: a grid (every split walks it), or one array of a C per split (one fit each); ``start``: [(W, b)] per
+    split to begin from (a warm start), else zeros; ``rotation``: V when already computed for these rows (it
+    depends on ``x`` and ``shifts`` only). Returns the paths and V.
 
     Training rows come in groups: the rows themselves, and one copy normalise(x + c) per shift c. V are
     the eigenvectors of the scatter of every row of every group; a copy's rotated rows are r ⊙ (xV + cV)
@@ -443,12 +595,7 @@ def _lbfgs_paths(x, y, splits, classes, Cs, shifts=None) -> list[list[tuple]]:
     # scatter of every group's rows r ⊙ (x + c), with one n x d x d product for all groups:
     # Σ_g (r_g ⊙ (x + c_g))ᵀ(r_g ⊙ (x + c_g)) = xᵀ diag(Σ_g r_g²) x + Σ_g [m_g c_gᵀ + c_g m_gᵀ + |r_g|² c_g c_gᵀ],
     # m_g = xᵀ r_g²
-    xw = np.sqrt(R2.sum(0)).astype(np.float32)[:, None] * x
-    M = (R2.astype(np.float32) @ x).astype(np.float64)               # (G, d): m_g
-    scatter = (xw.T @ xw).astype(np.float64) + M.T @ C_all + C_all.T @ M + (C_all.T * R2.sum(1)) @ C_all
-    mu = ((R.sum(0).astype(np.float32) @ x).astype(np.float64) + R.sum(1) @ C_all) / (G * n)
-    _, V = scipy.linalg.eigh((scatter - G * n * np.outer(mu, mu)).astype(np.float32), driver="evd")  # any rotation is exact
-    V = V.astype(np.float64)
+    V = rotation if rotation is not None else _rotation(x, R, R2, C_all)
     used = np.unique(np.concatenate([np.asarray(train, np.int64) for train, _ in splits]))   # rows some split trains on
     x, R, R2, label, n = x[used], R[:, used], R2[:, used], label[used], len(used)
     ZT = V.T.astype(np.float32) @ x.T                                 # (d, n) rotated rows (not centred) ...
@@ -470,59 +617,88 @@ def _lbfgs_paths(x, y, splits, classes, Cs, shifts=None) -> list[list[tuple]]:
     every_row = bool((mask == 1).all())                               # one split, no repeats: no row to mask
     # layout (B, G, K, n): reductions over classes are element-wise over contiguous rows
     rows = [np.flatnonzero(mask[b]) for b in range(B)]
-    picks = [((np.arange(G)[:, None] * K + label[r]) * n + r).ravel() for r in rows]   # flat indices of [g, yᵢ, i]
-    weights = [np.tile(mask[b, r], G) for b, r in enumerate(rows)] if (mask > 1).any() else None   # repeated rows
+    repeated = bool((mask > 1).any())                                 # a row in a split more than once: weighted
+    step = max(256, BLOCK_BYTES // (B * G * K * 4))                   # rows per block: bounded temporaries
+    blocks = [(r0, min(r0 + step, n)) for r0 in range(0, n, step)]
+
+    def block_picks(r0, r1):
+        """Per split: flat indices of [g, yᵢ, i] of its training rows in the block's (G, K, rows) layout, and how
+        often each is in the split (None: once)."""
+        out = []
+        for b in range(B):
+            r = rows[b][(rows[b] >= r0) & (rows[b] < r1)]
+            out.append((((np.arange(G)[:, None] * K + label[r]) * (r1 - r0) + (r - r0)).ravel(),
+                        np.tile(mask[b, r], G) if repeated else None))
+        return out
+    picks = [block_picks(r0, r1) for r0, r1 in blocks]
     paths: list[list[tuple]] = [[] for _ in range(B)]
     Wr, b0 = np.zeros((B, d, K)), np.zeros((B, K))                   # weights in the rotated basis
-    for C in sorted(Cs):
-        s = np.sqrt(lam / K + 1.0 / C)[:, :, None]                    # preconditioner (exact change of variables)
+    if start is not None:   # W = V Wr and b = b0 − mu_r·Wr, inverted
+        Wr = np.stack([V.T @ np.asarray(W, np.float64) for W, _ in start])
+        b0 = np.stack([np.asarray(b, np.float64) for _, b in start]) + np.einsum("bd,bdk->bk", mu_r, Wr)
+    steps = [np.full(B, float(C)) for C in sorted(Cs)] if np.ndim(Cs[0]) == 0 else [np.asarray(Cs[0], float)]
+    for Cb in steps:
+        s = np.sqrt(lam / K + 1.0 / Cb[:, None])[:, :, None]          # preconditioner (exact change of variables)
 
-        def loss_grad(idx, u, s=s, C=C):
-            """Loss and gradient of splits ``idx`` at rows ``u`` of their variables."""
+        def loss_grad(idx, u, s=s, Cb=Cb):
+            """Loss and gradient of splits ``idx`` at rows ``u`` of their variables, summed block by block of rows
+            (layout (nb, G, K, rows): reductions over classes are element-wise over contiguous rows)."""
             nb = len(idx)
+            C = Cb[idx]
             W = u[:, :d * K].reshape(nb, d, K) / s[idx]
             bias = u[:, d * K:] / bs[idx, None] - np.einsum("bd,bdk->bk", mu_r[idx], W)
-            wz = (np.ascontiguousarray(W.transpose(0, 2, 1)).reshape(nb * K, d).astype(np.float32) @ ZT)
-            z = wz.reshape(nb, 1, K, n)                                # (nb, G, K, n)
+            W32 = np.ascontiguousarray(W.transpose(0, 2, 1)).reshape(nb * K, d).astype(np.float32)
+            AW = np.einsum("gd,bdk->bgk", A, W).astype(np.float32)[..., None] if shifted_groups else None
+            bias32 = bias.astype(np.float32)[:, None, :, None]
+            mask_idx = None if every_row else maskf[idx]
+            owner = np.arange(nb)
+            fit, Psum = np.zeros(nb), np.zeros((nb, K))
+            gZ, gA = np.zeros((nb * K, d)), np.zeros((nb, G, K))
+            for (r0, r1), part in zip(blocks, picks):
+                m = r1 - r0
+                z = (W32 @ ZT[:, r0:r1]).reshape(nb, 1, K, m)         # (nb, G, K, rows)
+                if shifted_groups:
+                    z = z + AW
+                    z *= Rf[..., r0:r1]
+                z += bias32
+                z -= z.max(2, keepdims=True)
+                pick = np.concatenate([part[b][0] + j * G * K * m for j, b in enumerate(idx)])
+                zy = z.reshape(-1).take(pick).astype(np.float64)
+                if repeated:
+                    zy *= np.concatenate([part[b][1] for b in idx])
+                picked = np.bincount(np.repeat(owner, [len(part[b][0]) for b in idx]), zy, minlength=nb)
+                P = np.exp(z, out=z)                                   # in place: arrays this size cost page faults
+                se = P.sum(2, keepdims=True)
+                lse = np.log(se)
+                if mask_idx is not None:
+                    lse *= mask_idx[..., r0:r1]
+                # summed in float64: float32 sums made the loss too noisy for the line search at large C
+                fit += lse.sum((1, 2, 3), dtype=np.float64) - picked
+                P /= se
+                P.reshape(-1)[pick] -= 1.0                             # softmax − one-hot, on training rows only
+                if mask_idx is not None:
+                    P *= mask_idx[..., r0:r1]                          # (each as often as it is in the split)
+                Psum += P.sum((1, 3)).astype(np.float64)
+                RP = P
+                if shifted_groups:
+                    RP *= Rf[..., r0:r1]
+                gZ += (RP.sum(1).reshape(nb * K, m) @ ZT[:, r0:r1].T).astype(np.float64)
+                if shifted_groups:
+                    gA += RP.sum(3).astype(np.float64)
+            gW = gZ.reshape(nb, K, d).transpose(0, 2, 1)
             if shifted_groups:
-                z = z + np.einsum("gd,bdk->bgk", A, W).astype(np.float32)[..., None]
-                z *= Rf
-            z += bias.astype(np.float32)[:, None, :, None]
-            z -= z.max(2, keepdims=True)
-            pick = np.concatenate([picks[b] + j * G * K * n for j, b in enumerate(idx)])
-            zy = z.reshape(-1).take(pick).astype(np.float64)
-            if weights is not None:
-                zy *= np.concatenate([weights[b] for b in idx])
-            picked = np.add.reduceat(zy, np.cumsum([0] + [len(picks[b]) for b in idx[:-1]]))
-            P = np.exp(z, out=z)                                       # in place: arrays this size cost page faults
-            se = P.sum(2, keepdims=True)
-            lse = np.log(se)
-            if not every_row:
-                lse *= maskf[idx]
-            # summed in float64: float32 sums made the loss too noisy for the line search at large C
-            fit = lse.sum((1, 2, 3), dtype=np.float64) - picked
-            P /= se
-            P.reshape(-1)[pick] -= 1.0                                 # softmax − one-hot, on training rows only
-            if not every_row:
-                P *= maskf[idx]                                        # (each as often as it is in the split)
-            Psum = P.sum((1, 3)).astype(np.float64)                   # (nb, K)
-            RP = P
-            if shifted_groups:
-                RP *= Rf
-            gW = (RP.sum(1).reshape(nb * K, n) @ Z).astype(np.float64).reshape(nb, K, d).transpose(0, 2, 1)
-            if shifted_groups:
-                gW += np.einsum("gd,bgk->bdk", A, RP.sum(3).astype(np.float64))
-            gW = C * (gW - mu_r[idx][:, :, None] * Psum[:, None, :]) + W
+                gW = gW + np.einsum("gd,bgk->bdk", A, gA)
+            gW = C[:, None, None] * (gW - mu_r[idx][:, :, None] * Psum[:, None, :]) + W
             loss = fit * C + 0.5 * (W * W).sum((1, 2))
-            return loss, np.concatenate([(gW / s[idx]).reshape(nb, -1), C * Psum / bs[idx, None]], axis=1)
+            return loss, np.concatenate([(gW / s[idx]).reshape(nb, -1), C[:, None] * Psum / bs[idx, None]], axis=1)
 
         u0 = np.concatenate([(Wr * s).reshape(B, -1), b0 * bs[:, None]], axis=1)
         # stop when the gradient of the mean loss is below TOL, as scikit-learn does (it uses 1e-4)
-        u, nit = minimize_lbfgs(loss_grad, u0, gtol=TOL * C * N / bs)
+        u, nit = minimize_lbfgs(loss_grad, u0, gtol=TOL * Cb * N / bs)
         Wr, b0 = u[:, :d * K].reshape(B, d, K) / s, u[:, d * K:] / bs[:, None]
         for b in range(B):
-            paths[b].append((C, V @ Wr[b], b0[b] - mu_r[b] @ Wr[b], int(nit[b])))
-    return paths
+            paths[b].append((float(Cb[b]), V @ Wr[b], b0[b] - mu_r[b] @ Wr[b], int(nit[b])))
+    return paths, V
 
 
 def minimize_lbfgs(loss_grad, u0: np.ndarray, gtol: np.ndarray, ftol: float = 1e-12, maxiter: int = 3000,

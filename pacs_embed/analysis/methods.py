@@ -49,7 +49,7 @@ from typing import Callable
 
 import numpy as np
 
-from .embeddings import l2_normalize
+from .embeddings import group_means, l2_normalize
 from .heads import C_GRID, Head, HeadBatch, HeadCache, PendingHead, fit_head
 from .text import Description, OnFirstUse
 
@@ -156,6 +156,9 @@ class Operator(Method):
         return self
 
     def predict(self, x, source, target):
+        affine = getattr(self.op, "affine", None)   # the op's form as scale ⊙ (x + coef · vectors): no copy of x
+        if affine is not None:
+            return self.head.predict_affine(x, *affine(x, source.vector, target.vector))
         return self.head.predict(self.op(x, source.vector, target.vector))
 
 
@@ -185,6 +188,12 @@ def make(name: str) -> Method:
 
 def default_methods() -> list[str]:
     return [n for n in METHODS if make(n).default]
+
+
+def pairwise_distances(v: np.ndarray) -> np.ndarray:
+    """(k, k) Euclidean distances between the rows of ``v`` from their Gram matrix (no k x k x D temporary)."""
+    sq = np.einsum("kd,kd->k", v, v)
+    return np.sqrt(np.maximum(sq[:, None] + sq[None] - 2 * (v @ v.T), 0.0))
 
 
 def delta(t_src: np.ndarray, t_tgt: np.ndarray) -> np.ndarray:
@@ -235,10 +244,26 @@ class ZeroShotDomain(Method):
 # target domains, Δ = t_src − t_tgt, normalise(v) = v / |v|. Every statistic a method learns comes
 # from the source domain's training images or from text, never from target images.
 
+def inverse_norms(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """1 / |x_i + v| for every row, from |x|² + 2x·v + |v|² (no copy of x); 0 where x_i + v = 0 (it stays 0)."""
+    x32, v = np.asarray(x, np.float32), np.asarray(v, np.float64)
+    sq = np.einsum("nd,nd->n", x32, x32, dtype=np.float64) + 2 * (x32 @ v.astype(np.float32)) + v @ v
+    r = np.sqrt(np.maximum(sq, 0.0))
+    return np.divide(1.0, r, out=np.zeros_like(r), where=r > 0)
+
+
+def _moved(x, step):
+    """``affine`` of an operator x' = normalise(x + step): (vectors, coef, scale)."""
+    return step[None], None, inverse_norms(x, step)
+
+
 @register("translate")
 def translate(x, t_src, t_tgt):
     """x' = x + Δ, not renormalised (the paper: C(EI(x) + Δ), Δ = ET(t_src) − ET(t_tgt))."""
     return x + delta(t_src, t_tgt)
+
+
+translate.affine = lambda x, t_src, t_tgt: (delta(t_src, t_tgt)[None], None, None)
 
 
 @register("translate_renorm")
@@ -247,10 +272,16 @@ def translate_renorm(x, t_src, t_tgt):
     return l2_normalize(x + delta(t_src, t_tgt))
 
 
+translate_renorm.affine = lambda x, t_src, t_tgt: _moved(x, delta(t_src, t_tgt))
+
+
 @register("interpolate")
 def interpolate(x, t_src, t_tgt):
     """x' = normalise(x + Δ/2): half of the paper's step (between none and translate_renorm)."""
     return l2_normalize(x + 0.5 * delta(t_src, t_tgt))
+
+
+interpolate.affine = lambda x, t_src, t_tgt: _moved(x, 0.5 * delta(t_src, t_tgt))
 
 
 @register("translate_calibrated")
@@ -267,18 +298,17 @@ class TranslateCalibrated(Method):
 
     def fit(self, src):
         tr = src.train
-        present = [k for k in range(src.n_classes) if (src.y[tr] == k).any()]
-        c = np.stack([src.x[tr][src.y[tr] == k].mean(0) for k in present])
-        e = src.class_vectors[present]
+        present = np.flatnonzero(np.bincount(src.y[tr], minlength=src.n_classes))
+        c = group_means(src.x[tr], src.y[tr], src.n_classes)[present]
+        e = np.asarray(src.class_vectors, np.float64)[present]
         iu = np.triu_indices(len(present), 1)
-        image_d = np.linalg.norm(c[:, None] - c[None], axis=2)[iu]
-        text_d = np.linalg.norm(e[:, None] - e[None], axis=2)[iu]
+        image_d, text_d = pairwise_distances(c)[iu], pairwise_distances(e)[iu]
         self.alpha = float(image_d.mean() / text_d.mean()) if len(iu[0]) and text_d.mean() > 0 else 1.0
         self.head = src.fit_head(src.x)
         return self
 
     def predict(self, x, source, target):
-        return self.head.predict(x + self.alpha * delta(source.vector, target.vector))
+        return self.head.predict_affine(x, (self.alpha * delta(source.vector, target.vector))[None])
 
 
 @register("gap_shift")
@@ -299,7 +329,7 @@ class GapShift(Method):
         return self
 
     def predict(self, x, source, target):
-        return self.head.predict(l2_normalize(x - self.gap + delta(source.vector, target.vector)))
+        return self.head.predict_affine(x, *_moved(x, delta(source.vector, target.vector) - self.gap))
 
 
 @register("project_out")
@@ -324,7 +354,8 @@ class ProjectOut(Method):
         return x - (x @ self.Q) @ self.Q.T
 
     def predict(self, x, source, target):
-        return self.head.predict(self.project(x))
+        # (P x)·W = x·W − (x Q)(Qᵀ W): the projection as an affine step, with no projected copy of x
+        return self.head.predict_affine(x, self.Q.T, -(np.asarray(x, np.float32) @ self.Q))
 
 
 @register("project_pair")
@@ -343,7 +374,7 @@ class ProjectPair(Method):
         if not np.linalg.norm(d):
             return self.head.predict(x)
         d = d / np.linalg.norm(d)
-        return self.head.predict(x - np.outer((x - self.mean) @ d, d))
+        return self.head.predict_affine(x, d[None], -(x @ d - self.mean @ d)[:, None])
 
 
 # ---- train-time augmentation -------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .arguments import embeddings, results_table
-from .embeddings import Embeddings, domain_order, table_domains
+from .embeddings import Embeddings, domain_order, group_means, table_domains
 from .stats import seeded
 from .text import NO_DESCRIPTION, TextSide
 
@@ -213,16 +213,18 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
                          f"({len(emb.domains)}, in the cache's order: text.vectors(...)); got shape {T.shape}")
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(emb.x))[:max_points]
-    x = emb.x.astype(np.float64)
-    gap = x.mean(0) - T.mean(0)
+    x = emb.x   # float32 as loaded: means are taken in float64 without a float64 copy of every image
+    centroids = group_means(x, emb.domain, len(emb.domains))
+    image_mean = x.mean(0, dtype=np.float64)
+    gap = image_mean - T.mean(0)
     a1 = gap / np.linalg.norm(gap)
     rest = (T - T.mean(0)) - np.outer((T - T.mean(0)) @ a1, a1)
     a2 = np.linalg.svd(rest, full_matrices=False)[2][0] if np.abs(rest).sum() else np.roll(a1, 1)
     a2 -= (a2 @ a1) * a1
     a2 /= np.linalg.norm(a2)
-    centre = (x.mean(0) + T.mean(0)) / 2
+    centre = (image_mean + T.mean(0)) / 2
     plane = lambda v: (np.atleast_2d(v) - centre) @ np.stack([a1, a2]).T  # noqa: E731
-    p_img, p_txt = plane(x[pick]), plane(T)
+    p_img, p_txt = plane(x[pick].astype(np.float64)), plane(T)
     colors = dict(zip(order, palette("tab10", len(order))))
     fig, ax = plt.subplots(figsize=(7, 5.5))
     s = emb.domains.index(source)
@@ -234,7 +236,7 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
         ax.scatter(*p_txt[d], marker="*", s=260, color=colors[name], edgecolor="black", label=f"{name} text")
         if d != s:
             deltas.append(f"{name} {np.linalg.norm(T[s] - T[d]):.3f}")
-            centroid = x[emb.domain == d].mean(0)
+            centroid = centroids[d]
             c, step = plane(centroid)[0], plane(centroid + T[s] - T[d])[0]
             ax.annotate("", xy=step, xytext=c, arrowprops=dict(arrowstyle="->", color=colors[name], lw=1.8))
             ax.annotate("", xy=p_txt[s], xytext=p_txt[d], arrowprops=dict(arrowstyle="->", color=colors[name],

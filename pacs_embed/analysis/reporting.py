@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..cache import Cache
 from ..files import atomic_write
+from . import runs
 from .arguments import names, output_folder, positive, seed_list
 from .embeddings import domain_order, load
 from .evaluation import evaluate
@@ -45,21 +46,41 @@ def record(path, **values) -> None:
     atomic_write(path, json.dumps(data, indent=1, default=float).encode())
 
 
-def report(cache, out="results", figures="figures", seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS,
+TABLES = ("results.csv", "summary.csv", "gains.csv", "methods.csv", "table1.csv", "table1_difference.csv",
+          "report.md", "headline.json")
+FIGURES = tuple(f"{name}.{ext}" for name in ("table1", "accuracy_grid", "gains", "projection") for ext in ("png", "pdf"))
+
+
+def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS,
            domain_prompts: dict | None = None, methods=None, n_nouns: int | None = None, n_boot: int = 1000,
            head_cache=True, progress: bool = True, sources=None) -> dict[str, Path]:
     """Evaluate every method on ``cache`` and write tables (CSV + Markdown) and figures (PNG + PDF).
-    ``sources`` limits the source domains (default: all); every domain is scored as a target."""
+    ``sources`` limits the source domains (default: all); every domain is scored as a target. ``out``: the folder
+    of the tables (default: a new ``results/<cache name>/<time>/``, pointed at by ``latest``); ``figures``: of the
+    figures (default: ``out/figures``). Each gets ``run.json``; another run's folder, or a file of yours that the
+    report would write, is refused before any work (``runs.claim``)."""
     from . import plots   # matplotlib (and Pillow) only when a report is drawn
     plots.use_headless_backend()
-    out, figures = output_folder(out, "results folder"), output_folder(figures, "figures folder")
     descriptions, seeds, n_boot = names(descriptions, "descriptions"), seed_list(seeds), positive(n_boot, "n_boot")
     names(methods, "methods", "every default method")   # checked before any work; evaluate uses them
     names(sources, "sources", "every domain")
     if not descriptions:
         raise ValueError(f"descriptions is empty: name at least one of {DEFAULT_DESCRIPTIONS}")
-    for folder in (out, figures):   # both before any work: a folder that cannot be made fails now
-        folder.mkdir(parents=True, exist_ok=True)
+    cache = Cache.open(cache)   # a missing or damaged cache fails here, before any folder is made
+    fresh = out is None
+    out = runs.new_folder("results", cache.path.stem) if fresh else output_folder(out, "results folder")
+    figures = out / "figures" if figures is None else output_folder(figures, "figures folder")
+    this = runs.record("report", cache, cache.attrs, {
+        "seeds": list(seeds), "descriptions": list(descriptions), "domain_prompts": domain_prompts or {},
+        "methods": methods, "sources": sources, "n_nouns": n_nouns, "n_boot": n_boot,
+        "head_cache": head_cache if isinstance(head_cache, bool) else str(head_cache)})
+    runs.claim(out, this, TABLES)   # both before any work: a folder that cannot be used fails now
+    runs.claim(figures, this, FIGURES)
+    runs.write(out, this)
+    if figures != out:
+        runs.write(figures, this)
+    if fresh:
+        runs.point_latest(out)
     emb = load(cache)
     t1 = table1(emb, domain_prompts)
     text = text_side(emb, tuple(descriptions), domain_prompts, n_nouns)
@@ -68,12 +89,12 @@ def report(cache, out="results", figures="figures", seeds=range(5), descriptions
     res = evaluate(emb, methods, seeds=seeds, text=text, descriptions=descriptions, head_cache=head_cache,
                    progress=progress, sources=sources)
     summ, gain, means = summary(res.table), gains(res, n_boot=n_boot), method_means(res.table)
-    paths = {}
+    paths = {"run": out / runs.RECORD}
     for name, df in [("results", res.table), ("summary", summ), ("gains", gain), ("methods", means),
                      ("table1", t1["reproduced"]), ("table1_difference", t1["difference"])]:
         paths[name] = out / f"{name}.csv"
         df.to_csv(paths[name], index=name.startswith("table1"))
-    attrs = emb.cache.attrs
+    attrs = cache.attrs
     described = "; ".join(f"{d.domain}: " + " | ".join(d.prompts) for d in text.descriptions.get("paper", []))
     order = {d: i for i, d in enumerate(domain_order(emb.domains))}
     gain = gain.sort_values(["source", "target"], key=lambda c: c.map(order), kind="stable", ignore_index=True)

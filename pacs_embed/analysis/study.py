@@ -22,6 +22,7 @@ import pandas as pd
 from ..cache import Cache
 from ..files import atomic_write
 from ..templates import match
+from . import runs
 from .arguments import output_folder
 from .reporting import markdown, report
 
@@ -59,13 +60,23 @@ def _check(caches) -> list[tuple[str, str, str]]:
     return out
 
 
-def study(caches, out="results", figures="figures", **kwargs) -> dict[str, Path]:
+def study(caches, out=None, figures=None, **kwargs) -> dict[str, Path]:
     """``report`` for each cache (into ``out/<dataset>/<model>/`` and ``figures/<dataset>/<model>/``), then
-    ``study.csv``/``study.md``/``study.tex`` and ``figures/study.png``. ``kwargs`` go to ``report``."""
+    ``study.csv``/``study.md``/``study.tex`` and ``figures/study.png``. ``out`` defaults to a new
+    ``results/study/<time>/``, ``figures`` to ``out/figures``. ``kwargs`` go to ``report``."""
     from . import plots
-    out, figures = output_folder(out, "results folder"), output_folder(figures, "figures folder")
+    checked = _check(caches)
+    fresh = out is None
+    out = runs.new_folder("results", "study") if fresh else output_folder(out, "results folder")
+    figures = out / "figures" if figures is None else output_folder(figures, "figures folder")
+    this = runs.record("study", None, {}, {"caches": [c for c, _, _ in checked], **kwargs})
+    runs.claim(out, this, ("study.csv", "study.md", "study.tex"))
+    runs.claim(figures, this, ("study.png", "study.pdf"))
+    runs.write(out, this)
+    if fresh:
+        runs.point_latest(out)
     rows = []
-    for cache, dataset, model in _check(caches):
+    for cache, dataset, model in checked:
         paths = report(cache, out / dataset / model, figures / dataset / model, **kwargs)
         rows.append({"dataset": dataset, "model": model, **json.loads(paths["headline"].read_text())})
     table = study_table(rows)

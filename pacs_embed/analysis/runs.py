@@ -1,0 +1,155 @@
+"""Where a run writes: a folder of its own, with ``run.json`` saying how it was made; nothing else is overwritten.
+
+Left to itself a report writes into ``results/<cache name>/<time>/`` (figures in its ``figures/``) and points
+``results/<cache name>/latest`` at it. A folder you name is used as it is, but a run never overwrites a file that
+is not its own: a folder holding another run's results (a ``run.json`` of another cache or other parameters), or a
+file of the user's that a run would write, is refused before any work. ``run.json`` holds the command line or the
+parameters, the package version and git commit, the cache's provenance, the seeds and the methods — so a figure in a
+paper can be traced back to the command that drew it.
+
+Usage::
+
+    folder = new_folder("results", cache)                 # results/<cache name>/<time>/
+    claim(folder, record, ["results.csv", "report.md"])   # refuses another run's folder or a user's file
+"""
+from __future__ import annotations
+
+import contextvars
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..errors import PacsEmbedError
+from ..files import atomic_write
+
+RECORD = "run.json"
+COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("command", default=None)   # set by the CLI
+IDENTITY = ("kind", "cache", "cache_provenance", "parameters")   # what makes two runs the same run
+
+
+class OutputError(PacsEmbedError, ValueError):
+    """An output folder that cannot be used without overwriting what is not this run's."""
+
+
+def new_folder(base, name: str) -> Path:
+    """``base/<name>/<UTC time>/`` (a suffix when two runs start in the same second); not made yet."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    folder = Path(base) / name / stamp
+    k = 1
+    while folder.exists():
+        k += 1
+        folder = Path(base) / name / f"{stamp}-{k}"
+    return folder
+
+
+def point_latest(folder: Path) -> None:
+    """``<folder's parent>/latest``: a link to the newest run (a text file naming it where links are not allowed)."""
+    latest = folder.parent / "latest"
+    try:
+        if latest.is_symlink() or latest.is_file():
+            latest.unlink()
+        latest.symlink_to(folder.name, target_is_directory=True)
+    except OSError:
+        atomic_write(latest, f"{folder.name}\n".encode())
+
+
+def git_commit() -> str:
+    """The commit of the package's checkout (with '+changes' when it has uncommitted changes), or why not known."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if commit.returncode:
+            return "not a git checkout (installed package)"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return commit.stdout.strip() + ("+changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not found)"
+
+
+def record(kind: str, cache, attrs: dict, parameters: dict) -> dict:
+    """What ``run.json`` holds for a run of ``kind`` ("report", "study") on ``cache`` with ``parameters``."""
+    return {"kind": kind, "cache": str(Path(cache).resolve()) if cache is not None else None,
+            "cache_provenance": {k: str(attrs.get(k)) for k in ("model_id", "revision", "created", "manifest_sha256",
+                                                                "dataset_name", "processor", "dtype")},
+            "parameters": json.loads(json.dumps(parameters, default=str)),
+            "command": COMMAND.get() or (" ".join(sys.argv) if sys.argv and sys.argv[0] else "python"),
+            "pacs_embed_version": __version__, "git_commit": git_commit(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "cwd": os.getcwd()}
+
+
+def claim(folder: Path, this: dict, files) -> None:
+    """Make ``folder`` this run's, before any work: refused (OutputError naming it) when it is a file, cannot be
+    written, holds another run's results, or holds a file of the user's that this run would write."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{str(folder)!r} is a file, not a folder; name a folder (it is made if missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot make the output folder {str(folder)!r} ({e.strerror or e}); name one you can write "
+                          f"to") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into the output folder {str(folder)!r}; name one you can write to")
+    mine = folder / RECORD
+    if mine.is_file():
+        try:
+            other = json.loads(mine.read_text())
+        except (OSError, ValueError):
+            other = {}
+        if any(other.get(k) != this.get(k) for k in IDENTITY):
+            raise OutputError(f"{str(folder)!r} holds the results of another run ({RECORD}: {other.get('kind')} of "
+                              f"{other.get('cache')}, {other.get('created')}); writing there would mix or replace them. "
+                              f"Leave out the folder (each run gets its own under results/), or name another.")
+        return   # the same run again (same cache and parameters): its files are replaced
+    theirs = [f for f in files if (folder / f).exists()]
+    if theirs:
+        raise OutputError(f"{str(folder)!r} holds {', '.join(theirs[:3])}{' ...' if len(theirs) > 3 else ''}, not "
+                          f"written by a pacs_embed run ({RECORD} is missing); refusing to overwrite them. Name an "
+                          f"empty or new folder, or leave it out.")
+
+
+def write(folder: Path, this: dict) -> Path:
+    path = Path(folder) / RECORD
+    atomic_write(path, json.dumps(this, indent=1).encode())
+    return path
+
+
+class NotebookRun:
+    """A notebook's run: the cache it reads and the folder (with ``run.json``) its figures go to."""
+
+    def __init__(self, cache: Path, figures: Path):
+        self.cache, self.figures = cache, figures
+
+    def __repr__(self):
+        return f"cache:   {self.cache}\nfigures: {self.figures} (run.json beside them)"
+
+
+def notebook_run(name: str, cache=None, figures=None, base="../results", embeddings="../data/embeddings",
+                 **parameters) -> NotebookRun:
+    """Where notebook ``name`` reads and writes, decided in one place: the cache is ``cache``, else
+    ``$PACS_EMBED_CACHE``, else the newest ``<embeddings>/*/*.h5``; figures go to ``figures``, else a new
+    ``<base>/<name>/<time>/`` (``latest`` points at it), with ``run.json`` (the notebook, its parameters, the
+    cache's provenance). Printed, so the notebook says on its face what it read.
+
+    Usage (the first cell after the parameters): ``run = pa.notebook_run("01_table1", cache, figures, seeds=seeds)``
+    """
+    from ..cache import Cache, default_cache
+    cache = Path(cache) if cache else default_cache(embeddings)
+    with Cache(cache) as c:   # a missing or damaged cache fails here, naming it
+        attrs = c.attrs
+    fresh = figures is None
+    folder = new_folder(base, name) if fresh else Path(figures)
+    this = record(f"notebook {name}", cache, attrs, parameters)
+    claim(folder, this, [])
+    write(folder, this)
+    if fresh:
+        point_latest(folder)
+    run = NotebookRun(cache, folder)
+    print(run)
+    return run

@@ -1,0 +1,68 @@
+"""Each run writes into a folder of its own with run.json; nothing of another run's or of the user's is overwritten."""
+import json
+import os
+
+import pytest
+
+from pacs_embed.cli import main
+
+FAST = ["--seeds", "1", "--descriptions", "paper", "--methods", "none", "translate", "--bootstrap", "20",
+        "--no-progress"]
+
+
+def test_a_report_left_to_itself_writes_a_new_run_folder_with_its_record(cache_copy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(cache_copy), *FAST]) == 0
+    assert main(["report", str(cache_copy), *FAST]) == 0
+    runs = sorted(p for p in (tmp_path / "results" / "mini").iterdir() if p.name != "latest")
+    assert len(runs) == 2                                               # the second run did not replace the first
+    latest = (tmp_path / "results" / "mini" / "latest").resolve()
+    assert latest == runs[-1].resolve() and (latest / "figures" / "gains.png").is_file()
+    record = json.loads((latest / "run.json").read_text())
+    assert record["kind"] == "report" and record["parameters"]["seeds"] == [0]
+    assert record["parameters"]["methods"] == ["none", "translate"] and "report" in record["command"]
+    assert record["cache_provenance"]["model_id"] and record["pacs_embed_version"] and record["git_commit"]
+    assert not (tmp_path / "figures").exists()                          # nothing outside the run's folder
+
+
+def test_another_run_into_the_same_folder_is_refused_the_same_run_is_repeated(cache_copy, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["report", str(cache_copy), "--out", str(out), *FAST]) == 0
+    before = (out / "results.csv").read_bytes()
+    assert main(["report", str(cache_copy), "--out", str(out), *FAST, "--domain-prompt", "cartoon=a comic"]) == 2
+    err = capsys.readouterr().err
+    assert "holds the results of another run" in err and str(out) in err
+    assert (out / "results.csv").read_bytes() == before
+    assert main(["report", str(cache_copy), "--out", str(out), *FAST]) == 0   # the same command again: fine
+
+
+def test_files_that_are_not_a_runs_own_are_never_overwritten(cache_copy, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.csv").write_text("my own numbers\n")
+    (mine / "notes.txt").write_text("keep me\n")
+    assert main(["report", str(cache_copy), "--out", str(mine), *FAST]) == 2
+    assert "results.csv" in capsys.readouterr().err and (mine / "results.csv").read_text() == "my own numbers\n"
+    other = tmp_path / "other"                                        # a folder of other files is fine: kept
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me\n")
+    assert main(["report", str(cache_copy), "--out", str(other), *FAST]) == 0
+    assert (other / "notes.txt").read_text() == "keep me\n" and (other / "run.json").is_file()
+
+
+def test_an_output_path_that_cannot_be_a_folder_is_a_clear_error_before_any_work(cache_copy, tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for out in (a_file, a_file / "sub"):
+        assert main(["report", str(cache_copy), "--out", str(out), *FAST]) == 2
+        err = capsys.readouterr().err
+        assert str(out) in err and "Traceback" not in err
+    assert a_file.read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_output_folder_is_a_clear_error(cache_copy, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["report", str(cache_copy), "--out", str(locked), *FAST]) == 2
+    assert "cannot write" in capsys.readouterr().err
