@@ -3,6 +3,7 @@
 #                  (MODEL="a b c": one cache per model)
 #   make test      set up .venv, run the test suite
 # Override e.g. MODEL=openai/clip-vit-large-patch14 DATA=data/VLCS TORCH="torch==2.13.0" VISION= EXTRACT_ARGS="--batch-size 512"
+# Offline: make extract NO_DOWNLOAD=1 MODEL=/path/to/clip-checkpoint-folder (the images placed in data/PACS by hand)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -25,7 +26,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 extract: setup
-	@if [ "$(DATA)" = "data/PACS" ]; then $(BIN)/pacs-embed download --dest data/PACS; fi
+	@if [ "$(DATA)" = "data/PACS" ] && [ -z "$(NO_DOWNLOAD)" ]; then $(BIN)/pacs-embed download --dest data/PACS; fi
 	@for m in $(MODEL); do echo "== $$m"; $(BIN)/pacs-embed extract --data $(DATA) --model $$m $(EXTRACT_ARGS) || exit 1; done
 
 test: setup

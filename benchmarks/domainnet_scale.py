@@ -100,16 +100,45 @@ extra = {{"rows": rows, "cap": hd.SELECT_ROWS}}''')
         print(f"{d:9s} seed {seed}  {n:6,} rows  C full {c_full:g} / sampled {c_samp:g}  hold-out {a_full:.4f} / "
               f"{a_samp:.4f}  same predictions {agree:.2%}  {t_full:5.1f} s / {t_samp:5.1f} s  ratio {t_full / t_samp:.2f}x")
 
+    print("\n== the same, forced onto PACS-size sources (synthetic PACS, dim 64; 4 sources x 3 seeds)")
+    r = fresh('''
+import numpy as np
+from pacs_embed.synthetic import make_cache
+from pacs_embed import analysis as pa
+import pacs_embed.analysis.heads as hd
+out = []
+for signal in (0.3, 0.6):
+    emb = pa.load(make_cache("/tmp/dn-bench/pacs-%s.h5" % signal, "PACS", dim=64, signal=signal, prompts="none"),
+                  check=False)
+    for cap in (500, 1000):
+        same, diffs = 0, []
+        for d in emb.domains:
+            idx = emb.in_domain(d); x, y = emb.x[idx], emb.label[idx]
+            for seed in range(3):
+                tr, ho = hd.split(len(idx), seed, d)
+                hd.SELECT_ROWS = 10**9
+                full = hd.fit_heads(x, y, [(tr, ho)])[0]
+                hd.SELECT_ROWS = cap
+                samp = hd.fit_heads(x, y, [(tr, ho)])[0]
+                same += full.C == samp.C
+                diffs.append(samp.holdout_accuracy - full.holdout_accuracy)
+        out.append([signal, cap, same, float(np.mean(diffs)), float(np.min(diffs))])
+extra = {"rows": out}''')
+    for signal, cap, same, mean, worst in r["rows"]:
+        print(f"signal {signal}, sample of {cap:,} rows: same C in {same} of 12; hold-out accuracy {mean:+.4f} on "
+              f"average, {worst:+.4f} at worst")
+
     runs = [("one source (clipart), 1 seed, paper", "--seeds 1 --descriptions paper --sources clipart", 30),
             ("every source, 1 seed, paper", "--seeds 1 --descriptions paper", 180)]
     if args.full:
         runs.append(("default report (5 seeds, paper/ensemble/nouns, every default method)", "", 1800))
     print("\n== pacs-embed report, fresh process each (no head cache)")
-    for what, flags, target in runs:
+    for k, (what, flags, target) in enumerate(runs):
+        out = f"/tmp/dn-bench/report-{time.time_ns()}-{k}"   # a new folder each: another run's is never reused
         r = fresh(f'''
 from pacs_embed.cli import main
-assert main(["report", {str(cache)!r}, *{flags.split()!r}, "--out", "/tmp/dn-bench/r", "--figures",
-             "/tmp/dn-bench/f", "--no-progress", "--no-head-cache"]) == 0''')
+assert main(["report", {str(cache)!r}, *{flags.split()!r}, "--out", {out!r}, "--no-progress",
+             "--no-head-cache"]) == 0''')
         print(f"{what}: {r['seconds']:.0f} s (target <= {target} s), peak RSS {r['peak_gb']:.1f} GB (target <= 8 GB)")
 
     print("\n== an edit of one domain's prompt in a warm process (1 seed, paper; heads cached in memory)")

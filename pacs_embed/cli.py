@@ -16,12 +16,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import DEFAULT_MODEL
+from . import DEFAULT_MODEL, __version__
 from .errors import PacsEmbedError
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pacs-embed", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"pacs-embed {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("download", help="fetch PACS from the Hugging Face Hub into data/PACS")
@@ -78,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("prompts", help="encode prompts into a cache (only the missing ones)")
     t.add_argument("cache")
-    t.add_argument("prompt", nargs="+")
+    t.add_argument("prompt", nargs="*")
+    t.add_argument("--list", action="store_true", help="print the prompts the cache holds (and where)")
     t.add_argument("--model", help="the cache's model from another place: a hub id, or a folder holding the same "
                                    "weights (default: the model the cache records)")
     t.add_argument("--device")
@@ -144,6 +146,13 @@ def _run(args) -> int:
         from .cache import Cache
         from .text_encoder import TextEncoder
         cache = Cache.open(args.cache)
+        if args.list:
+            print("\n".join(cache.prompts))
+            print(f"{len(cache.prompts)} prompts in {args.cache}", file=sys.stderr)
+            if not args.prompt:
+                return 0
+        if not args.prompt:
+            raise ValueError("name the prompts to encode (pacs-embed prompts CACHE \"a watercolor\" ...), or --list")
         before = set(cache.prompts)
         vectors = cache.prompt_vectors(args.prompt, TextEncoder(cache, args.model, args.device))
         new = len(set(args.prompt) - before)

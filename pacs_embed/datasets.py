@@ -117,7 +117,8 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
     if not root.is_dir():
         raise DatasetError(
             f"data folder {str(root)!r} does not exist. Run `pacs-embed download` to fetch PACS into "
-            f"data/PACS, or point --data at a folder laid out as <domain>/<class>/<image>.")
+            f"data/PACS (offline it says how to place it by hand), or point --data at a folder laid out as "
+            f"<domain>/<class>/<image>: `pacs-embed extract --data FOLDER --model MODEL`.")
     ignored: list[str] = []
     domain_dirs = _visible_dirs(root, ignored, root)
     if not domain_dirs:

@@ -23,7 +23,10 @@ MANUAL_HELP = (
     "Place PACS by hand instead: copy the images into {dest}/<domain>/<class>/<image> "
     "(domains photo, art_painting, cartoon, sketch; classes dog, elephant, giraffe, guitar, horse, "
     "house, person), or download the parquet files of the Hub dataset flwrlabs/pacs on a machine "
-    "with internet and run `pacs-embed download --parquet FILE.parquet ...`.")
+    "with internet and run `pacs-embed download --parquet FILE.parquet ...`. Then embed what is there (all of PACS or "
+    "any part of it, or any dataset in that layout) with `pacs-embed extract --data {dest} --model MODEL` — offline, "
+    "MODEL is a CLIP checkpoint folder (or a model in the local Hugging Face cache); `make extract` does the same with "
+    "NO_DOWNLOAD=1 MODEL=FOLDER.")
 
 
 class DownloadError(PacsEmbedError, RuntimeError):
@@ -42,15 +45,18 @@ def image_extension(data: bytes) -> str:
 def download_pacs(dest="data/PACS", revision: str | None = None, check_counts: bool = True) -> Path:
     """Download the parquet files of ``flwrlabs/pacs`` and convert them; safe to re-run."""
     from huggingface_hub import snapshot_download
-    if check_counts and count_images(dest) == PACS_COUNTS:
+    have = count_images(dest)
+    if check_counts and have == PACS_COUNTS:
         print(f"{dest} already holds all {sum(PACS_COUNTS.values())} PACS images; nothing to download.")
         return Path(dest)
     try:
         folder = snapshot_download(PACS_REPO, repo_type="dataset", revision=revision,
                                    allow_patterns=["data/*.parquet", "*.parquet"])
     except Exception as e:  # offline, no network, no such revision
+        held = (f"{dest} holds {sum(have.values()):,} images now ({', '.join(f'{d} {n:,}' for d, n in have.items())}); "
+                f"PACS has {sum(PACS_COUNTS.values()):,}. " if sum(have.values()) else "")
         raise DownloadError(f"could not download {PACS_REPO} from the Hugging Face Hub "
-                            f"({type(e).__name__}: {str(e).splitlines()[0]}).\n"
+                            f"({type(e).__name__}: {str(e).splitlines()[0]}).\n{held}"
                             + MANUAL_HELP.format(dest=dest)) from e
     files = sorted(Path(folder).rglob("*.parquet"))
     if not files:

@@ -72,7 +72,8 @@ class Summary:
             return (f"rank {self.rank} of {self.ranks}: " + (f"{self.out} is up to date" if self.up_to_date else
                     f"embedded {self.n_embedded} images in {self.seconds:.1f} s; rank 0 writes {self.out}"))
         if self.up_to_date:
-            return f"{self.out} is up to date ({self.n_images} images, made on {self.device}/{self.dtype}); nothing to do."
+            return (f"{self.out} is up to date ({self.n_images} images, made on {self.device}/{self.dtype}); nothing to "
+                    f"do.\nnext: pacs-embed report {self.out}")
         rate = (self.n_images - self.resumed - self.kept) / self.seconds if self.seconds else float("nan")
         lines = ["", "pacs-embed extract: done",
                  f"  images     {self.n_images} ({self.n_embedded} embedded, {len(self.failures)} failed"
@@ -86,6 +87,8 @@ class Summary:
             lines.append(f"  FAILED     {p}: {r}")
         if len(self.failures) > 20:
             lines.append(f"  ... {len(self.failures) - 20} more failures, listed in the file's /failures group")
+        lines += ["", f"next: pacs-embed report {self.out}        (or open the notebooks: make notebooks; they read "
+                      f"the newest cache, or PACS_EMBED_CACHE={self.out})"]
         return "\n".join(lines)
 
 

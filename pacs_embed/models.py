@@ -64,8 +64,9 @@ def resolve(model: str, revision: str | None = None, local_only: bool = False) -
         raise ModelError(
             f"model {model!r} is not a local folder and could not be found "
             f"{'in the local Hugging Face cache (HF_HUB_OFFLINE is set)' if offline else 'on the Hugging Face Hub'}: "
-            f"{type(e).__name__}. Pass a local checkpoint folder, or fetch it once where there is internet "
-            f"(`hf download {model}`) and copy the cache (~/.cache/huggingface) here.") from e
+            f"{type(e).__name__}. Pass a local checkpoint folder (`pacs-embed extract --data DATASET --model FOLDER`; "
+            f"a folder `CLIPModel.save_pretrained` wrote, with its tokenizer and preprocessor files), or fetch it once "
+            f"where there is internet (`hf download {model}`) and copy the cache (~/.cache/huggingface) here.") from e
     folder = Path(folder)
     if not any((folder / w).is_file() for w in _WEIGHT_FILES):
         raise ModelError(f"model {model!r}: no model.safetensors or pytorch_model.bin in {folder}")

@@ -11,7 +11,7 @@ def world():
 
 
 @pytest.mark.parametrize("kwargs, error, says", [
-    (dict(seeds=3), TypeError, r"seeds=range\(3\)"),
+    (dict(seeds=0), ValueError, r"seeds=0: give a number of seeds, 1 or more"),
     (dict(seeds=[]), ValueError, "seeds is empty"),
     (dict(seeds=[0, 0]), ValueError, "repeat a seed"),
     (dict(seeds=[0.5]), TypeError, "seeds must be integers"),

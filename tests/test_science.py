@@ -1,5 +1,6 @@
 """The science: each method on a synthetic cache whose right answer is known, and intervals that cover."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from pacs_embed import analysis as pa
@@ -100,3 +101,24 @@ def test_zero_shot_methods_are_scored_on_their_own_source_domain_too(world):
     t = res.table
     assert len(t[(t.method == "zeroshot") & (t.source == t.target)]) == N_DOMAINS * 2
     assert t[(t.method == "none") & (t.source == t.target)].empty
+
+
+def test_with_no_true_gain_in_300_comparisons_holm_finds_none_in_at_least_95_percent_of_reports():
+    from pacs_embed.analysis.stats import holm, p_value, seed_interval
+    rng = np.random.default_rng(0)
+    clean = 0
+    for _ in range(200):
+        per_seed = rng.normal(0, 0.02, (300, 5))           # 300 gains, 5 seeds each, all truly 0
+        p = [p_value(*seed_interval(v), 5) for v in per_seed]
+        clean += not holm(np.array(p)).any()
+    assert clean / 200 >= 0.95
+
+
+def test_a_gain_the_same_on_every_seed_still_has_an_interval_of_one_image():
+    from pacs_embed.analysis.evaluation import Results
+    hits = np.zeros((3, 2344), bool)
+    base = hits.copy()
+    hits[:, 0] = True                                       # one image better, on every seed
+    res = Results(pd.DataFrame(), {("a", "b", "translate", "paper"): hits, ("a", "b", "none", "-"): base}, {}, {})
+    g = pa.gains(res, n_boot=20).iloc[0]
+    assert g.ci_high - g.ci_low >= 2 / 2344 - 1e-12 and g.ci_low <= 0 and not g.holm_excludes_0

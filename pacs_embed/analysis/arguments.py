@@ -3,7 +3,7 @@
 Usage::
 
     methods = names(methods, "methods")      # "translate" -> ["translate"]; None stays None
-    seeds = seed_list(seeds)                 # range(5) -> [0, 1, 2, 3, 4]; 5 -> error suggesting range(5)
+    seeds = seed_list(seeds)                 # range(5) or 5 -> [0, 1, 2, 3, 4]
     emb = embeddings(emb, "evaluate")        # a path instead of pa.load(path) -> error saying so
 """
 from __future__ import annotations
@@ -17,6 +17,13 @@ import pandas as pd
 from .embeddings import Embeddings
 
 TABLE_COLUMNS = ("source", "target", "method", "description", "seed", "accuracy")   # a results table's
+
+
+def did_you_mean(name: str, choices) -> str:
+    """' (did you mean 'translate'?)' for a mistyped name close to one of ``choices``, else ''."""
+    import difflib
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def names(value, what: str, default: str | None = None) -> list[str] | None:
@@ -39,8 +46,10 @@ def names(value, what: str, default: str | None = None) -> list[str] | None:
 
 def seed_list(seeds) -> list[int]:
     """The seeds themselves (each a new 80/20 split of the source), at least one, none repeated."""
-    if isinstance(seeds, (int, np.integer)):
-        raise TypeError(f"seeds={seeds}: give the seeds themselves, e.g. seeds=range({seeds})")
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):   # a count, as --seeds 5 is
+        if seeds < 1:
+            raise ValueError(f"seeds={seeds}: give a number of seeds, 1 or more (or the seeds, e.g. range(5))")
+        seeds = range(int(seeds))
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed (e.g. seeds=range(5))")

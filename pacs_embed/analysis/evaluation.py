@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..cache import heads_folder
 from ..errors import PacsEmbedError, add_note
-from .arguments import c_grid, embeddings, names, seed_list
+from .arguments import c_grid, did_you_mean, embeddings, names, seed_list
 from .embeddings import Embeddings
 from .heads import C_GRID, HeadBatch, HeadCache, check_solver, resolved, shared_products, single_threaded_blas, split
 from .methods import Source, default_methods, make
@@ -129,7 +129,8 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     domains = emb.domains
     unknown = [s for s in (sources or []) if s not in domains]
     if unknown:
-        raise KeyError(f"unknown source domain(s) {unknown}; the cache's domains are {domains}")
+        raise KeyError(f"unknown source domain(s) {unknown}{did_you_mean(unknown[0], domains)}; the cache's domains "
+                       f"are {domains}")
     if len(domains) < 2:
         raise ValueError(f"{emb.cache}: cross-domain evaluation needs at least two domains; this cache has {domains}")
     cache = head_cache_for(emb, head_cache)

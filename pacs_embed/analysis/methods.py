@@ -49,6 +49,7 @@ from typing import Callable
 
 import numpy as np
 
+from .arguments import did_you_mean
 from .embeddings import group_means, l2_normalize
 from .heads import C_GRID, Head, HeadBatch, HeadCache, PendingHead, fit_head
 from .text import Description, OnFirstUse
@@ -182,7 +183,7 @@ def register(name: str):
 def make(name: str) -> Method:
     """A fresh, unfitted instance of the method registered as ``name``."""
     if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; registered: {list(METHODS)}")
+        raise KeyError(f"unknown method {name!r}{did_you_mean(name, METHODS)}; registered: {list(METHODS)}")
     return METHODS[name]()
 
 

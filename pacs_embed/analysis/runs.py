@@ -2,8 +2,9 @@
 
 Left to itself a report writes into ``results/<cache name>/<time>/`` (figures in its ``figures/``) and points
 ``results/<cache name>/latest`` at it. A folder you name is used as it is, but a run never overwrites a file that
-is not its own: a folder holding another run's results (a ``run.json`` of another cache or other parameters), or a
-file of the user's that a run would write, is refused before any work. ``run.json`` holds the command line or the
+is not its own: a folder holding another run's results (a ``run.json`` of another cache or other parameters; for a
+notebook, of another notebook or cache: re-running it after an edit rewrites its figures), or a file of the user's
+that a run would write, is refused before any work. ``run.json`` holds the command line or the
 parameters, the package version and git commit, the cache's provenance, the seeds and the methods — so a figure in a
 paper can be traced back to the command that drew it.
 
@@ -102,7 +103,9 @@ def claim(folder: Path, this: dict, files) -> None:
             other = json.loads(mine.read_text())
         except (OSError, ValueError):
             other = {}
-        if any(other.get(k) != this.get(k) for k in IDENTITY):
+        # a notebook re-run after an edit (same notebook, same cache) rewrites every figure of its folder: allowed
+        same = ("kind", "cache") if str(this.get("kind", "")).startswith("notebook") else IDENTITY
+        if any(other.get(k) != this.get(k) for k in same):
             raise OutputError(f"{str(folder)!r} holds the results of another run ({RECORD}: {other.get('kind')} of "
                               f"{other.get('cache')}, {other.get('created')}); writing there would mix or replace them. "
                               f"Leave out the folder (each run gets its own under results/), or name another.")

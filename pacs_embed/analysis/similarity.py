@@ -91,6 +91,7 @@ def table1(emb: Embeddings, domain_prompts: dict | None = None, templates: dict 
     rows = [p for p in paper.index if p in ours.index]
     cols = [d for d in paper.columns if d in ours.columns]
     ours = ours.loc[rows + [p for p in ours.index if p not in rows], cols + [d for d in ours.columns if d not in cols]]
+    ours.attrs["model"] = str(emb.cache.attrs.get("model_id")) if emb.cache is not None else "vectors given in memory"
     return {"reproduced": ours, "paper": paper.loc[rows, cols], "difference": ours.loc[rows, cols] - paper.loc[rows, cols]}
 
 

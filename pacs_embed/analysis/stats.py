@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.special import stdtrit   # the Student-t quantile (scipy.stats costs ~0.5 s to import)
+from scipy.special import stdtr, stdtrit   # Student-t cdf and quantile (scipy.stats costs ~0.5 s to import)
 
 from . import arguments
 from .arguments import positive, results_table
@@ -38,14 +38,39 @@ def seeded(method: str) -> bool:
     return METHODS[method]().seeded if method in METHODS else True
 
 
-def seed_interval(per_seed: np.ndarray, level: float = LEVEL) -> tuple[float, float, float]:
-    """Mean of per-seed values and its Student-t interval (seeds as the unit); NaN bounds for < 2 seeds."""
+def seed_interval(per_seed: np.ndarray, level: float = LEVEL, floor: float = 0.0) -> tuple[float, float, float]:
+    """Mean of per-seed values and its Student-t interval (seeds as the unit); NaN bounds for < 2 seeds. ``floor``:
+    the least standard error (one image's worth, 1/n: seeds that all agree do not make a result exact)."""
     v = np.asarray(per_seed, float)
     m = float(v.mean())
     if len(v) < 2:
         return m, float("nan"), float("nan")
-    half = stdtrit(len(v) - 1, 0.5 + level / 2) * v.std(ddof=1) / np.sqrt(len(v))
-    return m, m - float(half), m + float(half)
+    se = max(float(v.std(ddof=1) / np.sqrt(len(v))), floor)
+    half = float(stdtrit(len(v) - 1, 0.5 + level / 2)) * se
+    return m, m - half, m + half
+
+
+def p_value(m: float, lo: float, hi: float, k: int, level: float = LEVEL) -> float:
+    """Two-sided p-value of "the mean over ``k`` seeds is 0" from its interval [lo, hi] (the Student-t test the
+    interval inverts: se = half-width / t quantile)."""
+    if k < 2 or not np.isfinite(lo):
+        return float("nan")
+    se = (hi - lo) / 2 / stdtrit(k - 1, 0.5 + level / 2)
+    return float(2 * stdtr(k - 1, -abs(m) / se)) if se > 0 else float(m == 0)
+
+
+def holm(p: np.ndarray, alpha: float = 1 - LEVEL) -> np.ndarray:
+    """Holm's step-down correction: which of the p-values are rejected with the family-wise error at ``alpha``
+    (NaN p-values are never rejected). Holm, Scand. J. Statist. 1979."""
+    p = np.asarray(p, float)
+    order = np.argsort(np.where(np.isfinite(p), p, np.inf))
+    m = int(np.isfinite(p).sum())
+    out = np.zeros(len(p), bool)
+    for rank, i in enumerate(order[:m]):
+        if p[i] > alpha / (m - rank):
+            break
+        out[i] = True
+    return out
 
 
 def _fmt(m, lo, hi, is_seeded) -> str:
@@ -110,12 +135,17 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
             continue
         if hits.shape != base.shape:
             raise ValueError(f"{method} and {baseline} were scored on different images for {s} -> {t}")
-        g, lo, hi = seed_interval(hits.mean(1) - base.mean(1), level)
+        n_images = hits.shape[1]
+        # a standard error of at least one image's worth: seeds that agree on every image do not make a gain exact
+        g, lo, hi = seed_interval(hits.mean(1) - base.mean(1), level, floor=1 / max(n_images, 1))
+        p = p_value(g, lo, hi, len(hits), level)
         lo, hi = max(lo, -1.0), min(hi, 1.0)             # a gain lies in [-1, 1] (few seeds: t is wide)
         _, ilo, ihi = paired_bootstrap(hits, base, n_boot, seed, level)
-        rows.append((s, t, method, how, g, lo, hi, ilo, ihi, len(hits)))
-    return pd.DataFrame(rows, columns=["source", "target", "method", "description", "gain", "ci_low", "ci_high",
-                                       "image_ci_low", "image_ci_high", "seeds"])
+        rows.append((s, t, method, how, g, lo, hi, ilo, ihi, len(hits), p))
+    out = pd.DataFrame(rows, columns=["source", "target", "method", "description", "gain", "ci_low", "ci_high",
+                                      "image_ci_low", "image_ci_high", "seeds", "p"])
+    out["holm_excludes_0"] = holm(out["p"].to_numpy(), 1 - level) if len(out) else []
+    return out
 
 
 def grid(table: pd.DataFrame, method: str, description: str | None = None) -> pd.DataFrame:

@@ -35,7 +35,7 @@ from ..errors import PacsEmbedError, add_note
 from ..templates import class_prompts, domain_class_prompts, domain_prompt, legacy_templates, match, templates_for
 from ..text_encoder import TextEncoder
 from ..text_encoder import preload_text_tower as _preload_text_tower
-from .arguments import cache_of, names, noun_count, prompt_dict
+from .arguments import cache_of, did_you_mean, names, noun_count, prompt_dict
 from .embeddings import Embeddings, l2_normalize
 
 NO_DESCRIPTION = "-"   # the ``description`` of results from methods that use no domain description
@@ -131,7 +131,7 @@ def user_prompts(domain_prompts: dict | None, domains) -> dict[str, list[str]]:
     out = {}
     for d, value in prompt_dict(domain_prompts).items():
         if d not in domains:
-            raise KeyError(f"domain_prompts names domain {d!r}, which this cache does not have; its domains are "
+            raise KeyError(f"domain_prompts names domain {d!r}{did_you_mean(d, domains)}, which this cache does not have; its domains are "
                            f"{list(domains)}")
         given = value
         value = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -145,7 +145,7 @@ def describe(domain: str, how: str, templates: dict, domain_prompts: dict | None
              n_nouns: int | None = None) -> Description:
     """The (not yet encoded) description of ``domain`` by the strategy ``how`` in DESCRIPTIONS."""
     if how not in DESCRIPTIONS:
-        raise KeyError(f"unknown description {how!r}; choose from {sorted(DESCRIPTIONS)}")
+        raise KeyError(f"unknown description {how!r}{did_you_mean(how, DESCRIPTIONS)}; choose from {sorted(DESCRIPTIONS)}")
     mine = (domain_prompts or {}).get(domain)
     base = mine or [domain_prompt(domain, templates)]
     ensemble = mine or templates.get("ensembles", {}).get(domain) or base
@@ -252,6 +252,16 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
         if _uses_nouns(how) and n_nouns is not None and n_nouns > held:
             warnings.warn(f"n_nouns={n_nouns}, but the prompt templates hold {held} nouns: the {how!r} description "
                           f"averages over those {held}", stacklevel=3)
+    if mine and set(mine) != set(domains):
+        for how in descs:
+            sizes = {d.domain: len(d.prompts) for d in descs[how]}
+            if "ensemble" in how and len({sizes[d] for d in mine}) and any(sizes[d] != sizes[o] for d in mine
+                                                                          for o in sizes if o not in mine):
+                warnings.warn(f"the {how!r} description averages your {', '.join(f'{d}: {sizes[d]}' for d in mine)} "
+                              f"prompt(s) for the domains you named and the packaged phrasings for the others "
+                              f"({', '.join(f'{o}: {n}' for o, n in sizes.items() if o not in mine)}): an average of "
+                              f"fewer prompts is a less smoothed description, so compare its domains with care, or give "
+                              f"every domain its prompts", stacklevel=3)
     for how, same in repeated(descs).items():
         warnings.warn(f"the descriptions {how!r} and {same!r} describe every domain with the same prompts (no separate "
                       f"{how!r} phrasings are held for these domains, or domain_prompts replace them), so their results "
