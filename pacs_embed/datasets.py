@@ -180,13 +180,16 @@ class Changes:
     added: list[str]
     removed: list[str]
     modified: list[str]
+    moved: list[str] = field(default_factory=list)   # "old -> new": the same bytes under another path (a renamed
+                                                     # class or domain folder); their vectors are kept
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.modified)
+        return bool(self.added or self.removed or self.modified or self.moved)
 
     def describe(self, limit: int = 20) -> str:
         lines = []
-        for what, paths in (("added", self.added), ("removed", self.removed), ("modified", self.modified)):
+        for what, paths in (("moved (same bytes, another path)", self.moved), ("added", self.added),
+                            ("removed", self.removed), ("modified", self.modified)):
             if paths:
                 lines.append(f"{len(paths)} {what}:")
                 lines += [f"  {p}" for p in paths[:limit]]
@@ -196,7 +199,18 @@ class Changes:
 
 
 def compare(old: dict[str, str], new: dict[str, str]) -> Changes:
-    """Compare two {path: sha256} maps."""
-    return Changes(added=sorted(new.keys() - old.keys()),
-                   removed=sorted(old.keys() - new.keys()),
-                   modified=sorted(p for p in old.keys() & new.keys() if old[p] != new[p]))
+    """Compare two {path: sha256} maps. A removed path and an added one with the same content hash are one file
+    moved (renamed folder), not a removal and an addition."""
+    added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+    gone: dict[str, list[str]] = {}
+    for p in removed:
+        gone.setdefault(old[p], []).append(p)
+    moved, still_added = [], []
+    for p in added:
+        if gone.get(new[p]):
+            moved.append(f"{gone[new[p]].pop(0)} -> {p}")
+        else:
+            still_added.append(p)
+    moved_from = {m.split(" -> ")[0] for m in moved}
+    return Changes(added=still_added, removed=[p for p in removed if p not in moved_from],
+                   modified=sorted(p for p in old.keys() & new.keys() if old[p] != new[p]), moved=moved)

@@ -13,11 +13,12 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from .files import atomic_write
+from .templates import registry
 from .errors import PacsEmbedError
 
 PACS_REPO = "flwrlabs/pacs"
-PACS_CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
-PACS_COUNTS = {"photo": 1670, "art_painting": 2048, "cartoon": 2344, "sketch": 3929}
+PACS_CLASSES = list(registry()["PACS"].classes)    # the registry's, one source of truth
+PACS_COUNTS = dict(registry()["PACS"].domains)
 
 MANUAL_HELP = (
     "Place PACS by hand instead: copy the images into {dest}/<domain>/<class>/<image> "

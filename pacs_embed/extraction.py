@@ -422,7 +422,8 @@ def _paths_sha256(paths) -> str:
 
 
 def _reusable(cache, old, ds, settings, image_processor) -> dict:
-    """path -> (embedding, ok, reason) of every stored image whose file is unchanged, when the cache was made
+    """path -> (embedding, ok, reason) of every image whose bytes the cache holds (unchanged, or moved to another
+    path: a renamed class or domain folder keeps its vectors), when the cache was made
     with the same model, revision, dtype and processor (settings included); else nothing is reused. A vector
     stored as readable but not finite (a cache from before that was checked) or all zeros (no CLIP embedding is;
     a hand-made cache) is not reused: it is encoded again."""
@@ -433,11 +434,17 @@ def _reusable(cache, old, ds, settings, image_processor) -> dict:
         return {}
     stored, vectors = cache.index, cache.image_vectors()
     reasons = dict(cache.failures())
-    now = {r.path: r.sha256 for r in ds.records}
     good = _cache.usable(vectors)
-    return {p: (e, bool(ok), reasons.get(p, "")) for p, h, e, ok, g in zip(stored["path"], stored["sha256"],
-                                                                          vectors, stored["ok"], good)
-            if now.get(p) == h and (not ok or g)}
+    by_content = {}   # sha256 -> a stored row with those bytes: a file moved to another path keeps its vector
+    for i, (p, h, ok, g) in enumerate(zip(stored["path"], stored["sha256"], stored["ok"], good)):
+        if h and (not ok or g):
+            by_content.setdefault(h, (i, p))
+    kept = {}
+    for r in ds.records:
+        i, p = by_content.get(r.sha256, (None, None))
+        if i is not None:
+            kept[r.path] = (vectors[i], bool(stored["ok"][i]), reasons.get(p, ""))
+    return kept
 
 
 def _assemble(plan: Plan, dev, strict: bool, ranks: Ranks) -> Summary:

@@ -304,9 +304,10 @@ def test_a_few_changed_files_are_embedded_again_and_the_rest_kept(small_dataset,
     before = read_images(out)
     dog = sorted((small_dataset / "photo" / "dog").iterdir())
     dog[0].unlink()                                                           # removed
-    shutil.copy(sorted((small_dataset / "sketch" / "horse").iterdir())[0], dog[1])   # modified
-    shutil.copy(sorted((small_dataset / "cartoon" / "house").iterdir())[0],
-                small_dataset / "photo" / "dog" / "new.png")                 # added
+    # new bytes (a trailing byte an image decoder ignores): the same bytes as a held image would be kept (moved)
+    dog[1].write_bytes(sorted((small_dataset / "sketch" / "horse").iterdir())[0].read_bytes() + b"\0")   # modified
+    (small_dataset / "photo" / "dog" / "new.png").write_bytes(
+        sorted((small_dataset / "cartoon" / "house").iterdir())[0].read_bytes() + b"\0")              # added
     batches = spy("pacs_embed.extraction", "embed_images")
     s = extract(small_dataset, str(tiny_clip), out, dtype="float32", batch_size=4, workers=0, progress=False)
     assert sum(len(b) for b in batches) == 2 and s.kept == 54 and "kept 54, embedded 2" in str(s)
@@ -374,3 +375,23 @@ def test_fast_decoding_refuses_a_truncated_jpeg_as_pil_does(broken_dataset):
     with pytest.raises(OSError) as fast:
         read_uint8(truncated)
     assert str(fast.value) == str(pil.value)
+
+
+def test_a_renamed_class_folder_is_said_to_have_moved_and_nothing_is_embedded_again(small_dataset, tiny_clip, tmp_path,
+                                                                                     spy, capsys):
+    out = tmp_path / "c.h5"
+    extract(small_dataset, str(tiny_clip), out, dtype="float32", batch_size=4, workers=0, progress=False)
+    before = read_images(out)
+    (small_dataset / "photo" / "dog").rename(small_dataset / "photo" / "doggo")    # a class renamed in one domain
+    for f in (small_dataset / "sketch" / "horse").iterdir():                        # mtimes touched, bytes the same
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    batches = spy("pacs_embed.extraction", "embed_images")
+    s = extract(small_dataset, str(tiny_clip), out, dtype="float32", batch_size=4, workers=0, progress=False)
+    said = capsys.readouterr().out
+    assert "2 moved (same bytes, another path):" in said and "photo/dog/" in said and "photo/doggo/" in said
+    assert "sketch/horse" not in said                                               # touched, not changed
+    assert sum(len(b) for b in batches) == 0 and s.kept == s.n_images               # nothing embedded again
+    after = read_images(out)
+    old = dict(zip([p.replace("photo/dog/", "photo/doggo/") for p in before["path"]], before["embedding"]))
+    assert all(np.array_equal(e, old[p]) for p, e in zip(after["path"], after["embedding"]))

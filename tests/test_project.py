@@ -16,10 +16,17 @@ def conda_pip_requirements():
     return {r for r in reqs if r != "-e ."}
 
 
-def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ ]", requirement, maxsplit=1)[0]
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject_and_pins_torch_as_the_makefile():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["test"])
-    assert conda_pip_requirements() == wanted
+    conda = conda_pip_requirements()
+    assert {_name(r) for r in conda} == {_name(r) for r in wanted}
+    assert conda - wanted == {"torch==2.13.0"}                      # the one pin: the Makefile's
+    assert re.search(r"^TORCH \?= torch==2\.13\.0$", (ROOT / "Makefile").read_text(), flags=re.M)
 
 
 def test_ci_runs_the_test_command_written_in_the_readme():

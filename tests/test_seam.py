@@ -32,3 +32,14 @@ def test_a_missing_prompt_loads_the_text_tower_and_only_then(cache_copy):
     code = (f"from pacs_embed import analysis as pa\nemb = pa.load({str(cache_copy)!r})\n"
             "pa.prompt_similarity(emb, ['a prompt the cache lacks'])")
     assert "torch" in loaded_after(code)
+
+
+def test_the_analysis_and_a_report_run_where_fcntl_does_not_exist(cache_copy, tmp_path):
+    """Windows has no fcntl: a cache copied to a laptop must still open in the notebooks (locks are taken only to
+    write, with a portable lock)."""
+    code = ("import sys\nsys.modules['fcntl'] = None   # import fcntl now fails, as on Windows\n"
+            f"from pacs_embed import analysis as pa\nemb = pa.load({str(cache_copy)!r})\npa.table1(emb)\n"
+            f"pa.report({str(cache_copy)!r}, {str(tmp_path / 'r')!r}, seeds=[0], descriptions=['paper'], n_boot=10, "
+            "progress=False)")
+    loaded_after(code)   # check=True: it ran to the end
+    assert (tmp_path / "r" / "report.md").is_file()

@@ -24,7 +24,8 @@ from .similarity import (description_similarity, paper_comparison, paper_table1,
                          table1)
 from .study import study
 from .stats import gains, grid, method_means, summary
-from .text import DESCRIPTIONS, NO_DESCRIPTION, Description, TextSide, preload_text_tower, text_side
+from .text import (DESCRIPTIONS, NO_DESCRIPTION, Description, TextSide, cached_prompts, described, preload_text_tower,
+                   text_side)
 
 __all__ = [
     # the cache
@@ -32,7 +33,8 @@ __all__ = [
     # datasets and their prompt templates
     "registry", "match", "templates_for", "load_templates",
     # the text side
-    "text_side", "TextSide", "Description", "DESCRIPTIONS", "NO_DESCRIPTION", "preload_text_tower",
+    "text_side", "TextSide", "Description", "DESCRIPTIONS", "NO_DESCRIPTION", "preload_text_tower", "cached_prompts",
+    "described",
     # methods and heads
     "METHODS", "Method", "Source", "register", "default_methods", "delta", "fit_head", "Head", "HeadCache", "split", "C_GRID",
     # evaluation, statistics, output

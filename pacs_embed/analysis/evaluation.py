@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm.std import tqdm   # text bars: an executed notebook keeps the finished bar, not a frozen widget
 
 from ..cache import heads_folder
 from ..errors import PacsEmbedError, add_note
 from .arguments import c_grid, did_you_mean, embeddings, names, seed_list
 from .embeddings import Embeddings
-from .heads import C_GRID, HeadBatch, HeadCache, check_solver, resolved, shared_products, single_threaded_blas, split
-from .methods import Source, default_methods, make
+from .heads import (C_GRID, HeadBatch, HeadCache, PendingHead, check_solver, resolved, shared_products,
+                    single_threaded_blas, split)
+from .methods import METHODS, Source, default_methods, make
 from .text import NO_DESCRIPTION, TextSide, text_for, text_side
 
 COLUMNS = ["source", "target", "method", "description", "seed", "accuracy", "n"]
@@ -68,6 +69,52 @@ def _leave_out(e: Exception) -> str:
             if isinstance(e, PacsEmbedError) else "")
 
 
+def _distributed() -> bool:
+    """Whether the user chose a joblib backend (``joblib.parallel_config(backend="loky" | "dask" | "ray" ...)``):
+    then ``evaluate`` hands one job per source domain to it; else (no choice, or threads) it runs as threads here."""
+    try:
+        from joblib._parallel_backends import SequentialBackend, ThreadingBackend
+        from joblib.parallel import get_active_backend
+    except ImportError:
+        return False
+    backend, _ = get_active_backend(prefer="threads")
+    return not isinstance(backend, (ThreadingBackend, SequentialBackend))
+
+
+def _source_job(emb, registered, methods, seeds, text, descriptions, source, head_cache, Cs, solver) -> Results:
+    """``evaluate`` of one source domain, in whatever process or machine joblib runs it (the methods travel with
+    it: a method registered in a notebook exists in the worker too)."""
+    METHODS.update(registered)
+    res = evaluate(emb, methods, seeds, descriptions, text=text, sources=[source], head_cache=head_cache, Cs=Cs,
+                   solver=solver, workers=1, progress=False, _local=True)
+    for m in res.fitted.values():   # pending heads hold this process's batch (locks): sent back as fitted heads
+        for name, value in list(vars(m).items()):
+            if isinstance(value, PendingHead):
+                setattr(m, name, value.resolved())
+    return res
+
+
+def _by_source(emb, methods, seeds, text, descriptions, sources, head_cache, Cs, solver) -> Results:
+    """One joblib job per source (its seeds' heads are still fitted together), merged in source order: the same
+    table, hits and heads as the threaded path (``tests/test_scale_out.py``)."""
+    from joblib import Parallel, delayed
+    folder = head_cache.folder if isinstance(head_cache, HeadCache) else head_cache_for(emb, head_cache).folder
+    spec = str(folder) if folder else False
+    registered = {m: METHODS[m] for m in methods}
+    parts = Parallel()(delayed(_source_job)(emb, registered, methods, seeds, text, descriptions, s, spec, Cs, solver)
+                       for s in sources)
+    table = pd.concat([p.table for p in parts], ignore_index=True)
+    table.attrs["domains"] = list(emb.domains)
+    merged = HeadCache(folder)
+    merged.fits, merged.hits = sum(p.head_cache.fits for p in parts), sum(p.head_cache.hits for p in parts)
+    out = Results(table, {}, {}, {}, merged)
+    for p in parts:
+        out.correct.update(p.correct)
+        out.fitted.update(p.fitted)
+        out.heads.update(p.heads)
+    return out
+
+
 def _rows(emb: Embeddings, domain: str) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of a domain, read-only: a view where its rows are contiguous (a cache's are: no copy of
     every image), else a copy."""
@@ -97,7 +144,7 @@ def head_cache_for(emb: Embeddings, head_cache) -> HeadCache:
 def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, domain_prompts: dict | None = None,
              n_nouns: int | None = None, text: TextSide | None = None, sources=None, head_cache=True,
              Cs=C_GRID, solver: str = "fast", workers: int = min(2, os.cpu_count() or 1),
-             progress: bool = True) -> Results:
+             progress: bool = True, _local: bool = False) -> Results:
     """Fit every method per (source, seed, description) and score it on every other domain.
 
     ``methods``: names in METHODS (default: every default method). ``descriptions``: strategies in
@@ -106,7 +153,8 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     domains. ``head_cache``: see ``head_cache_for``. ``solver="sklearn"`` fits heads with scikit-learn.
     ``workers`` threads fit the methods of (source, seed) jobs side by side (a method must keep its state on
     itself), then the heads they asked for (``heads.HeadBatch``: the seeds of a source that train on the same
-    features are fitted together), then score them.
+    features are fitted together), then score them. Under ``joblib.parallel_config(backend=...)`` of processes or a
+    cluster ("loky", "dask", "ray"), each source domain is one joblib job instead, with the same results.
     """
     emb = embeddings(emb, "evaluate")
     methods = names(methods, "methods", "every default method")
@@ -126,6 +174,8 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     methods = methods or default_methods()
     for m in methods:
         make(m)  # unknown names fail before any work
+    if not _local and _distributed() and len(sources or emb.domains) > 1:   # a joblib backend of the user's: one job per source
+        return _by_source(emb, methods, seeds, text, descriptions, sources or list(emb.domains), head_cache, Cs, solver)
     domains = emb.domains
     unknown = [s for s in (sources or []) if s not in domains]
     if unknown:

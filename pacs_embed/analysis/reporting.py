@@ -140,7 +140,7 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     figs = {"table1": plots.table1_heatmap(t1),
             "accuracy_grid": plots.accuracy_grid(res.table, first),
             "gains": plots.gains_plot(gain, first),
-            "projection": plots.projection(emb, text.vectors(first), source="photo" if "photo" in emb.domains else None)}
+            "projection": plots.projection(emb, text.vectors(first))}   # Δ toward the first domain in display order
     import matplotlib.pyplot as plt
     for name, fig in figs.items():
         paths[f"figure_{name}"] = plots.save(fig, figures, name)[0]

@@ -360,6 +360,21 @@ def _encodable(cache: Cache) -> bool:
         return False
 
 
+def cached_prompts(emb: Embeddings) -> list[str]:
+    """Every prompt the cache of ``emb`` holds (those of extraction and those added since), in order.
+
+    Usage: ``pa.cached_prompts(emb)``; from the shell, ``pacs-embed prompts CACHE --list``."""
+    return list(cache_of(emb, "cached_prompts").prompts)
+
+
+def described(text: TextSide, how: str = "paper"):
+    """A table of which prompts describe each domain under ``how`` (one row per domain), as the text side uses them."""
+    import pandas as pd
+    return pd.DataFrame([{"domain": d.domain, "prompts": " | ".join(d.prompts[:6]) + (f" ... ({len(d.prompts)})"
+                                                                                      if len(d.prompts) > 6 else "")}
+                         for d in text.descriptions[how]]).set_index("domain")
+
+
 def preload_text_tower(emb: Embeddings):
     """Load ``emb``'s text tower in a background thread (returned), so the first prompt edit of a session
     does not wait for torch, transformers and the weights — in a notebook, once no cell is running; see
