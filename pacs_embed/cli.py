@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from . import DEFAULT_MODEL, __version__
-from .errors import PacsEmbedError
+from .errors import AlreadySaid, PacsEmbedError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -199,6 +199,8 @@ def _guarded(args) -> int:
         with contextlib.suppress(OSError, ValueError):   # no second error when Python flushes stdout at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except AlreadySaid:
+        return 2
     except (PacsEmbedError, ValueError, KeyError, TypeError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         notes = "".join(f" {n}" for n in getattr(e, "__notes__", []))   # e.g. which method was being fitted

@@ -56,6 +56,21 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def settle(self, seconds: float = 30) -> None:
+        """After an error is shared: wait until the other ranks have said theirs (at most ``seconds`` on gloo), since
+        torchrun ends every rank once this one exits. A rank that never comes is not waited for longer."""
+        if self.world == 1:
+            return
+        import datetime
+        import torch.distributed as dist
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=seconds))
+            else:
+                dist.barrier()
+        except Exception:  # noqa: BLE001 - the error being raised is the one to report
+            pass
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist

@@ -14,5 +14,9 @@ def add_note(e: BaseException, note: str) -> None:
         e.__notes__ = [*getattr(e, "__notes__", []), note]
 
 
+class AlreadySaid(PacsEmbedError, RuntimeError):
+    """An error whose message was printed where it happened (a torchrun rank): the command line only exits with 2."""
+
+
 class CacheError(PacsEmbedError, RuntimeError):
     """An embedding cache that is missing, damaged, inconsistent, or of another model; the message names the file."""

@@ -43,7 +43,7 @@ from .models import (DEFAULT_MODEL, PROCESSORS, ModelSpec, check_clip, check_dev
                      choose_processor, dtype_name, embed_images, encode_text, load_image_tower, load_processor,
                      load_text_tower, processor_settings, resolve)
 from .templates import default_prompts, load_templates, templates_for
-from .errors import PacsEmbedError
+from .errors import AlreadySaid, PacsEmbedError
 
 
 class ExtractionError(PacsEmbedError, RuntimeError):
@@ -205,6 +205,7 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
                              processor=processor, force=force, restart=restart, progress=progress)
             except BaseException as e:
                 ranks.share(("error", f"{type(e).__name__}: {e}"))
+                ranks.settle()   # the other ranks say why they stop before torchrun ends them
                 raise
             if plan.lead.up_to_date:
                 ranks.share(("up to date", str(out)))
@@ -218,6 +219,7 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
                 summary = _assemble(plan, dev, strict, ranks)
             except BaseException as e:
                 ranks.share(("error", f"{type(e).__name__}: {e}"))
+                ranks.settle()
                 raise
             ranks.share(("done", str(summary.out)))
             return summary
@@ -225,11 +227,18 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
         ranks.close()
 
 
+def _stop(ranks: Ranks, message: str):
+    """A rank > 0 stopping because rank 0 failed: says so at once, then lets rank 0 exit (``Ranks.settle``)."""
+    print(f"pacs-embed extract: error: {message}", file=sys.stderr, flush=True)
+    ranks.settle()
+    raise AlreadySaid(message)
+
+
 def _follow(ranks: Ranks, dev: torch.device, workers, progress, t0) -> Summary:
     """Rank > 0: take rank 0's plan, embed this rank's share, wait for rank 0 to write the file."""
     kind, plan = ranks.share(None)
     if kind == "error":
-        raise ExtractionError(f"rank {ranks.rank}: stopped, because rank 0 failed: {plan}")
+        _stop(ranks, f"rank {ranks.rank}: stopped, because rank 0 failed: {plan}")
     if kind == "up to date":
         return Summary(Path(plan), 0, 0, up_to_date=True, ranks=ranks.world, rank=ranks.rank)
     share = plan.share(ranks)
@@ -241,7 +250,7 @@ def _follow(ranks: Ranks, dev: torch.device, workers, progress, t0) -> Summary:
     ranks.barrier()
     kind, detail = ranks.share(None)
     if kind == "error":
-        raise ExtractionError(f"rank {ranks.rank}: rank 0 could not write the cache: {detail}")
+        _stop(ranks, f"rank {ranks.rank}: rank 0 could not write the cache: {detail}")
     n = sum(len(plan.batches[s]) for s in share)
     return Summary(plan.out, len(plan.paths), n, seconds=time.perf_counter() - t0, device=str(dev), dtype=plan.dtype,
                    processor=plan.processor, ranks=ranks.world, rank=ranks.rank, embed_seconds=seconds)
