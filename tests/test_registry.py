@@ -5,8 +5,8 @@ import pytest
 
 from pacs_embed.cache import Cache
 from pacs_embed.synthetic import make_cache
-from pacs_embed.templates import (class_prompts, domain_prompt, legacy_templates, match, readable, registry,
-                                  templates_for)
+from pacs_embed.templates import (class_prompts, default_prompts, domain_prompt, legacy_templates, match, readable,
+                                  registry, templates_for)
 
 # DomainBed (Gulrajani & Lopez-Paz, ICLR 2021): images per dataset, and classes
 PUBLISHED = {"PACS": (9_991, 7, 4), "VLCS": (10_729, 5, 4), "OfficeHome": (15_588, 65, 4),
@@ -76,3 +76,24 @@ def test_the_former_defaults_stay_readable_for_caches_that_hold_them():
     old = legacy_templates()
     assert domain_prompt("infograph", old) == "a infograph" and class_prompts(["Alarm_Clock"], old) == [
         "a photo of a Alarm Clock"]
+
+
+def test_a_registered_datasets_cache_with_the_former_default_prompts_and_no_model_uses_them_with_a_warning(tmp_path):
+    import warnings
+    import numpy as np
+    from pacs_embed import analysis as pa
+    from pacs_embed.datasets import Record
+    from pacs_embed.hdf5 import write
+    made = make_cache(tmp_path / "new.h5", "OfficeHome", scale=0.005, dim=8, prompts="none")
+    with Cache.open(made) as c:
+        ix, x, attrs, domains, classes = c.index, c.image_vectors(), dict(c.attrs), c.domains, c.classes
+    texts = default_prompts(domains, classes, legacy_templates())   # what caches made before the registry hold
+    records = [Record(p, int(d), int(k), 0, 0, h) for p, d, k, h in zip(ix["path"], ix["domain"], ix["label"], ix["sha256"])]
+    write(tmp_path / "old.h5", attrs, domains, classes, records, x, ix["ok"], [], texts,
+          np.random.default_rng(0).standard_normal((len(texts), 8)).astype(np.float32))
+    emb = pa.load(tmp_path / "old.h5")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        rows = pa.table1(emb)["reproduced"].index.tolist()
+    assert rows == ["a Art", "a Clipart", "a Product", "a Real World"]
+    assert any("former defaults" in str(w.message) for w in said)
