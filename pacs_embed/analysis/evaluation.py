@@ -191,14 +191,18 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     def descs(how):
         return text.descriptions[how if how != NO_DESCRIPTION else next(iter(text.descriptions))]
 
-    data = {}   # (source, seed) -> its images, labels and split: made once, shared (read-only) by every method
+    rows_of = {}   # source -> its images and labels
+    data = {}      # (source, seed) -> its images, labels and split: made once, shared (read-only) by every method
 
     def source(s, seed, how):
-        if (s, seed) not in data:
+        if s not in rows_of:   # one read-only copy of a source's rows (it owns its data: its digest is memoised)
             idx = emb.in_domain(s)
             x = emb.x[idx]
             x.flags.writeable = False
-            data[(s, seed)] = (x, emb.label[idx], *split(len(idx), seed, s))
+            rows_of[s] = (x, emb.label[idx])
+        if (s, seed) not in data:   # ... serves every seed of that source
+            x, y = rows_of[s]
+            data[(s, seed)] = (x, y, *split(len(x), seed, s))
         return Source(*data[(s, seed)], s, seed, descs(how)[domains.index(s)], descs(how),
                       lambda: text.class_vectors, len(emb.classes), text.encode, cache, Cs, solver, batch)
 

@@ -88,7 +88,7 @@ def table1_heatmap(tables: dict[str, pd.DataFrame]):
             ax.set_yticklabels([])
     model = tables["reproduced"].attrs.get("model", "a model not recorded")
     fig.suptitle("Sim(prompt, domain): mean cosine similarity — 'this cache' and 'paper' share one colour scale\n"
-                 f"this cache: {model}; the paper does not name its CLIP model, so differences include any of model"
+                 f"this cache: {model}; the paper does not name its CLIP model, so differences also reflect the model"
                  if "paper" in names else "Sim(prompt, domain): mean cosine similarity\n(not PACS: no paper values to compare)")
     fig.tight_layout()
     return fig

@@ -255,8 +255,7 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
     if mine and set(mine) != set(domains):
         for how in descs:
             sizes = {d.domain: len(d.prompts) for d in descs[how]}
-            if "ensemble" in how and len({sizes[d] for d in mine}) and any(sizes[d] != sizes[o] for d in mine
-                                                                          for o in sizes if o not in mine):
+            if "ensemble" in how and any(sizes[d] != sizes[o] for d in mine for o in sizes if o not in mine):
                 warnings.warn(f"the {how!r} description averages your {', '.join(f'{d}: {sizes[d]}' for d in mine)} "
                               f"prompt(s) for the domains you named and the packaged phrasings for the others "
                               f"({', '.join(f'{o}: {n}' for o, n in sizes.items() if o not in mine)}): an average of "
