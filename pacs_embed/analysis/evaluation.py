@@ -258,11 +258,11 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
                     hits_by[(s, t, name, how)] = h
         return plain, rows, hits_by
 
-    jobs = [(s, seed) for s in (sources or domains) for seed in seeds]
-    size = {s: len(emb.in_domain(s)) for s in domains}
-    order = sorted(jobs, key=lambda j: -size[j[0]])   # the largest sources first: no core idles at the end
+    order = sorted(sources or domains, key=lambda s: -len(emb.in_domain(s)))   # the largest sources first
     rows, correct, fitted, heads = [], {}, {}, {}
-    with single_threaded_blas(), ThreadPoolExecutor(max(1, workers)) as pool:
+    done = {}   # (source, seed) -> (plain head, rows, hits)
+    with single_threaded_blas(), ThreadPoolExecutor(max(1, workers)) as pool, \
+            tqdm(total=0, desc="fitting heads", unit="head", disable=not progress) as bar:
         # methods that do not depend on the split are fitted once per source, on the first seed's split
         once = {(s, name, how): fit(s, seeds[0], name, how) for s in (sources or domains) for name, p in protos.items()
                 if not p.seeded for how in (descriptions if p.uses_text else [NO_DESCRIPTION])}
@@ -270,18 +270,26 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
         once_hits = {(s, t, name, how): pool.submit(hits, name, m, s, t, how)
                      for (s, name, how), m in once.items() for t in domains}
         once_hits = {key: f.result() for key, f in once_hits.items()}
-        asked = {j: pool.submit(fit_job, *j) for j in order}
-        asked = {j: f.result() for j, f in asked.items()}
-        with tqdm(total=len(batch), desc="fitting heads", unit="head", disable=not progress or not len(batch)) as bar:
-            batch.flush(pool, bar.update)   # the heads not in the head cache, the seeds of a source together
-        # every (job, target) scored side by side (one job alone still uses every worker)
-        scoring = {j: {t: pool.submit(score, j[0], t, list(asked[j][1].items())) for t in domains} for j in order}
-        for s, seed in jobs:  # in job order, whatever order they ran in
-            by_target = {t: f.result() for t, f in scoring[(s, seed)].items()}
-            plain, new_rows, hits_by = job_rows(s, seed, asked[(s, seed)][0], asked[(s, seed)][1], by_target)
+        for s in order:   # source by source: only one source's transformed copies wait for their heads at a time
+            asked = {(s, seed): pool.submit(fit_job, s, seed) for seed in seeds}
+            asked = {j: f.result() for j, f in asked.items()}
+            bar.total += len(batch)
+            bar.refresh()
+            batch.flush(pool, bar.update)   # the heads not in the head cache, the seeds of the source together
+            # every (job, target) scored side by side (one job alone still uses every worker)
+            scoring = {j: {t: pool.submit(score, s, t, list(asked[j][1].items())) for t in domains} for j in asked}
+            for j, by_target in scoring.items():
+                by_target = {t: f.result() for t, f in by_target.items()}
+                done[j] = job_rows(*j, asked[j][0], asked[j][1], by_target)
+                fitted.update(asked[j][1])
+            rows_of.pop(s, None)   # this source's rows and splits are no longer needed
+            for seed in seeds:
+                data.pop((s, seed), None)
+    for s in (sources or domains):   # in job order, whatever order they ran in
+        for seed in seeds:
+            plain, new_rows, hits_by = done[(s, seed)]
             heads[(s, seed)] = plain
             rows += new_rows
-            fitted.update(asked[(s, seed)][1])
             for key, hit in hits_by.items():
                 correct.setdefault(key, [None] * len(seeds))[seeds.index(seed)] = hit
     table = pd.DataFrame(rows, columns=COLUMNS)
