@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from functools import cached_property
 from pathlib import Path
 
@@ -277,8 +278,16 @@ class Cache(os.PathLike):
             if bad := [p for p, good in zip(missing, usable(vectors)) if not good]:   # never stored: tried again next time
                 raise CacheError(f"the text tower returned a non-finite or zero vector for prompt(s) "
                                  f"{', '.join(map(repr, bad[:3]))}; nothing was added to {str(self.path)!r}")
-            self.append_prompts(missing, vectors, encoder.model)
-            have = self._refresh()
+            try:
+                self.append_prompts(missing, vectors, encoder.model)
+                have = self._refresh()
+            except OSError as e:   # a read-only folder, a full disk: the analysis goes on, the prompts are not kept
+                warnings.warn(f"cannot save {len(missing)} new prompt(s) beside {str(self.path)!r} ({e}); they are used "
+                              f"in this process only and encoded again next time. Copy the cache (with its "
+                              f"{self._log.path.name} file) to a writable folder to keep them.", stacklevel=2)
+                with self._lock:
+                    self._prompts.update(zip(missing, vectors))
+                have = self._refresh()
         out = np.stack([have[p] for p in prompts]).astype(np.float32)
         if bad := [p for p, good in zip(prompts, usable(out)) if not good]:
             raise CacheError(f"{str(self.path)!r}: the vector of prompt(s) {', '.join(map(repr, bad[:3]))} is not finite "

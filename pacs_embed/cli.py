@@ -143,7 +143,7 @@ def _run(args) -> int:
             paths = study(args.cache, args.out, args.figures, **options)
         print("\n".join(f"{name:22s} {path}" for name, path in paths.items()))
     elif args.command == "prompts":
-        from .cache import Cache
+        from .cache import Cache, CacheError
         from .text_encoder import TextEncoder
         cache = Cache.open(args.cache)
         if args.list:
@@ -155,6 +155,9 @@ def _run(args) -> int:
             raise ValueError("name the prompts to encode (pacs-embed prompts CACHE \"a watercolor\" ...), or --list")
         before = set(cache.prompts)
         vectors = cache.prompt_vectors(args.prompt, TextEncoder(cache, args.model, args.device))
+        if unsaved := set(args.prompt) - set(Cache.open(args.cache).prompts):   # what this command is for: on disk
+            raise CacheError(f"{len(unsaved)} prompt(s) were encoded but could not be saved beside {args.cache} (see the "
+                             f"warning above); nothing was added")
         new = len(set(args.prompt) - before)
         print(f"{len(args.prompt)} prompts in {args.cache} (dim {vectors.shape[1]}): {new} new, "
               f"{len(set(args.prompt)) - new} already cached")

@@ -392,28 +392,35 @@ def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progr
             ThreadPoolExecutor(1, thread_name_prefix="pacs-embed-journal") as writer:
         inflight = collections.deque()
         batches = iter(loader)
-        while True:
-            t = time.perf_counter()
-            try:
-                indices, pixels, errors = next(batches)
-            except StopIteration:
-                break
-            t1 = time.perf_counter()
-            vectors = None
-            if pixels is not None:
-                if plan.processor == "fast":  # resize, crop, normalise the whole batch on the device
-                    if isinstance(pixels, torch.Tensor):
-                        pixels = pixels.to(dev, non_blocking=True)
-                    pixels = image_processor(images=pixels, return_tensors="pt", device=dev)["pixel_values"]
-                vectors = embed_images(model, pixels)
-            if profile is not None:
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                profile["main: wait for decoded batch"] += t1 - t
-                profile["main: preprocess + tower"] += time.perf_counter() - t1
-            inflight.append(writer.submit(save, indices, vectors, errors))
-            while len(inflight) > 2 or (inflight and inflight[0].done()):
-                bar.update(inflight.popleft().result())  # re-raises a failed write (e.g. a full disk)
+        try:
+            while True:
+                t = time.perf_counter()
+                try:
+                    indices, pixels, errors = next(batches)
+                except StopIteration:
+                    break
+                except Exception as e:   # a worker failed outside an image's own decoding, or died
+                    raise _loader_failed(e, n_workers, journal) from e
+                t1 = time.perf_counter()
+                vectors = None
+                if pixels is not None:
+                    if plan.processor == "fast":  # resize, crop, normalise the whole batch on the device
+                        if isinstance(pixels, torch.Tensor):
+                            pixels = pixels.to(dev, non_blocking=True)
+                        pixels = image_processor(images=pixels, return_tensors="pt", device=dev)["pixel_values"]
+                    vectors = embed_images(model, pixels)
+                if profile is not None:
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                    profile["main: wait for decoded batch"] += t1 - t
+                    profile["main: preprocess + tower"] += time.perf_counter() - t1
+                inflight.append(writer.submit(save, indices, vectors, errors))
+                while len(inflight) > 2 or (inflight and inflight[0].done()):
+                    bar.update(inflight.popleft().result())  # re-raises a failed write (e.g. a full disk)
+        except RuntimeError as e:   # a worker died: PyTorch raises this wherever the main thread is
+            if isinstance(e, ExtractionError) or "DataLoader worker" not in str(e):
+                raise
+            raise _loader_failed(e, n_workers, journal) from e
         while inflight:
             bar.update(inflight.popleft().result())
     seconds = time.perf_counter() - t0
@@ -421,6 +428,16 @@ def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progr
         print(f"profile ({n_workers} workers, {total} images, {seconds:.2f} s): "
               + ", ".join(f"{k} {v:.2f} s" for k, v in profile.items()), file=sys.stderr)
     return seconds
+
+
+def _loader_failed(e: Exception, n_workers: int, journal: Journal) -> ExtractionError:
+    """The error for a DataLoader that failed outside any one image (an unreadable image is recorded, not raised):
+    what happened, that the finished batches are kept, and how to go on."""
+    return ExtractionError(
+        f"image decoding stopped: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}. "
+        f"The batches embedded so far are kept in {journal.dir}; run the same command again to resume"
+        + (f" (with --workers 0 if the {n_workers} decoding worker processes keep failing: e.g. a full /dev/shm, a "
+           f"file-size limit, too little memory)" if n_workers else ""))
 
 
 def _paths_sha256(paths) -> str:

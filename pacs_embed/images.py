@@ -95,4 +95,17 @@ def collate(items):
 
 
 def worker_init(_):
+    """In each DataLoader worker: one thread, and a batch that cannot be sent ends the worker (see below)."""
     torch.set_num_threads(1)
+    import multiprocessing.queues
+    multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(_batch_not_sent)
+
+
+def _batch_not_sent(e, obj):
+    """A worker's decoded batch could not be handed to the main process (its shared-memory copy failed: a full
+    /dev/shm, a file-size limit): the queue's feeder thread would print this and drop the batch, and the main
+    process would wait for it forever. The worker says why and exits; the DataLoader then stops the run."""
+    import sys
+    print(f"pacs-embed: a DataLoader worker could not send its decoded batch to the main process: "
+          f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    os._exit(3)

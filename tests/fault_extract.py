@@ -3,6 +3,8 @@
     PACS_FAULT=slow-batches   pause 0.25 s after each embedded batch
     PACS_FAULT=final-write    write half of the final cache file, then hang (kill it there)
     PACS_FAULT=kill-rank-1    under torchrun: rank 1 kills itself (SIGKILL) right after its first journal shard
+    PACS_FAULT=worker-raises  a DataLoader worker raises while collating its second batch (outside any image)
+    PACS_FAULT=worker-killed  a DataLoader worker SIGKILLs itself while collating its second batch
 """
 import importlib
 import os
@@ -35,4 +37,17 @@ elif fault == "kill-rank-1" and os.environ.get("RANK") == "1":
         _save(self, *args, **kwargs)
         os.kill(os.getpid(), signal.SIGKILL)
     jr.Journal.save = save_then_die
+elif fault in ("worker-raises", "worker-killed"):
+    import signal
+    ex = importlib.import_module("pacs_embed.extraction")
+    _collate, calls = ex.collate, []
+
+    def failing_collate(items):
+        calls.append(1)
+        if len(calls) == 2:   # in the worker process (the DataLoader collates there)
+            if fault == "worker-killed":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise MemoryError("injected: collating failed")
+        return _collate(items)
+    ex.collate = failing_collate
 sys.exit(main(sys.argv[1:]))

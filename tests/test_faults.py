@@ -2,12 +2,15 @@
 Whatever happens, finished work is kept, the previous cache is untouched and the next run completes."""
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from pacs_embed import prompt_embeddings
@@ -134,3 +137,130 @@ def test_a_full_disk_at_a_journal_write_is_a_clear_error_and_leaves_no_partial_s
     assert not list(tmp_path.glob("c.h5.journal/*.partial")) and not out.exists()
     r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("fault", ["worker-raises", "worker-killed", "file-size-limit"])
+def test_a_decoding_worker_that_fails_outside_an_image_stops_the_run_with_a_clear_error(small_dataset, tiny_clip,
+                                                                                       tmp_path, fault):
+    """A worker that raises, is killed, or cannot hand its batch over (a full /dev/shm or a file-size limit: the
+    batch's shared-memory copy fails in the queue's feeder thread) stops the run within seconds — it used to hang."""
+    out = tmp_path / "c.h5"
+    args = ["extract", "--data", small_dataset, "--model", tiny_clip, "--out", out, "--dtype", "float32",
+            "--batch-size", "8", "--workers", "2", "--no-progress"]
+    limit = file_size_limit(20 * 1024) if fault == "file-size-limit" else None
+    t0 = time.time()
+    r = subprocess.run([sys.executable, str(TESTS / "fault_extract.py"), *map(str, args)], capture_output=True,
+                       text=True, env={**os.environ, "PACS_FAULT": fault}, preexec_fn=limit, timeout=120)
+    assert r.returncode == 2 and "image decoding stopped" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "run the same command again to resume" in r.stderr and "--workers 0" in r.stderr
+    assert time.time() - t0 < 60
+    assert not out.exists()
+    r = subprocess.run([sys.executable, "-m", "pacs_embed", *map(str, args)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr                             # the next run completes
+    assert read_images(out)["embedding"].shape[0] == 56
+
+
+REPORT = ["--seeds", "2", "--descriptions", "paper", "--methods", "none", "translate", "augment", "--bootstrap", "20",
+          "--no-progress"]
+
+
+def _heads(cache):
+    """{entry name: head} of every head-cache entry beside ``cache``, each read back with its own key checked."""
+    from pacs_embed.analysis.heads import Head
+    from pacs_embed.cache import heads_folder
+    out = {}
+    for f in sorted(heads_folder(cache).glob("*")):
+        assert f.suffix == ".npz", f"{f.name} left in the head cache"            # no .partial, nothing else
+        with np.load(f) as z:
+            out[f.name] = Head.from_file(f, f.stem, z["W"].shape[0], z["classes"])
+    return out
+
+
+def _results(out):
+    return pd.read_csv(out / "results.csv").sort_values(["source", "target", "method", "description", "seed"],
+                                                        ignore_index=True)
+
+
+def test_two_reports_at_once_on_an_empty_head_cache_both_finish_and_leave_whole_entries(cache_copy, tmp_path):
+    runs = [subprocess.Popen([sys.executable, "-m", "pacs_embed", "report", str(cache_copy), "--out",
+                              str(tmp_path / f"r{i}"), *REPORT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for i in range(2)]
+    for r in runs:
+        _, err = r.communicate(timeout=600)
+        assert r.returncode == 0, err
+        assert "HeadCacheWarning" not in err and "refitted" not in err   # neither saw the other's half-written entry
+    pd.testing.assert_frame_equal(_results(tmp_path / "r0"), _results(tmp_path / "r1"))
+    entries = _heads(cache_copy)
+    assert len(entries) >= 8                                   # 4 sources x 2 seeds x (plain + augment) heads
+    from pacs_embed.analysis import evaluate, load
+    res = evaluate(load(cache_copy), ["none", "translate", "augment"], seeds=range(2), progress=False)
+    assert res.head_cache.fits == 0                            # a third run finds every head the two wrote
+
+
+def _chattr(path, flag):
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_a_read_only_head_cache_folder_keeps_heads_in_memory_and_the_report_finishes(cache_copy, tmp_path):
+    """``chattr +i`` makes the folder unwritable even for root (chmod does not)."""
+    from pacs_embed.cache import heads_folder
+    folder = heads_folder(cache_copy)
+    folder.mkdir()
+    if not _chattr(folder, "+i"):
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        r = subprocess.run([sys.executable, "-m", "pacs_embed", "report", str(cache_copy), "--out",
+                            str(tmp_path / "r"), *REPORT], capture_output=True, text=True, timeout=600)
+    finally:
+        _chattr(folder, "-i")
+    assert r.returncode == 0, r.stderr
+    assert f"cannot write the head cache {folder}" in r.stderr and "kept in memory only" in r.stderr
+    assert r.stderr.count("cannot write the head cache") == 1          # said once, not once per head
+    assert not list(folder.iterdir())
+    clean = subprocess.run([sys.executable, "-m", "pacs_embed", "report", str(cache_copy), "--out",
+                            str(tmp_path / "clean"), *REPORT, "--no-head-cache"], capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+    pd.testing.assert_frame_equal(_results(tmp_path / "r"), _results(tmp_path / "clean"))
+
+
+def test_a_full_disk_while_head_entries_are_written_leaves_whole_entries_and_the_same_results(cache_copy, tmp_path):
+    """A file-size limit below one entry: every entry write fails ("no space"); evaluate goes on in memory and
+    leaves no partial entry; the next run (disk free) fits and writes them."""
+    from pacs_embed.cache import heads_folder
+    script = ("import sys, warnings; from pacs_embed.analysis import evaluate, load\n"
+              "res = evaluate(load(sys.argv[1]), ['none', 'translate', 'augment'], seeds=range(2), progress=False)\n"
+              "print(res.head_cache.fits); res.table.to_csv(sys.argv[2], index=False)\n")
+    r = subprocess.run([sys.executable, "-c", script, str(cache_copy), str(tmp_path / "a.csv")], capture_output=True,
+                       text=True, timeout=600, preexec_fn=file_size_limit(200))
+    # the CSV itself is over the limit: evaluate must have finished, with the warning, before writing it
+    assert "cannot write the head cache" in r.stderr and "no space" in r.stderr.lower(), r.stderr
+    assert r.stdout.strip() == "16", r.stdout + r.stderr                          # every head fitted, in memory
+    assert not [f for f in heads_folder(cache_copy).glob("*") if f.suffix != ".npz" or f.stat().st_size <= 200]
+    r = subprocess.run([sys.executable, "-c", script, str(cache_copy), str(tmp_path / "b.csv")], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "16", r.stderr
+    assert len(_heads(cache_copy)) == 16
+
+
+def test_a_cache_in_a_read_only_folder_is_analysed_and_new_prompts_live_in_memory(cache_copy, tmp_path, tiny_clip):
+    """A shared, read-only cache: a report with an edited prompt runs (the prompt is encoded, used and not kept,
+    with a warning); `pacs-embed prompts`, whose job is to keep them, is an error."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    cache = Path(shutil.move(cache_copy, folder / "mini.h5"))
+    if not _chattr(folder, "+i"):
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        r = subprocess.run([sys.executable, "-m", "pacs_embed", "report", str(cache), "--out", str(tmp_path / "r"),
+                            *REPORT, "--domain-prompt", "cartoon=a comic strip"], capture_output=True, text=True,
+                           timeout=600)
+        p = subprocess.run([sys.executable, "-m", "pacs_embed", "prompts", str(cache), "a comic strip"],
+                           capture_output=True, text=True, timeout=300)
+        assert sorted(os.listdir(folder)) == ["mini.h5"]
+    finally:
+        _chattr(folder, "-i")
+    assert r.returncode == 0, r.stderr
+    assert "cannot save 1 new prompt(s)" in r.stderr and "used in this process only" in r.stderr
+    assert "a comic strip" in (tmp_path / "r" / "report.md").read_text()
+    assert p.returncode == 2 and "could not be saved" in p.stderr and "Traceback" not in p.stderr, p.stderr
