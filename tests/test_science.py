@@ -68,6 +68,47 @@ def test_the_calibrated_scale_is_estimated_on_source_images_and_class_prompts_on
     assert METHODS["translate_calibrated"]().fit(src).alpha == pytest.approx(alphas[0] * 2, rel=0.05)
 
 
+def scaled_world(scale, gap=True, extra=0.3, noise=0.04, n_per=40, seed=0):
+    """Unit texts whose offsets are u_k (classes) and v_d (domains) exactly; images normalise(scale·(u_k + v_d) +
+    extra·w_k + an offset + noise): one image step per text step for classes and domains alike, plus class
+    structure the texts do not have (w_k). ``gap``: the images' offset is their own direction, else the texts'."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
+    u, w = 0.45 * q[:K], q[K + N_DOMAINS:2 * K + N_DOMAINS]
+    v = 0.8 * l2_normalize(q[K:K + N_DOMAINS] + 0.8 * q[:N_DOMAINS])     # each domain leans on a class
+    text_off, image_off = q[-2], q[-1] if gap else q[-2]
+    x = [scale * (u[k] + v[d]) + extra * w[k] + 0.5 * image_off + noise * rng.standard_normal((n_per, DIM))
+         for d in range(N_DOMAINS) for k in range(K)]
+    y, dom = np.tile(np.repeat(np.arange(K), n_per), N_DOMAINS), np.repeat(np.arange(N_DOMAINS), K * n_per)
+    names = ["photo", "art_painting", "cartoon", "sketch"]
+    emb = Embeddings(l2_normalize(np.concatenate(x)).astype(np.float32), y, dom, names, [f"c{k}" for k in range(K)],
+                     [f"{i}.png" for i in range(len(y))], None)
+    classes, domains = u + np.sqrt(1 - 0.45 ** 2) * text_off, v + 0.6 * text_off
+    return emb, pa.TextSide.from_vectors({"paper": domains}, classes, domains=names)
+
+
+def best_step(emb, text, s, t) -> float:
+    """From target data (diagnosis only): the α that moves the target's class-balanced mean onto the source's along
+    Δ = t_s − t_t, in the least-squares sense."""
+    from pacs_embed.analysis.embeddings import group_means
+    means = [group_means(emb.x[emb.domain == d], emb.label[emb.domain == d], K).mean(0) for d in (s, t)]
+    T = text.vectors("paper")
+    d = T[s] - T[t]
+    return float((means[0] - means[1]) @ d / (d @ d))
+
+
+@pytest.mark.parametrize("world", [dict(scale=1.0, extra=0.0), dict(scale=1.0), dict(scale=0.6),
+                                   dict(scale=0.6, gap=False), dict(scale=1.5, gap=False, extra=0.5, noise=0.1)],
+                         ids=["exact", "image-only-structure", "gap", "no-gap", "no-gap-noisy"])
+def test_the_calibrated_step_lands_within_5_percent_of_the_best_step_from_target_data(world):
+    emb, text = scaled_world(**world)
+    res = pa.evaluate(emb, ["translate_calibrated"], seeds=[0, 1], text=text, progress=False, head_cache=False)
+    for (s, _, _, _), m in res.fitted.items():
+        si = emb.domains.index(s)
+        best = np.mean([best_step(emb, text, si, t) for t in range(N_DOMAINS) if t != si])
+        assert m.alpha == pytest.approx(best, rel=0.05), (s, m.alpha, best)
+
+
 def test_the_interval_over_seeds_excludes_a_true_zero_gain_at_about_the_nominal_rate():
     """Two interchangeable methods (the same head on other splits): the gain is zero by construction.
     Per image, a split-dependent head perturbation decides whether it is right; each seed also shifts
