@@ -227,3 +227,37 @@ def test_domain_prompts_are_checked_against_the_cache(cache_copy):
         pa.evaluate(emb, ["none"], domain_prompts={"cartoons": "a comic"}, progress=False)
     with pytest.raises(ValueError, match="non-empty list"):
         pa.evaluate(emb, ["none"], domain_prompts={"cartoon": []}, progress=False)
+
+
+def test_lads_loss_gradient_matches_finite_differences_and_the_kept_epoch_has_the_lowest_holdout_loss(monkeypatch):
+    """The LADS augmenter's analytic gradient (directional + weighted, unscaled class-consistency loss) against
+    central differences; training keeps the epoch whose hold-out loss is lowest, not the last."""
+    from pacs_embed.analysis import lads
+    rng = np.random.default_rng(0)
+    D, K, n, H = 10, 4, 40, 6
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    x, T, C = unit(rng.standard_normal((n, D))), unit(rng.standard_normal((K, D))), unit(rng.standard_normal((K, D)))
+    y, w = rng.integers(0, K, n), rng.uniform(0.3, 1.0, K)
+    params = [rng.standard_normal((D, H)), rng.standard_normal(H), rng.standard_normal((H, D)), rng.standard_normal(D)]
+    _, grads = lads._loss_grad(params, x, y, T, C, w)
+    for p, g in zip(params, grads):
+        flat, numeric = p.reshape(-1), np.zeros(p.size)
+        for i in range(p.size):
+            old = flat[i]
+            flat[i] = old + 1e-6
+            up = lads._loss_grad(params, x, y, T, C, w, grad=False)[0]
+            flat[i] = old - 1e-6
+            numeric[i] = (up - lads._loss_grad(params, x, y, T, C, w, grad=False)[0]) / 2e-6
+            flat[i] = old
+        assert np.allclose(numeric, g.reshape(-1), atol=1e-7)
+    losses = []
+    real = lads._loss_grad
+    monkeypatch.setattr(lads, "EPOCHS", 8)
+    monkeypatch.setattr(lads, "LR", 0.3)            # a step so large that the hold-out loss does not just fall
+    monkeypatch.setattr(lads, "_loss_grad", lambda *a, grad=True: (losses.append(real(*a, grad=False)[0]) if not grad
+                                                                   else None) or real(*a, grad=grad))
+    kept = lads.train_augmenter(x[:30], y[:30], x[30:], y[30:], T, C, np.random.default_rng(1))
+    best = real(kept, x[30:].astype(np.float32), y[30:], T.astype(np.float32), C.astype(np.float32),
+                           (1 / np.bincount(y[:30], minlength=K) / (1 / np.bincount(y[:30], minlength=K)).max()
+                            ).astype(np.float32), grad=False)[0]
+    assert len(losses) == 8 and best == pytest.approx(min(losses), rel=1e-5) and min(losses) < losses[-1]
