@@ -150,6 +150,8 @@ def test_each_domain_description_matches_its_own_images_best_on_synthetic_data()
 
 
 def test_with_some_sources_every_domain_is_still_a_target_in_the_tables_and_the_grid():
+    import re
+
     import matplotlib
     matplotlib.use("Agg")
     from pacs_embed.analysis import plots
@@ -211,3 +213,34 @@ def test_only_descriptions_made_of_the_same_prompts_are_called_repeats():
         "ensemble": "paper"}
     given = TextSide.from_vectors({"paper": np.eye(3)[:2], "other": np.eye(3)[1:]}, np.eye(3))   # no prompts: vectors
     assert repeated(given.descriptions) == {}
+
+
+def test_figures_say_what_their_colours_mean_and_colour_method_families_alike():
+    """The accuracy grid: one colour scale set by the data with a colour bar; a head's own source (its diagonal)
+    is blank, with the in-domain accuracy beside the source's name; zero-shot keeps its source accuracy there.
+    Gains: members of a family share its colour map; the summary is one column wide."""
+    import re
+
+    import matplotlib
+    from pacs_embed import analysis as pa
+    from pacs_embed.analysis import plots
+    emb, text = synthetic(n_per=10)
+    res = evaluate(emb, ["none", "zeroshot", "translate", "interpolate", "augment"], text=text, seeds=range(2),
+                   progress=False)
+    fig = plots.accuracy_grid(res.table)
+    bar = [ax for ax in fig.axes if "accuracy (mean over seeds" in ax.get_ylabel()]
+    assert len(bar) == 1
+    table = res.table[(res.table.source != res.table.target) & res.table.description.isin(["paper", "-"])]
+    cross = table.groupby(["source", "target", "method"]).accuracy.mean()
+    lo, hi = bar[0].get_ylim()
+    assert lo <= cross.min() and hi >= cross.max() and (lo > 0 or hi < 1)       # the data's range, not 0-1
+    panels = {ax.get_title().split("\n")[0]: ax for ax in fig.axes if ax.images}
+    assert np.ma.getmaskarray(panels["none"].images[0].get_array()).diagonal().all()         # blank diagonal
+    assert not np.ma.getmaskarray(panels["zeroshot"].images[0].get_array()).diagonal().any()
+    assert re.fullmatch(r"d0 \([01]\.\d\d\)", panels["none"].get_yticklabels()[0].get_text())   # in-domain beside it
+    colours = plots.method_colours(["translate", "interpolate", "augment", "zeroshot"])
+    rgb = {m: matplotlib.colors.to_rgb(c) for m, c in colours.items()}
+    assert all(rgb[m][2] > rgb[m][0] for m in ("translate", "interpolate"))                # both blues
+    assert rgb["augment"][1] > rgb["augment"][0] and rgb["translate"] != rgb["interpolate"]
+    summary = plots.gains_summary(pa.method_means(res.table), "paper")
+    assert summary.get_figwidth() <= 5

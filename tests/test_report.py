@@ -18,10 +18,14 @@ def test_report_writes_the_table_and_every_figure(cache_copy, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "## Table 1" in report and "±" in report and "| a cartoon |" in report
     assert "Difference (this − paper)" in report and "sampling" in report   # pacs-mini: PACS, fewer images
-    for name in ["table1", "accuracy_grid", "gains", "projection"]:
+    for name in ["table1", "accuracy_grid", "gains", "gains_pairs", "projection"]:
         assert (figs / f"{name}.png").stat().st_size > 1000 and (figs / f"{name}.pdf").is_file()
     for name in ["summary", "gains", "methods", "table1"]:
         assert (out / f"{name}.csv").is_file()
+    tex = (out / "methods.tex").read_text()                       # the headline as a LaTeX table
+    assert r"\begin{tabular}" in tex and r"\bottomrule" in tex and "translate" in tex and "project\\_out" in tex
+    methods = pd.read_csv(out / "methods.csv")
+    assert {"gain", "gain_ci_low", "gain_ci_high"} <= set(methods.columns) and methods.gain.notna().sum() > 5
 
 
 def test_a_description_that_repeats_another_is_said_and_left_out_of_the_report(cache_copy, tmp_path):

@@ -133,6 +133,7 @@ class LADS(Method):
     """Head trained on the source training images plus their LADS augmentations toward every other described domain
     (the recipe and its sources: ``pacs_embed/analysis/lads.py``)."""
     default = False
+    family = "train-time augmentation"
 
     def fit(self, src):
         digest = hashlib.sha256(f"lads/{src.seed}/{src.domain}".encode()).digest()

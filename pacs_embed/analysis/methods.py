@@ -39,7 +39,8 @@ and a learned method fits whatever it needs on the source::
 
 ``uses_text = False`` marks a method whose results do not depend on the domain descriptions
 (reported once, with description "-"); ``seeded = False`` one that does not depend on the source
-split (fitted once per source); ``default = False`` one that runs only when named.
+split (fitted once per source); ``default = False`` one that runs only when named; ``family`` (one of
+``FAMILIES``) what kind of method it is — figures colour a family alike.
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ from .heads import C_GRID, Head, HeadBatch, HeadCache, PendingHead, fit_head
 from .text import Description, OnFirstUse
 
 METHODS: dict[str, Callable[[], "Method"]] = {}
+FAMILIES = ("baseline", "zero-shot", "test-time operator", "modality gap and projection", "train-time augmentation",
+            "other")   # Method.family, in the order figures show them
 
 
 @dataclass
@@ -133,6 +136,7 @@ class Method:
     uses_text = True      # results depend on the domain descriptions (fitted and reported per description)
     seeded = True         # results depend on the source split
     default = True        # part of every evaluation unless methods are named
+    family = "other"      # which kind of method it is: figures colour a family alike (FAMILIES)
 
     def fit(self, src: Source) -> "Method":
         return self
@@ -143,6 +147,7 @@ class Method:
 
 class Operator(Method):
     """A test-time operator ``op(x, t_src, t_tgt) -> x'``: head trained on op(x_src, t_src, t_src)."""
+    family = "test-time operator"
 
     def __init__(self, op):
         self.op = op
@@ -201,6 +206,7 @@ def delta(t_src: np.ndarray, t_tgt: np.ndarray) -> np.ndarray:
 @register("none")
 class NoTranslation(Method):
     """x' = x: the source head on target images as they are (the paper's baseline)."""
+    family = "baseline"
     uses_text = False
 
     def fit(self, src):
@@ -214,6 +220,7 @@ class NoTranslation(Method):
 @register("zeroshot")
 class ZeroShot(Method):
     """ŷ = argmax_k cos(x, e_k), e_k = "a photo of a {class}": zero-shot CLIP (Radford et al., 2021); no head."""
+    family = "zero-shot"
     uses_text, seeded = False, False
 
     def fit(self, src):
@@ -228,6 +235,7 @@ class ZeroShot(Method):
 class ZeroShotDomain(Method):
     """ŷ = argmax_k cos(x, e_{tgt,k}), e_{tgt,k} = "{target phrasing} of a {class}" (averaged over the
     description's phrasings): zero-shot CLIP told the target domain; no head."""
+    family = "zero-shot"
     seeded = False
 
     def predict(self, x, source, target):
@@ -293,6 +301,7 @@ class TranslateCalibrated(Method):
     computed from target data (``tests/test_science.py``); where image class structure does not follow the
     text (α near 0, e.g. a random-weight model) it falls back towards ``none``. Head: the plain one.
     """
+    family = "test-time operator"
 
     def fit(self, src):
         tr = src.train
@@ -320,6 +329,7 @@ class GapShift(Method):
     images, μ_T the mean of the unit class-prompt vectors (not of the domain descriptions, so g does
     not depend on how domains are described, and a prompt edit reuses the heads).
     """
+    family = "modality gap and projection"
 
     def fit(self, src):
         self.gap = src.x[src.train].mean(0) - src.class_vectors.mean(0)
@@ -339,6 +349,7 @@ class ProjectOut(Method):
     on their mean t̄) out of the embeddings; the head is trained on the projected source images, and
     target images are projected the same way (no translation needed).
     """
+    family = "modality gap and projection"
 
     def fit(self, src):
         A = np.stack([d.vector for d in src.descriptions]).astype(np.float64)
@@ -361,6 +372,7 @@ class ProjectPair(Method):
     """Along d = normalise(t_tgt − t_src), set each target image's coordinate to the mean coordinate of
     the source training images: x' = x − ((x − μ_I)·d) d. Head: the plain one (this package's first
     reading of "projecting the domain out"; Chuang et al.'s projection is ``project_out``)."""
+    family = "modality gap and projection"
 
     def fit(self, src):
         self.mean = src.x[src.train].mean(0)
@@ -382,6 +394,7 @@ class Augment(Method):
     """x' = x; the head also trains on normalise(x + t_d − t_src) for every source training image x and
     every other described domain d (the paper's translation, run backwards at training time: source
     images moved toward each target description). Target images are classified as they are."""
+    family = "train-time augmentation"
 
     def fit(self, src):
         s = src.description.vector

@@ -95,9 +95,11 @@ def table1_heatmap(tables: dict[str, pd.DataFrame]):
 
 
 def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None):
-    """Source x target mean accuracy per method, one shared 0-1 scale. Diagonal: the plain head's in-domain
-    accuracy on the source hold-out; for seed-independent (zero-shot) methods, their own accuracy on
-    the source domain."""
+    """Source x target mean accuracy per method on one colour scale set by the data (colour bar beside it).
+
+    Off the diagonal: accuracy on the target domain. The diagonal is a method's own accuracy on the source only
+    where no head was trained on the source's images (zero-shot); elsewhere it is left blank, and each source's
+    in-domain accuracy (the plain head on the source hold-out) is written beside its name."""
     table = results_table(table, "accuracy_grid")
     t = _under(table, description, "accuracy_grid")
     absent = [m for m in methods or [] if m not in set(t.method)]
@@ -108,100 +110,197 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
     sources = table_domains(table, "source")   # rows; columns: every target (all domains, also when only some
     targets = table_domains(table, "target")   # were sources)
     head_diag = table[table.method == "in_domain"].groupby("source").accuracy.mean()
-    cols = min(4, len(methods))
-    rows = -(-len(methods) // cols)
-    cell = min(3.1 / max(len(targets), 1), 3.6 / max(len(sources), 1))   # inches: a panel fits in 3.1 x 3.6
-    height = cell * len(sources)                     # a panel's grid; each takes ~0.75 in of titles above it
-    total = rows * height + (rows - 1) * 0.75 + 2.15   # + suptitle and first titles (1.05 in), target names (1.1 in)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, total), squeeze=False)
-    fig.subplots_adjust(left=0.09, right=0.98, top=1 - 1.05 / total, bottom=1.1 / total, wspace=0.15,
-                        hspace=0.75 / height)
-    for ax in axes.flat[len(methods):]:
-        ax.set_visible(False)
-    for ax, m in zip(axes.flat, methods):
+    grids = {}
+    for m in methods:
         mine = t[t.method == m]
         grid = mine.groupby(["source", "target"]).accuracy.mean().unstack().reindex(index=sources, columns=targets)
-        head_diagonal = seeded(m) or mine[mine.source == mine.target].empty
+        own = not seeded(m) and not mine[mine.source == mine.target].empty   # zero-shot: its own source accuracy
         for d in sources:
-            if head_diagonal and d in targets:
-                grid.loc[d, d] = head_diag.get(d, np.nan)
-        _annotated_grid(ax, grid.values.astype(float), sources, targets)
-        ax.set_title(f"{m}\n(diagonal: {'head on source hold-out' if head_diagonal else 'its accuracy on the source'})",
-                     fontsize=9)
-    # every panel has the same rows and columns: domain names on the outer panels only (less text to read, and
-    # to draw — text is most of this figure's drawing time)
+            if d in targets and not own:
+                grid.loc[d, d] = np.nan
+        grids[m] = (grid.values.astype(float), own)
+    values = np.concatenate([g.ravel() for g, _ in grids.values()]) if grids else np.array([])
+    values = values[np.isfinite(values)]
+    lo, hi = (np.floor(values.min() * 20) / 20, np.ceil(values.max() * 20) / 20) if len(values) else (0.0, 1.0)
+    hi = max(hi, lo + 0.05)
+    cols = min(4, len(methods))
+    rows = -(-len(methods) // cols)
+    cell = min(1.5 / max(len(targets), 1) * 1.4, 2.2 / max(len(sources), 1) * 1.4, 0.55)   # inches
+    panel_w, panel_h = cell * len(targets), cell * len(sources)
+    left, cbar = 1.6, 1.0                                 # source names with their in-domain accuracy; colour bar
+    width = left + cols * panel_w + (cols - 1) * 0.25 + cbar
+    total = rows * panel_h + (rows - 1) * 0.6 + 1.9
+    fig, axes = plt.subplots(rows, cols, figsize=(width, total), squeeze=False)
+    fig.subplots_adjust(left=left / width, right=1 - cbar / width, top=1 - 0.95 / total, bottom=0.95 / total,
+                        wspace=0.25 / panel_w, hspace=0.6 / panel_h)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    image = None
+    for ax, m in zip(axes.flat, methods):
+        grid, own = grids[m]
+        image = _annotated_grid(ax, grid, sources, targets, lo, hi)
+        ax.set_title(m + ("\n(diagonal: on the source)" if own else ""), fontsize=8)
+    labels = [f"{d} ({head_diag[d]:.2f})" if d in head_diag else d for d in sources]
     for k, ax in enumerate(axes.flat[:len(methods)]):
         if k % cols == 0:
-            ax.set_ylabel("source")
+            ax.set_yticks(range(len(sources)), labels, fontsize=7)
+            ax.set_ylabel("source (in-domain accuracy)", fontsize=8)
         else:
             ax.tick_params(labelleft=False)
         if k + cols < len(methods):    # a panel below it shows the target names
             ax.tick_params(labelbottom=False)
         else:
-            ax.set_xlabel("target")
-    fig.suptitle(f"accuracy (mean over seeds, one 0-1 scale), domain descriptions: {description}",
-                 y=1 - 0.2 / total)
+            ax.set_xlabel("target", fontsize=8)
+    if image is not None:
+        top, bottom = 1 - 0.95 / total, 0.95 / total
+        bar = fig.colorbar(image, cax=fig.add_axes([1 - 0.62 / width, bottom, 0.14 / width, top - bottom]))
+        bar.set_label(f"accuracy (mean over seeds; scale {lo:.2f}–{hi:.2f}, from the data)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    fig.suptitle(f"cross-domain accuracy, domain descriptions: {description}\nblank diagonal: the source's own images "
+                 f"trained the head; its in-domain (hold-out) accuracy is beside each source", fontsize=9,
+                 y=1 - 0.1 / total)
     return fig
 
 
-def _annotated_grid(ax, values, rows, cols):
-    """A 0-1 heatmap with its values written in (plain imshow: several times faster than seaborn's); the cells
-    where the row's domain is the column's are outlined."""
-    cmap = plt.get_cmap("magma")
-    ax.imshow(values, vmin=0, vmax=1, cmap=cmap, aspect="equal")
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
+def _annotated_grid(ax, values, rows, cols, lo=0.0, hi=1.0):
+    """A heatmap on [lo, hi] with its values written in (plain imshow: several times faster than seaborn's); blank
+    (NaN) cells grey. Returns the image (for a colour bar)."""
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee")
+    image = ax.imshow(np.ma.masked_invalid(values), vmin=lo, vmax=hi, cmap=cmap, aspect="equal")
+    small = len(cols) <= 8
+    for i in range(len(rows)):
+        for j in range(len(cols)):
             v = values[i, j]
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
-                        color="black" if v > 0.6 else "white")
-            if r == c:
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="white", lw=1.5, ls="--"))
-    ax.set_xticks(range(len(cols)), cols, rotation=90)
-    ax.set_yticks(range(len(rows)), rows)
+            if np.isfinite(v) and small:
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
+                        color="black" if (v - lo) / (hi - lo) > 0.55 else "white")
+    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    return image
+
+
+FAMILY_COLOURS = {"baseline": "Greys", "zero-shot": "Purples", "test-time operator": "Blues",
+                  "modality gap and projection": "Oranges", "train-time augmentation": "Greens", "other": "RdPu"}
+
+
+def family(method: str) -> str:
+    """The family of a registered method (``Method.family``), "other" for anything else."""
+    from .methods import METHODS
+    return getattr(METHODS[method](), "family", "other") if method in METHODS else "other"
+
+
+def method_colours(methods) -> dict[str, tuple]:
+    """One colour per method: shades of its family's colour map, so that a family reads as one."""
+    from .methods import FAMILIES
+    by_family: dict[str, list] = {}
+    for m in dict.fromkeys(methods):
+        by_family.setdefault(family(m) if family(m) in FAMILY_COLOURS else "other", []).append(m)
+    out = {}
+    for fam in FAMILIES:
+        members = by_family.get(fam, [])
+        cmap = matplotlib.colormaps[FAMILY_COLOURS[fam]]
+        for i, m in enumerate(members):
+            out[m] = cmap(0.9 - 0.4 * i / max(len(members) - 1, 1) if len(members) > 1 else 0.7)
+    return out
+
+
+def _label(method: str, description: str) -> str:
+    return method if description == NO_DESCRIPTION else f"{method} / {description}"
+
+
+def gains_summary(means: pd.DataFrame, description: str | None = None, baseline: str = "none"):
+    """The compact figure: each method's gain over ``baseline`` averaged over every source → target pair (the
+    ``gain`` columns of ``method_means``), with its 95% interval over seeds, families coloured alike. Fits a
+    column. ``description``: only that description's rows (and the description-free methods)."""
+    if not isinstance(means, pd.DataFrame) or "gain" not in means:
+        raise TypeError(f"gains_summary takes pa.method_means(res.table) (got {type(means).__name__})")
+    m = means if description is None else _under(means, description, "gains_summary", "method means")
+    m = m[m.gain.notna() & ~m.method.isin([baseline, "in_domain"])]
+    from .methods import FAMILIES
+    rank = {f: i for i, f in enumerate(FAMILIES)}
+    m = m.assign(family=[family(x) for x in m.method]).sort_values(
+        ["family", "gain"], key=lambda c: c.map(rank) if c.name == "family" else -c, ignore_index=True)
+    colours = method_colours(m.method)
+    fig, ax = plt.subplots(figsize=(4.8, 1.9 + 0.2 * max(len(m), 3)))
+    ys = np.arange(len(m))[::-1]
+    for y, r in zip(ys, m.itertuples()):
+        err = [[r.gain - r.gain_ci_low], [r.gain_ci_high - r.gain]] if np.isfinite(r.gain_ci_low) else None
+        ax.errorbar(r.gain, y, xerr=err, fmt="o", ms=4, color=colours[r.method], capsize=2, lw=1.2)
+    ax.axvline(0, color="gray", lw=1)
+    ax.set_yticks(ys, [_label(r.method, r.description) for r in m.itertuples()], fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    seeds = int(m.seeds.max()) if len(m) else 0
+    ax.set_xlabel(f"gain over '{baseline}', mean over every source → target pair\n(95% interval over {seeds} seeds of "
+                  f"the source split)", fontsize=8)
+    handles = [matplotlib.patches.Patch(color=matplotlib.colormaps[FAMILY_COLOURS[f]](0.7), label=f)
+               for f in FAMILIES if f in set(m.family)]
+    if handles:
+        ax.legend(handles=handles, fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2,
+                  frameon=False)
+    else:
+        ax.text(0.5, 0.5, f"no method besides '{baseline}' in these results: no gain to show", transform=ax.transAxes,
+                ha="center", va="center", fontsize=8)
+    ax.set_title("right of 0: the method beats the source head applied to target images as they are", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def gains_plot(gains: pd.DataFrame, description: str | None = None):
-    """Gain over no translation per source -> target pair; error bars: 95% t-interval over seeds."""
+    """Gain over no translation per source → target pair, one panel per method family (methods in shades of their
+    family's colour); error bars: 95% t-interval over seeds (wide with few seeds: t has seeds − 1 degrees of
+    freedom). Page width; the compact summary is ``gains_summary``."""
     if not isinstance(gains, pd.DataFrame) or not {"gain", "ci_low", "ci_high"} <= set(gains.columns):
         raise TypeError(f"gains_plot takes the gains table, pa.gains(res) (got {type(gains).__name__}"
                         + (f" with columns {list(gains.columns)})" if isinstance(gains, pd.DataFrame) else ")"))
     g = gains if description is None else _under(gains, description, "gains_plot", "gains")
-    g = g.assign(pair=g.source + " → " + g.target,
-                 label=g.method + np.where(g.description == NO_DESCRIPTION, "", " / " + g.description))
-    labels = list(dict.fromkeys(g.label))
+    g = g.assign(pair=g.source + " → " + g.target, label=[_label(m, d) for m, d in zip(g.method, g.description)],
+                 family=[family(m) for m in g.method])
     order = domain_order(dict.fromkeys(list(g.source) + list(g.target)))
     pairs = [f"{s} → {t}" for s in order for t in order if s != t and f"{s} → {t}" in set(g.pair)]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pairs) + 2), 4.5))
-    width = 0.8 / max(1, len(labels))
-    colors = palette("tab20", len(labels))
-    for i, (label, color) in enumerate(zip(labels, colors)):
-        sub = g[g.label == label].set_index("pair").reindex(pairs)
-        xs = np.arange(len(pairs)) - 0.4 + width * (i + 0.5)
-        err = np.nan_to_num([sub.gain - sub.ci_low, sub.ci_high - sub.gain])
-        ax.errorbar(xs, sub.gain, yerr=err, fmt="o", ms=4, color=color, label=label, capsize=2)
-    ax.axhline(0, color="gray", lw=1)
-    ax.set_xticks(np.arange(len(pairs)), pairs, rotation=45, ha="right")
-    ax.set_ylabel("accuracy gain over 'none'\n(95% interval over seeds of the source split)")
-    ax.set_title("above 0: the method beats the source head\napplied to target images as they are", fontsize=10)
-    if labels:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    else:   # only 'none' was run: say so rather than draw an empty plot
-        ax.text(0.5, 0.5, "no method besides 'none' in these results: no gain to show", transform=ax.transAxes,
-                ha="center", va="center")
+    from .methods import FAMILIES
+    families = [f for f in FAMILIES if f in set(g.family)]
+    width = min(7.0, max(4.5, 0.32 * len(pairs) + 2.6))
+    fig, axes = plt.subplots(max(1, len(families)), 1, figsize=(width, 0.9 + 1.55 * max(1, len(families)) + 0.9),
+                             sharex=True, sharey=True, squeeze=False)
+    colours = method_colours(g.method)
+    for ax, fam in zip(axes[:, 0], families):
+        part = g[g.family == fam]
+        labels = list(dict.fromkeys(part.label))
+        step = 0.8 / max(1, len(labels))
+        for i, label in enumerate(labels):
+            sub = part[part.label == label].set_index("pair").reindex(pairs)
+            xs = np.arange(len(pairs)) - 0.4 + step * (i + 0.5)
+            err = np.nan_to_num([sub.gain - sub.ci_low, sub.ci_high - sub.gain])
+            ax.errorbar(xs, sub.gain, yerr=err, fmt="o", ms=3, lw=1, capsize=1.5, label=label,
+                        color=colours[sub.method.dropna().iloc[0]] if sub.method.notna().any() else "gray")
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_title(fam, fontsize=8, loc="left")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        ax.tick_params(labelsize=7)
+    if not families:   # only 'none' was run: say so rather than draw an empty plot
+        axes[0, 0].text(0.5, 0.5, "no method besides 'none' in these results: no gain to show",
+                        transform=axes[0, 0].transAxes, ha="center", va="center")
+    last = axes[-1, 0]
+    last.set_xticks(np.arange(len(pairs)), pairs, rotation=60, ha="right", fontsize=6 if len(pairs) > 14 else 7)
+    seeds = int(g.seeds.max()) if "seeds" in g and len(g) else 0
+    fig.supylabel(f"gain over 'none' (95% interval over {seeds} seeds)", fontsize=8)
+    fig.suptitle("gain per source → target pair; above 0: better than the source head on target images as they are",
+                 fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = None, max_points: int = 2000,
-               seed: int = 0):
+               seed: int = 0, class_text: np.ndarray | None = None):
     """Images and domain texts in the plane that keeps the modality gap whole.
 
-    Axis 1 is the gap direction g = mean(images) − mean(domain texts), so the distance between the
-    two clouds is shown at its true length; axis 2 is the direction in which the domain texts (and so
-    every Δ = t_src − t_tgt) spread most, orthogonal to g. Both axes are unit directions of the
-    embedding space, so lengths along them are true lengths. Arrows: Δ toward ``source``, drawn from
-    each target's text and from the centroid of its images.
+    Axis 1 is the gap direction g = mean(images) − mean(class prompts) — the gap ``gap_shift`` removes —
+    when ``class_text`` (the unit "a photo of a {class}" vectors, ``text.class_vectors``) is given, else
+    mean(images) − mean(domain texts) (the axis label says which); the distance between the clouds is
+    shown at its true length. Axis 2 is the direction in which the domain texts (and so every
+    Δ = t_src − t_tgt) spread most, orthogonal to g. Both are unit directions of the embedding space,
+    so lengths along them are true lengths. Images are drawn in random order (no domain hides under
+    another). Arrows: Δ toward ``source``, from each target's text and from the centroid of its images.
     """
     order = domain_order(embeddings(emb, "projection").domains)
     source = source or order[0]
@@ -218,7 +317,14 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     x = emb.x   # float32 as loaded: means are taken in float64 without a float64 copy of every image
     centroids = group_means(x, emb.domain, len(emb.domains))
     image_mean = x.mean(0, dtype=np.float64)
-    gap = image_mean - T.mean(0)
+    if class_text is not None:
+        E = np.asarray(class_text, np.float64)
+        if E.ndim != 2 or E.shape[1] != emb.x.shape[1]:
+            raise ValueError(f"projection: class_text must be (classes, {emb.x.shape[1]}) unit vectors "
+                             f"(text.class_vectors); got shape {E.shape}")
+        gap, gap_of = image_mean - E.mean(0), "mean(class prompts), the gap gap_shift removes"
+    else:
+        gap, gap_of = image_mean - T.mean(0), "mean(domain texts)"
     a1 = gap / np.linalg.norm(gap)
     rest = (T - T.mean(0)) - np.outer((T - T.mean(0)) @ a1, a1)
     a2 = np.linalg.svd(rest, full_matrices=False)[2][0] if np.abs(rest).sum() else np.roll(a1, 1)
@@ -227,27 +333,32 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     centre = (image_mean + T.mean(0)) / 2
     plane = lambda v: (np.atleast_2d(v) - centre) @ np.stack([a1, a2]).T  # noqa: E731
     p_img, p_txt = plane(x[pick].astype(np.float64)), plane(T)
-    colors = dict(zip(order, palette("tab10", len(order))))
-    fig, ax = plt.subplots(figsize=(7, 5.5))
+    colors = dict(zip(order, palette("colorblind", len(order))))
+    fig, ax = plt.subplots(figsize=(7, 5.0))
     s = emb.domains.index(source)
+    names = np.array(emb.domains)[emb.domain[pick]]
+    ax.scatter(*p_img.T, s=5, alpha=0.45, c=[colors[n] for n in names], linewidths=0)   # interleaved: none on top
     deltas = []
     for name in order:
         d = emb.domains.index(name)
-        mine = emb.domain[pick] == d
-        ax.scatter(*p_img[mine].T, s=6, alpha=0.35, color=colors[name], label=f"{name} images")
-        ax.scatter(*p_txt[d], marker="*", s=260, color=colors[name], edgecolor="black", label=f"{name} text")
+        ax.scatter([], [], s=12, color=colors[name], label=f"{name} images")
+        ax.scatter(*p_txt[d], marker="*", s=260, color=colors[name], edgecolor="black", label=f"{name} text", zorder=3)
         if d != s:
             deltas.append(f"{name} {np.linalg.norm(T[s] - T[d]):.3f}")
             centroid = centroids[d]
             c, step = plane(centroid)[0], plane(centroid + T[s] - T[d])[0]
-            ax.annotate("", xy=step, xytext=c, arrowprops=dict(arrowstyle="->", color=colors[name], lw=1.8))
-            ax.annotate("", xy=p_txt[s], xytext=p_txt[d], arrowprops=dict(arrowstyle="->", color=colors[name],
-                                                                          lw=1, ls="--"))
-    ax.set_xlabel("along the modality gap g = mean(images) − mean(texts)")
+            head = dict(arrowstyle="-|>", mutation_scale=14, color=colors[name], shrinkA=0, shrinkB=0)
+            ax.annotate("", xy=step, xytext=c, arrowprops=dict(head, lw=1.8), zorder=4, annotation_clip=False)
+            ax.annotate("", xy=p_txt[s], xytext=p_txt[d], arrowprops=dict(head, lw=1, ls="--"), zorder=4,
+                        annotation_clip=False)
+            ax.update_datalim([c, step])   # the whole arrow in view (annotations do not scale the axes)
+    ax.set_xlabel(f"along the modality gap g = mean(images) − {gap_of}", fontsize=8)
     ax.set_ylabel("along the domain texts' main spread (⊥ g)")
+    ax.autoscale_view()
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(f"|g| = {np.linalg.norm(gap):.3f}; |Δ| toward {source} from " + ", ".join(deltas)
-                 + "\n(axes in embedding units; the gap is shown whole)", fontsize=9, wrap=True)
+                 + "\n(axes in embedding units, the gap shown whole; arrows: Δ from each target's images (solid) "
+                 "and text (dashed))", fontsize=8)
     ax.legend(fontsize=7, markerscale=0.8, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside, never on the data
     fig.tight_layout()
     return fig

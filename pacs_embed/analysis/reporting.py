@@ -20,7 +20,7 @@ from .arguments import names, output_folder, positive, seed_list
 from .embeddings import domain_order, load
 from .evaluation import evaluate
 from .similarity import paper_comparison, similarity_matrix, table1
-from .stats import gains, method_means, summary
+from .stats import gains, method_means, seeded, summary
 from .text import repeated, text_side
 
 DEFAULT_DESCRIPTIONS = ("paper", "ensemble", "nouns")
@@ -47,8 +47,9 @@ def record(path, **values) -> None:
 
 
 TABLES = ("results.csv", "summary.csv", "gains.csv", "methods.csv", "table1.csv", "table1_difference.csv",
-          "report.md", "headline.json")
-FIGURES = tuple(f"{name}.{ext}" for name in ("table1", "accuracy_grid", "gains", "projection") for ext in ("png", "pdf"))
+          "report.md", "methods.tex", "headline.json")
+FIGURES = tuple(f"{name}.{ext}" for name in ("table1", "accuracy_grid", "gains", "gains_pairs", "projection")
+                for ext in ("png", "pdf"))
 
 
 def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS,
@@ -133,19 +134,48 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
           markdown(summ[["source", "target", "method", "description", "accuracy", "seeds"]])]
     paths["markdown"] = out / "report.md"
     atomic_write(paths["markdown"], ("\n".join(md) + "\n").encode())
+    paths["latex"] = out / "methods.tex"
+    atomic_write(paths["latex"], latex(means).encode())
     paths["headline"] = out / "headline.json"
     atomic_write(paths["headline"], json.dumps(headline(emb, means, descriptions[0], domain_prompts), indent=1,
                                                default=float).encode())
     first = descriptions[0]
     figs = {"table1": plots.table1_heatmap(t1),
             "accuracy_grid": plots.accuracy_grid(res.table, first),
-            "gains": plots.gains_plot(gain, first),
-            "projection": plots.projection(emb, text.vectors(first))}   # Δ toward the first domain in display order
+            "gains": plots.gains_summary(means, first),
+            "gains_pairs": plots.gains_plot(gain, first),
+            "projection": plots.projection(emb, text.vectors(first), class_text=text.class_vectors)}   # Δ toward the
+    # first domain in display order; g as gap_shift takes it
     import matplotlib.pyplot as plt
     for name, fig in figs.items():
         paths[f"figure_{name}"] = plots.save(fig, figures, name)[0]
         plt.close(fig)
     return paths
+
+
+def tex(s: str) -> str:
+    """``s`` with LaTeX's special characters escaped."""
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("$", r"\$")):
+        s = s.replace(a, b)
+    return s
+
+
+def latex(means: pd.DataFrame) -> str:
+    """The report's headline as a booktabs table (``\\usepackage{booktabs}``): per method and description, mean
+    cross-domain accuracy and its gain over `none`, each with its 95% interval over seeds."""
+    def cell(m, lo, hi, sign=""):
+        if not np.isfinite(m):
+            return "--"
+        return f"{m:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]" if np.isfinite(lo) else f"{m:{sign}.3f}"
+    lines = [r"% pacs_embed report: mean cross-domain accuracy and gain over `none` [95% interval over seeds];",
+             r"% zero-shot methods do not depend on the split (no accuracy interval). Needs \usepackage{booktabs}.",
+             r"\begin{tabular}{llcc}", r"\toprule", r"Method & Description & Accuracy & Gain over none \\", r"\midrule"]
+    for r in means.itertuples():
+        acc = cell(r.mean, r.ci_low, r.ci_high) if seeded(r.method) else f"{r.mean:.3f}"
+        lines.append(" & ".join([tex(r.method), tex(r.description), acc,
+                                 cell(r.gain, r.gain_ci_low, r.gain_ci_high, "+")]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
 
 
 def comparisons(gain: pd.DataFrame, means: pd.DataFrame) -> str:

@@ -89,17 +89,28 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def method_means(table: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
-    """Cross-domain accuracy per method and description, averaged over pairs, with its interval over seeds."""
+def method_means(table: pd.DataFrame, level: float = LEVEL, baseline: str = "none") -> pd.DataFrame:
+    """Cross-domain accuracy per method and description, averaged over pairs, with its interval over seeds; and its
+    gain over ``baseline`` averaged over the same pairs and seeds (``gain``, ``gain_ci_low``/``gain_ci_high``: per
+    seed, the mean over pairs of the accuracy difference; no interval narrower than one target image of them all)."""
     table = results_table(table, "method_means")
     cross = table[table["source"] != table["target"]]
     per_seed = cross.groupby(["method", "description", "seed"])["accuracy"].mean()
+    base = per_seed.xs(baseline, level="method").groupby(level="seed").mean() if baseline in set(cross.method) else None
+    images = cross.groupby(["method", "description", "seed"])["n"].sum()
     rows = []
     for (method, how), v in per_seed.groupby(level=["method", "description"]):
         m, lo, hi = seed_interval(v.values, level)
         lo, hi = max(lo, 0.0), min(hi, 1.0)          # an accuracy lies in [0, 1]
-        rows.append((method, how, m, lo, hi, len(v), _fmt(m, lo, hi, seeded(method))))
-    out = pd.DataFrame(rows, columns=["method", "description", "mean", "ci_low", "ci_high", "seeds", "accuracy"])
+        g = glo = ghi = np.nan
+        seeds = v.index.get_level_values("seed")
+        if base is not None and method != baseline and set(seeds) <= set(base.index):
+            n = int(images[(method, how)].max()) if (method, how) in images else 0
+            g, glo, ghi = seed_interval(v.values - base[seeds].values, level, floor=1 / max(n, 1))
+            glo, ghi = max(glo, -1.0), min(ghi, 1.0)
+        rows.append((method, how, m, lo, hi, len(v), _fmt(m, lo, hi, seeded(method)), g, glo, ghi))
+    out = pd.DataFrame(rows, columns=["method", "description", "mean", "ci_low", "ci_high", "seeds", "accuracy",
+                                      "gain", "gain_ci_low", "gain_ci_high"])
     return out.sort_values("mean", ascending=False, ignore_index=True)
 
 

@@ -24,7 +24,7 @@ from ..files import atomic_write
 from ..templates import match
 from . import runs
 from .arguments import output_folder
-from .reporting import markdown, report
+from .reporting import markdown, report, tex
 
 COLUMNS = ("zeroshot", "none", "translate", "best")
 TITLES = {"zeroshot": "zero-shot", "none": "none", "translate": "translate (paper)", "best": "best other (selected)"}
@@ -144,12 +144,6 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _tex(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("$", r"\$")):
-        s = s.replace(a, b)
-    return s
-
-
 def latex(table: pd.DataFrame) -> str:
     """A booktabs table (``\\usepackage{booktabs}``), as DomainBed prints its results."""
     lines = [r"% pacs_embed study: mean cross-domain accuracy [95% interval over seeds]; best other method selected",
@@ -159,8 +153,8 @@ def latex(table: pd.DataFrame) -> str:
     for _, r in table.iterrows():
         if r.dataset == AVERAGE and not lines[-1].startswith(r"\midrule"):
             lines.append(r"\midrule")
-        cells = [_tex(str(r.dataset)), _tex(str(r.model))] + [_cell(r, k) for k in COLUMNS]
-        cells.append(_tex(str(r.get("best_method", "") if isinstance(r.get("best_method", ""), str) else "")))
+        cells = [tex(str(r.dataset)), tex(str(r.model))] + [_cell(r, k) for k in COLUMNS]
+        cells.append(tex(str(r.get("best_method", "") if isinstance(r.get("best_method", ""), str) else "")))
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
