@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     r.add_argument("--no-head-cache", action="store_true",
                    help="refit every head (default: reuse heads cached in <cache>.heads/ whose training data is unchanged)")
+    r.add_argument("--solver", choices=["auto", "fast", "torch", "sklearn"], default="auto",
+                   help="how heads are fitted: numpy (fast), torch on a device (torch), scikit-learn (sklearn); auto: "
+                        "torch when a CUDA device is present, else fast")
     r.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("prompts", help="encode prompts into a cache (only the missing ones)")
@@ -131,7 +134,7 @@ def _run(args) -> int:
                 raise ValueError(f"{flag} {n}: give a whole number, 1 or more")
         options = dict(seeds=range(args.seeds), descriptions=args.descriptions,
                        domain_prompts=parse_domain_prompts(args.domain_prompt), methods=args.methods, sources=args.sources,
-                       n_nouns=args.n_nouns, n_boot=args.bootstrap, head_cache=not args.no_head_cache,
+                       n_nouns=args.n_nouns, n_boot=args.bootstrap, head_cache=not args.no_head_cache, solver=args.solver,
                        progress=not args.no_progress)
         if not args.cache:
             from .cache import default_cache

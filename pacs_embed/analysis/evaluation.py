@@ -26,7 +26,7 @@ from ..cache import heads_folder
 from ..errors import PacsEmbedError, add_note
 from .arguments import c_grid, did_you_mean, embeddings, names, seed_list
 from .embeddings import Embeddings
-from .heads import (C_GRID, HeadBatch, HeadCache, PendingHead, check_solver, resolved, shared_products,
+from .heads import (C_GRID, HeadBatch, HeadCache, PendingHead, resolve_solver, resolved, shared_products,
                     single_threaded_blas, split)
 from .methods import METHODS, Source, default_methods, make
 from .text import NO_DESCRIPTION, TextSide, text_for, text_side
@@ -143,14 +143,15 @@ def head_cache_for(emb: Embeddings, head_cache) -> HeadCache:
 
 def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, domain_prompts: dict | None = None,
              n_nouns: int | None = None, text: TextSide | None = None, sources=None, head_cache=True,
-             Cs=C_GRID, solver: str = "fast", workers: int = min(2, os.cpu_count() or 1),
+             Cs=C_GRID, solver: str = "auto", workers: int = min(2, os.cpu_count() or 1),
              progress: bool = True, _local: bool = False) -> Results:
     """Fit every method per (source, seed, description) and score it on every other domain.
 
     ``methods``: names in METHODS (default: every default method). ``descriptions``: strategies in
     DESCRIPTIONS (default: ``paper``, or every one ``text`` holds). ``domain_prompts``:
     {domain: prompt or [prompts]} replacing the packaged descriptions. ``sources`` limits the source
-    domains. ``head_cache``: see ``head_cache_for``. ``solver="sklearn"`` fits heads with scikit-learn.
+    domains. ``head_cache``: see ``head_cache_for``. ``solver``: "fast" (numpy), "torch" (the same model on a
+    torch device), "sklearn" (scikit-learn, for comparison) or "auto" (torch when CUDA is present, else fast).
     ``workers`` threads fit the methods of (source, seed) jobs side by side (a method must keep its state on
     itself), then the heads they asked for (``heads.HeadBatch``: the seeds of a source that train on the same
     features are fitted together), then score them. Under ``joblib.parallel_config(backend=...)`` of processes or a
@@ -161,7 +162,7 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     descriptions = names(descriptions, "descriptions", "the text side's (paper by default)")
     sources = names(sources, "sources", "every domain")
     seeds, Cs = seed_list(seeds), c_grid(Cs)
-    check_solver(solver)
+    solver = resolve_solver(solver)
     if text is None:
         text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)
     elif domain_prompts:

@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import io
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -56,7 +57,9 @@ from ..files import atomic_write
 from .arguments import c_grid
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
-SOLVERS = ("fast", "sklearn")           # this module's solver, or scikit-learn's LogisticRegression (for comparison)
+SOLVERS = ("fast", "torch", "sklearn", "auto")   # this module's solver; the same model on a torch device
+                                                 # (torch_heads.py); scikit-learn's (for comparison); "auto": torch
+                                                 # when a CUDA device is present, else fast
 HOLDOUT = 0.2
 SOLVER = "pacs_embed-lbfgs-precond/6"   # part of every cache key: a solver change never reuses old heads
 TOL = 3e-5                              # max |gradient| of the per-image mean loss at convergence (sklearn: 1e-4)
@@ -261,11 +264,11 @@ def _digest(a: np.ndarray) -> bytes:
     return digest
 
 
-def head_key(x, y, train, holdout, Cs, shifts=None, x_digest: bytes | None = None) -> str:
+def head_key(x, y, train, holdout, Cs, shifts=None, x_digest: bytes | None = None, solver: str = "fast") -> str:
     """Hash of exactly what a head depends on: features, labels, split, C grid, shifts and solver
     (``x_digest``: ``x``'s, when already known)."""
-    h = hashlib.sha256(SOLVER.encode())
-    if len(train) > SELECT_ROWS:   # C chosen on a sample: another procedure, another key
+    h = hashlib.sha256(SOLVER.encode() if solver == "fast" else f"{SOLVER}/{solver}".encode())
+    if solver == "fast" and len(train) > SELECT_ROWS:   # C chosen on a sample: another procedure, another key
         h.update(f"select {SELECT_ROWS}".encode())
     h.update(x_digest or _digest(np.ascontiguousarray(x, np.float32)))
     parts = [np.asarray(y, np.int64), np.asarray(train, np.int64), np.asarray(holdout, np.int64),
@@ -293,9 +296,27 @@ def fit_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, holdout: np.ndarra
     solver reuses one matrix product for all copies. ``solver="sklearn"`` fits with scikit-learn's
     ``LogisticRegression`` instead (for comparison; not cached). Ties go to the smaller C.
     """
-    if check_solver(solver) == "sklearn":
+    solver = resolve_solver(solver)
+    if solver == "sklearn":
         return _sklearn_head(x, y, train, holdout, Cs, shifts)
+    if solver == "torch":
+        return _torch_head(x, y, train, holdout, Cs, cache, shifts)
     return fit_heads(x, y, [(train, holdout)], Cs, cache, shifts)[0]
+
+
+def _torch_head(x, y, train, holdout, Cs, cache, shifts) -> Head:
+    """``fit_head`` with the torch solver (imported here: only when chosen), cached under a key of its own."""
+    from .torch_heads import fit_head_torch
+    x, y, shifts = _inputs(x, y, shifts)
+    Cs = c_grid(Cs)
+    _check_rows(x, y, [(train, holdout)])
+    key = head_key(x, y, train, holdout, Cs, shifts, solver="torch")
+    if cache is not None and (hit := cache.get(key, x.shape[1], _classes(y, train))) is not None:
+        return hit
+    head = fit_head_torch(x, y, train, holdout, Cs, shifts, key)
+    if cache is not None:
+        cache.put(key, head)
+    return head
 
 
 def fit_heads(x: np.ndarray, y: np.ndarray, splits, Cs=C_GRID, cache: HeadCache | None = None,
@@ -497,6 +518,20 @@ def check_solver(solver: str) -> str:
     if solver not in SOLVERS:
         raise ValueError(f"solver {solver!r}: choose one of {SOLVERS}")
     return solver
+
+
+def resolve_solver(solver: str) -> str:
+    """The solver ``solver`` stands for: "auto" is "torch" when a CUDA device is present, else "fast" — decided
+    without importing torch on a machine with no NVIDIA driver (the analysis needs no torch there)."""
+    if check_solver(solver) != "auto":
+        return solver
+    import importlib.util
+    if not (Path("/proc/driver/nvidia/gpus").is_dir() or Path("/dev/nvidia0").exists() or "torch" in sys.modules):
+        return "fast"
+    if importlib.util.find_spec("torch") is None:
+        return "fast"
+    import torch
+    return "torch" if torch.cuda.is_available() else "fast"
 
 
 def _check_rows(x, y, splits) -> None:

@@ -19,6 +19,7 @@ from . import runs
 from .arguments import names, output_folder, positive, seed_list
 from .embeddings import domain_order, load
 from .evaluation import evaluate
+from .heads import resolve_solver
 from .similarity import paper_comparison, similarity_matrix, table1
 from .stats import gains, method_means, seeded, summary
 from .text import repeated, text_side
@@ -54,9 +55,10 @@ FIGURES = tuple(f"{name}.{ext}" for name in ("table1", "accuracy_grid", "gains",
 
 def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS,
            domain_prompts: dict | None = None, methods=None, n_nouns: int | None = None, n_boot: int = 1000,
-           head_cache=True, progress: bool = True, sources=None) -> dict[str, Path]:
+           head_cache=True, progress: bool = True, sources=None, solver: str = "auto") -> dict[str, Path]:
     """Evaluate every method on ``cache`` and write tables (CSV + Markdown) and figures (PNG + PDF).
-    ``sources`` limits the source domains (default: all); every domain is scored as a target. ``out``: the folder
+    ``sources`` limits the source domains (default: all); every domain is scored as a target. ``solver``: how
+    heads are fitted (``evaluate``'s; "auto": on a CUDA device when present). ``out``: the folder
     of the tables (default: a new ``results/<cache name>/<time>/``, pointed at by ``latest``); ``figures``: of the
     figures (default: ``out/figures``). Each gets ``run.json``; another run's folder, or a file of yours that the
     report would write, is refused before any work (``runs.claim``)."""
@@ -74,7 +76,8 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     this = runs.record("report", cache, cache.attrs, {
         "seeds": list(seeds), "descriptions": list(descriptions), "domain_prompts": domain_prompts or {},
         "methods": methods, "sources": sources, "n_nouns": n_nouns, "n_boot": n_boot,
-        "head_cache": head_cache if isinstance(head_cache, bool) else str(head_cache)})
+        "head_cache": head_cache if isinstance(head_cache, bool) else str(head_cache),
+        "solver": resolve_solver(solver)})
     runs.claim(out, this, TABLES)   # both before any work: a folder that cannot be used fails now
     runs.claim(figures, this, FIGURES)
     runs.write(out, this)
@@ -88,7 +91,7 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     repeats = repeated(text.descriptions)   # e.g. `ensemble` on a dataset with no ensembles: `paper` again
     descriptions = [d for d in descriptions if d not in repeats]
     res = evaluate(emb, methods, seeds=seeds, text=text, descriptions=descriptions, head_cache=head_cache,
-                   progress=progress, sources=sources)
+                   progress=progress, sources=sources, solver=solver)
     summ, gain, means = summary(res.table), gains(res, n_boot=n_boot), method_means(res.table)
     paths = {"run": out / runs.RECORD}
     for name, df in [("results", res.table), ("summary", summ), ("gains", gain), ("methods", means),

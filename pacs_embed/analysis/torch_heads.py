@@ -1,0 +1,71 @@
+"""The heads' model solved with torch on a device (``solver="torch"``; ``"auto"`` picks it when CUDA is present).
+
+The same model as ``heads.py`` — scikit-learn's multinomial logistic regression, minimise
+C·Σᵢ CE(W·xᵢ + b, yᵢ) + ½‖W‖², C chosen from the grid on the seeded 20% source hold-out (ties: the smaller C),
+the head the one trained on the other 80% — and the same exact change of variables (features centred and rotated
+onto the eigenvectors of their scatter, each variable rescaled by √(σⱼ²/K + 1/(C·n))), solved by torch's L-BFGS
+with a strong-Wolfe line search in float64, the C grid walked upward from the previous solution. Shifted copies
+(``shifts``) are written out on the device. It differs from ``fast`` in one way: C is always chosen on every
+training row (``fast`` samples ``SELECT_ROWS`` of them above that size). Imported only when chosen: the analysis
+needs no torch otherwise. ``tests/test_torch_heads.py`` checks it against scikit-learn and ``fast`` on CPU torch.
+
+Usage::
+
+    head = fit_head(x, y, train, holdout, solver="torch")        # cuda when present, else the CPU
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .heads import TOL, Head, _best, _check_rows, _classes, _inputs, shifted
+
+MAX_ITER = 2000
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fit_head_torch(x, y, train, holdout, Cs, shifts=None, key: str = "", on: torch.device | None = None) -> Head:
+    """``heads.fit_head`` solved with torch on ``on`` (default: cuda when present)."""
+    x, y, shifts = _inputs(x, y, shifts)
+    _check_rows(x, y, [(train, holdout)])
+    classes = _classes(y, train)
+    on = on or device()
+    xt, yt = x[train], y[train]
+    if shifts is not None:
+        xt = np.concatenate([xt] + [shifted(xt, c) for c in shifts])
+        yt = np.tile(yt, len(shifts) + 1)
+    X = torch.from_numpy(np.ascontiguousarray(xt)).to(on, torch.float64)
+    target = torch.from_numpy(np.searchsorted(classes, yt)).to(on)
+    n, d, K = len(X), X.shape[1], len(classes)
+    mu = X.mean(0)
+    Z = X - mu
+    eig, V = torch.linalg.eigh(Z.T @ Z / n)                 # variances σⱼ² along the eigenvectors
+    Z = Z @ V
+    del X
+    U = torch.zeros(d, K, dtype=torch.float64, device=on)   # W = V · diag(1/s) · U in the original coordinates
+    b = torch.zeros(K, dtype=torch.float64, device=on)
+    W_rot = torch.zeros(d, K, dtype=torch.float64, device=on)   # the last solution (rotated coordinates)
+    path = []
+    for C in sorted(Cs):
+        s = torch.sqrt(eig.clamp_min(0) / K + 1.0 / (C * n))
+        U = (W_rot * s[:, None]).clone().requires_grad_(True)
+        b = b.detach().clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([U, b], lr=1, max_iter=MAX_ITER, tolerance_grad=TOL / 10, tolerance_change=1e-14,
+                                history_size=20, line_search_fn="strong_wolfe")
+
+        def loss(U=U, b=b, s=s, C=C):
+            opt.zero_grad()
+            W = U / s[:, None]
+            value = torch.nn.functional.cross_entropy(Z @ W + b, target) + (W * W).sum() / (2 * C * n)
+            value.backward()
+            return value
+        opt.step(loss)
+        iterations = opt.state[opt._params[0]].get("n_iter", 0)
+        W_rot = (U / s[:, None]).detach()
+        W = (V @ W_rot)
+        bias = b.detach() - mu @ W
+        path.append((C, W.cpu().numpy(), bias.cpu().numpy(), int(iterations)))
+    return _best(path, classes, x, y, holdout, key)   # C ascending: ties go to the smaller C
