@@ -125,7 +125,7 @@ def main():
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None, help="default: what extract picks for the device")
     ap.add_argument("--batch-size", type=int, default=None, help="default: what extract picks (256 CUDA, 32 CPU)")
-    ap.add_argument("--processor", nargs="+", default=["pil"], choices=["pil", "fast"])
+    ap.add_argument("--processor", nargs="+", default=["pil"], choices=["pil", "fast", "device"])
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--naive", type=int, default=64, help="images for the naive loop (0: skip)")
     ap.add_argument("--sweep", type=int, nargs="+", help="instead: pacs_embed images/s at each of these batch sizes")
@@ -168,10 +168,10 @@ def main():
         for k, r in rates.items():
             n = rates.get("naive (1 image, fp32)")
             print(f"{k:48s} {r:10.1f} {r / bound_rate:8.2f} {(r / n if n else float('nan')):8.2f}")
-        if len(caches) == 2:
-            a, b = read_images(caches["pil"])["embedding"], read_images(caches["fast"])["embedding"]
+        for proc in [p for p in caches if p != "pil" and "pil" in caches]:
+            a, b = read_images(caches["pil"])["embedding"], read_images(caches[proc])["embedding"]
             c = cosine(a, b)
-            print(f"\ncosine(fast, pil) per image: min {c.min():.5f}, mean {c.mean():.5f}, "
+            print(f"\ncosine({proc}, pil) per image: min {c.min():.5f}, mean {c.mean():.5f}, "
                   f"5th percentile {np.percentile(c, 5):.5f} ({len(c)} images)")
 
 

@@ -15,6 +15,7 @@ Two kinds, both made here on any machine (no Hub, no PACS download):
     .venv/bin/python benchmarks/pacs_scale.py          # builds both into data/bench/ (if missing)
     python benchmarks/pacs_scale.py --images DIR [--source PACS_MINI]   # only the 9,991 images, into DIR
     python benchmarks/pacs_scale.py --subset DIR OUT N   # the first N files of each domain x class of DIR, into OUT
+    python benchmarks/pacs_scale.py --large DIR N [--source PACS_MINI]   # N larger images, 300-800 px sides
 """
 from __future__ import annotations
 
@@ -93,6 +94,45 @@ def _images(folder: Path, seed: int = 0, source: Path = PACS_MINI) -> Path:
     return folder
 
 
+def _large_part(args) -> int:
+    """Worker of ``large_images``: images [lo, hi) of the set."""
+    from PIL import Image, ImageOps
+    folder, source, lo, hi, seed = args
+    files = sorted(p for p in Path(source).glob("*/*/*") if p.suffix.lower() in (".jpg", ".png"))
+    for i in range(lo, hi):
+        rng = np.random.default_rng([seed, i])
+        src = files[rng.integers(len(files))]
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = rng.uniform(0.55, 1.0)
+            cw, ch = int(w * s), int(h * s)
+            x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+            size = (int(rng.integers(300, 801)), int(rng.integers(300, 801)))
+            im = im.crop((x0, y0, x0 + cw, y0 + ch)).resize(size, Image.BICUBIC)
+            if rng.random() < 0.5:
+                im = ImageOps.mirror(im)
+            out = Path(folder) / src.parent.parent.name / src.parent.name / f"{i:07d}.jpg"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            im.save(out, quality=90)
+    return hi - lo
+
+
+def large_images(folder: Path, n: int, seed: int = 0, source: Path = PACS_MINI) -> Path:
+    """``n`` larger, varied real-image JPEGs (each side 300-800 px, seeded crops and flips of pacs-mini, in its domain
+    and class folders), made on every core: the GPU benchmark's DomainNet-like decoding load."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    done = Path(folder) / ".complete"
+    if done.is_file():
+        return Path(folder)
+    step = 2000
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_large_part, [(str(folder), str(source), lo, min(lo + step, n), seed) for lo in range(0, n, step)]))
+    done.write_text("ok\n")
+    return Path(folder)
+
+
 def subset(folder: Path, out: Path, per_class: int) -> Path:
     """The first ``per_class`` files (sorted) of each domain x class folder of ``folder``, copied into ``out``."""
     import shutil
@@ -159,6 +199,11 @@ if __name__ == "__main__":
     if "--subset" in sys.argv:
         a = sys.argv[sys.argv.index("--subset") + 1:]
         print(subset(Path(a[0]), Path(a[1]), int(a[2])))
+        sys.exit(0)
+    if "--large" in sys.argv:
+        a = sys.argv
+        print(large_images(Path(a[a.index("--large") + 1]), int(a[a.index("--large") + 2]),
+                           source=Path(a[a.index("--source") + 1]) if "--source" in a else PACS_MINI))
         sys.exit(0)
     if "--images" in sys.argv:
         a = sys.argv

@@ -39,9 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", help="float32, float16 or bfloat16 (default: bf16 on CUDA and AMX/AVX512-BF16 CPUs)")
     e.add_argument("--batch-size", type=int, help="images per batch (default: 256 on CUDA, 32 on CPU)")
     e.add_argument("--workers", type=int, help="DataLoader worker processes for decoding (per process under torchrun)")
-    e.add_argument("--processor", choices=["auto", "fast", "pil"], default="auto",
+    e.add_argument("--processor", choices=["auto", "fast", "pil", "device"], default="auto",
                    help="image preprocessing: pil (reference; in the workers), fast (torchvision, a batch at a time "
-                        "on the device), auto (fast on CUDA where torchvision imports, else pil; the default)")
+                        "on the device), device (JPEGs decoded on the device, nvJPEG on CUDA, and the pil steps as "
+                        "batch tensor ops there), auto (fast on CUDA where torchvision imports, else pil; the default)")
     e.add_argument("--prompts", help="prompt set JSON (default: the packaged PACS prompts)")
     e.add_argument("--strict", action="store_true", help="fail if any image cannot be read")
     e.add_argument("--force", action="store_true",

@@ -38,6 +38,7 @@ from . import cache as _cache
 from .datasets import compare, scan
 from .distributed import Ranks
 from .images import ImageFiles, collate, worker_init
+from .preprocess import BatchTransform, decode
 from .journal import Journal
 from .models import (DEFAULT_MODEL, PROCESSORS, ModelSpec, check_clip, check_device, choose_dtype,
                      choose_processor, dtype_name, embed_images, encode_text, load_image_tower, load_processor,
@@ -372,6 +373,7 @@ def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progr
     total = sum(len(plan.batches[s]) for s in share)
     desc = "embedding images" + (f" (rank {ranks.rank} of {ranks.world})" if ranks.world > 1 else "")
     profile = collections.Counter() if os.environ.get("PACS_EMBED_PROFILE") else None
+    transform = BatchTransform.from_processor(image_processor) if plan.processor == "device" else None
 
     def save(indices, vectors, errors):
         t = time.perf_counter()
@@ -403,6 +405,8 @@ def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progr
                     raise _loader_failed(e, n_workers, journal) from e
                 t1 = time.perf_counter()
                 vectors = None
+                if pixels is not None and plan.processor == "device":   # decode JPEGs, then the batch transform
+                    pixels = _device_pixels(pixels, indices, errors, transform, dev)
                 if pixels is not None:
                     if plan.processor == "fast":  # resize, crop, normalise the whole batch on the device
                         if isinstance(pixels, torch.Tensor):
@@ -428,6 +432,17 @@ def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progr
         print(f"profile ({n_workers} workers, {total} images, {seconds:.2f} s): "
               + ", ".join(f"{k} {v:.2f} s" for k, v in profile.items()), file=sys.stderr)
     return seconds
+
+
+def _device_pixels(items, indices, errors, transform, dev):
+    """``--processor device``: the batch's pixel values made on ``dev`` (JPEGs decoded there); a JPEG nothing can
+    decode joins ``errors`` (as an unreadable image does in a worker). None when no image of the batch is left."""
+    readable = [i for i in indices if i not in errors]   # the order of ``items``
+    images, failed = decode(items, dev)
+    for position, reason in failed.items():
+        errors[readable[position]] = reason
+    images = [im for im in images if im is not None]
+    return transform(images) if images else None
 
 
 def _loader_failed(e: Exception, n_workers: int, journal: Journal) -> ExtractionError:

@@ -1,4 +1,5 @@
-"""Image files -> pixels: decoding (PIL, or torchvision for the fast processor) in DataLoader workers.
+"""Image files -> pixels: decoding (PIL, or torchvision for the fast processor) in DataLoader workers; for the device
+processor the workers read JPEG bytes and the device decodes them (``preprocess.py``).
 
 Usage::
 
@@ -32,6 +33,8 @@ class ImageFiles(torch.utils.data.Dataset):
         try:
             if self.kind == "fast":
                 return i, read_uint8(self.root / self.paths[i]), None
+            if self.kind == "device":
+                return i, read_for_device(self.root / self.paths[i]), None
             rgb = read_rgb(self.root / self.paths[i])
             return i, self.processor(images=rgb, return_tensors="pt")["pixel_values"][0], None
         except Exception as e:  # noqa: BLE001 - any unreadable file is recorded, not fatal
@@ -77,6 +80,16 @@ def read_uint8(path) -> torch.Tensor:
     return torch.from_numpy(np.array(read_rgb(path))).permute(2, 0, 1).contiguous()
 
 
+def read_for_device(path) -> torch.Tensor:
+    """For ``--processor device``: an 8-bit RGB or grey JPEG with its end marker as its bytes (a 1-D uint8 tensor,
+    decoded later on the device), anything else decoded here to 3 x H x W uint8 as ``read_rgb`` does."""
+    with _open_image(path) as im:
+        jpeg = im.format == "JPEG" and im.mode in ("RGB", "L")
+    if jpeg and _ends_with_jpeg_eoi(path):
+        return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    return torch.from_numpy(np.array(read_rgb(path))).permute(2, 0, 1).contiguous()
+
+
 def _ends_with_jpeg_eoi(path) -> bool:
     """True when the JPEG's end-of-image marker is in its last bytes (some writers pad after it)."""
     with open(path, "rb") as f:
@@ -87,9 +100,11 @@ def _ends_with_jpeg_eoi(path) -> bool:
 
 def collate(items):
     """(indices, pixels of the readable ones in that order, {index: error}); pixels are one stacked tensor (PIL
-    processor, or uint8 images of one size) or a list of uint8 images of different sizes (fast processor)."""
+    processor, or uint8 images of one size) or a list of uint8 images of different sizes (fast processor) or of
+    JPEG bytes and images (device processor)."""
     pixels = [px for _, px, err in items if err is None] or None
-    if pixels and (pixels[0].dtype != torch.uint8 or len({px.shape for px in pixels}) == 1):
+    if pixels and all(px.ndim == 3 for px in pixels) and (pixels[0].dtype != torch.uint8
+                                                          or len({px.shape for px in pixels}) == 1):
         pixels = torch.stack(pixels)  # one tensor: one pinned copy to the device
     return [i for i, _, _ in items], pixels, {i: err for i, _, err in items if err is not None}
 

@@ -211,7 +211,7 @@ def load_image_tower(spec: ModelSpec, device, dtype=torch.float32):
     return model.to(device)
 
 
-PROCESSORS = ("auto", "fast", "pil")
+PROCESSORS = ("auto", "fast", "pil", "device")
 
 
 @functools.lru_cache(maxsize=1)
@@ -226,8 +226,10 @@ def has_torchvision() -> bool:
 
 
 def choose_processor(processor: str = "auto", device=None) -> str:
-    """'pil' (the reference: PIL processor, per image, in the DataLoader workers) or 'fast' (the checkpoint's
-    torchvision processor, a batch at a time on ``device``). ``auto``: fast on CUDA where torchvision imports."""
+    """'pil' (the reference: PIL processor, per image, in the DataLoader workers), 'fast' (the checkpoint's
+    torchvision processor, a batch at a time on ``device``) or 'device' (JPEGs decoded on ``device`` — nvJPEG on
+    CUDA — and the PIL processor's steps as batched tensor ops there: ``preprocess.py``; opt-in, any device).
+    ``auto``: fast on CUDA where torchvision imports, else pil."""
     if processor not in PROCESSORS:
         raise ModelError(f"--processor {processor!r}: choose one of {', '.join(PROCESSORS)}")
     if processor == "auto":
@@ -254,14 +256,15 @@ def is_fast(image_processor) -> bool:
 
 
 def load_processor(spec: ModelSpec, processor: str = "pil"):
-    """The checkpoint's image processor: ``pil`` (reference) or ``fast`` (torchvision). Which one ran is
-    recorded in the cache (``processor``, ``processor_class``, ``processor_settings``)."""
+    """The checkpoint's image processor: ``pil`` (reference; also what ``device`` reproduces) or ``fast``
+    (torchvision). Which one ran is recorded in the cache (``processor``, ``processor_class``,
+    ``processor_settings``)."""
     from transformers import AutoImageProcessor
     from transformers.utils import logging
     level = logging.get_verbosity()
     logging.set_verbosity_error()  # silence the "falling back to the PIL processor" warning
     try:
-        fast = processor == "fast"
+        fast = processor == "fast"   # "device" reproduces the PIL processor's settings
         try:  # transformers >= 5.2x names a backend; earlier releases take use_fast
             loaded = AutoImageProcessor.from_pretrained(spec.folder, backend="torchvision" if fast else "pil")
         except (TypeError, ValueError):
@@ -270,7 +273,7 @@ def load_processor(spec: ModelSpec, processor: str = "pil"):
             loaded = AutoImageProcessor.from_pretrained(spec.folder, use_fast=fast)
         if is_fast(loaded) != fast:
             raise ModelError(f"model {spec.model_id!r}: transformers gave {type(loaded).__name__} when asked for the "
-                             f"{processor} image processor; use --processor {'pil' if fast else 'fast'}")
+                             f"{'fast' if fast else 'pil'} image processor; use --processor {'pil' if fast else 'fast'}")
         return loaded
     finally:
         logging.set_verbosity(level)
@@ -314,11 +317,6 @@ def embed_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """Projected image embeddings, left on the model's device (on CUDA the call returns before they are done)."""
     p = next(model.parameters())
     return features(model(pixel_values=pixel_values.to(p.device, p.dtype, non_blocking=True)))
-
-
-def encode_images(model, pixel_values: torch.Tensor) -> np.ndarray:
-    """Projected image embeddings as float32 numpy."""
-    return embed_images(model, pixel_values).float().cpu().numpy()
 
 
 @torch.inference_mode()
