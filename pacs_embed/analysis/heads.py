@@ -305,15 +305,21 @@ def fit_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, holdout: np.ndarra
 
 
 def _torch_head(x, y, train, holdout, Cs, cache, shifts) -> Head:
-    """``fit_head`` with the torch solver (imported here: only when chosen), cached under a key of its own."""
-    from .torch_heads import fit_head_torch
+    """``fit_head`` with the torch solver (``torch_heads.py``, imported here: only when chosen), cached under a key
+    of its own."""
+    from .torch_heads import lbfgs_path
     x, y, shifts = _inputs(x, y, shifts)
     Cs = c_grid(Cs)
     _check_rows(x, y, [(train, holdout)])
+    classes = _classes(y, train)
     key = head_key(x, y, train, holdout, Cs, shifts, solver="torch")
-    if cache is not None and (hit := cache.get(key, x.shape[1], _classes(y, train))) is not None:
+    if cache is not None and (hit := cache.get(key, x.shape[1], classes)) is not None:
         return hit
-    head = fit_head_torch(x, y, train, holdout, Cs, shifts, key)
+    xt, yt = x[train], y[train]
+    if shifts is not None:   # written out, then sent to the device
+        xt = np.concatenate([xt] + [shifted(xt, c) for c in shifts])
+        yt = np.tile(yt, len(shifts) + 1)
+    head = _best(lbfgs_path(xt, np.searchsorted(classes, yt), len(classes), Cs, TOL / 10), classes, x, y, holdout, key)
     if cache is not None:
         cache.put(key, head)
     return head

@@ -5,20 +5,19 @@ C·Σᵢ CE(W·xᵢ + b, yᵢ) + ½‖W‖², C chosen from the grid on the seed
 the head the one trained on the other 80% — and the same exact change of variables (features centred and rotated
 onto the eigenvectors of their scatter, each variable rescaled by √(σⱼ²/K + 1/(C·n))), solved by torch's L-BFGS
 with a strong-Wolfe line search in float64, the C grid walked upward from the previous solution. Shifted copies
-(``shifts``) are written out on the device. It differs from ``fast`` in one way: C is always chosen on every
+(``shifts``) are written out (by ``heads.py``) before they go to the device. It differs from ``fast`` in one way: C is always chosen on every
 training row (``fast`` samples ``SELECT_ROWS`` of them above that size). Imported only when chosen: the analysis
 needs no torch otherwise. ``tests/test_torch_heads.py`` checks it against scikit-learn and ``fast`` on CPU torch.
 
 Usage::
 
     head = fit_head(x, y, train, holdout, solver="torch")        # cuda when present, else the CPU
+    path = lbfgs_path(x_train, class_index, n_classes, C_GRID, tol)   # what heads.py calls
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-from .heads import TOL, Head, _best, _check_rows, _classes, _inputs, shifted
 
 MAX_ITER = 2000
 
@@ -27,33 +26,28 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fit_head_torch(x, y, train, holdout, Cs, shifts=None, key: str = "", on: torch.device | None = None) -> Head:
-    """``heads.fit_head`` solved with torch on ``on`` (default: cuda when present)."""
-    x, y, shifts = _inputs(x, y, shifts)
-    _check_rows(x, y, [(train, holdout)])
-    classes = _classes(y, train)
+def lbfgs_path(x: np.ndarray, target: np.ndarray, n_classes: int, Cs, tol: float,
+               on: torch.device | None = None) -> list[tuple]:
+    """[(C, W, b, iterations)] for C ascending: the model fitted to rows ``x`` (float32, already with any shifted
+    copies) and class indices ``target`` in [0, n_classes), on ``on`` (default: cuda when present); ``tol``: the
+    largest gradient entry at convergence."""
     on = on or device()
-    xt, yt = x[train], y[train]
-    if shifts is not None:
-        xt = np.concatenate([xt] + [shifted(xt, c) for c in shifts])
-        yt = np.tile(yt, len(shifts) + 1)
-    X = torch.from_numpy(np.ascontiguousarray(xt)).to(on, torch.float64)
-    target = torch.from_numpy(np.searchsorted(classes, yt)).to(on)
-    n, d, K = len(X), X.shape[1], len(classes)
+    X = torch.from_numpy(np.ascontiguousarray(x)).to(on, torch.float64)
+    target = torch.from_numpy(np.asarray(target, np.int64)).to(on)
+    n, d, K = len(X), X.shape[1], n_classes
     mu = X.mean(0)
     Z = X - mu
     eig, V = torch.linalg.eigh(Z.T @ Z / n)                 # variances σⱼ² along the eigenvectors
     Z = Z @ V
     del X
-    U = torch.zeros(d, K, dtype=torch.float64, device=on)   # W = V · diag(1/s) · U in the original coordinates
     b = torch.zeros(K, dtype=torch.float64, device=on)
     W_rot = torch.zeros(d, K, dtype=torch.float64, device=on)   # the last solution (rotated coordinates)
     path = []
     for C in sorted(Cs):
-        s = torch.sqrt(eig.clamp_min(0) / K + 1.0 / (C * n))
+        s = torch.sqrt(eig.clamp_min(0) / K + 1.0 / (C * n))   # W_rot = diag(1/s) · U
         U = (W_rot * s[:, None]).clone().requires_grad_(True)
         b = b.detach().clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([U, b], lr=1, max_iter=MAX_ITER, tolerance_grad=TOL / 10, tolerance_change=1e-14,
+        opt = torch.optim.LBFGS([U, b], lr=1, max_iter=MAX_ITER, tolerance_grad=tol, tolerance_change=1e-14,
                                 history_size=20, line_search_fn="strong_wolfe")
 
         def loss(U=U, b=b, s=s, C=C):
@@ -65,7 +59,6 @@ def fit_head_torch(x, y, train, holdout, Cs, shifts=None, key: str = "", on: tor
         opt.step(loss)
         iterations = opt.state[opt._params[0]].get("n_iter", 0)
         W_rot = (U / s[:, None]).detach()
-        W = (V @ W_rot)
-        bias = b.detach() - mu @ W
-        path.append((C, W.cpu().numpy(), bias.cpu().numpy(), int(iterations)))
-    return _best(path, classes, x, y, holdout, key)   # C ascending: ties go to the smaller C
+        W = V @ W_rot
+        path.append((C, W.cpu().numpy(), (b.detach() - mu @ W).cpu().numpy(), int(iterations)))
+    return path
