@@ -110,7 +110,16 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
     unchanged keeps its stored hash instead of being read again (so checking a 10,000-image
     dataset for changes takes a directory listing and one ``stat`` per file).
     """
-    root = Path(root)
+    root = _check_root(Path(root))
+    ignored: list[str] = []
+    domain_dirs, class_dirs, classes = _layout(root, ignored)
+    found = _images(root, domain_dirs, class_dirs, classes, ignored)
+    domains, classes, found = _without_empty([d.name for d in domain_dirs], classes, found, ignored)
+    return Dataset(root, domains, classes, _hashed(root, found, known or {}, progress), ignored)
+
+
+def _check_root(root: Path) -> Path:
+    """``root`` when it is a folder; else an error saying how to get one."""
     if root.exists() and not root.is_dir():
         raise DatasetError(f"data folder {str(root)!r} is a file; point --data at a folder laid out as "
                            f"<domain>/<class>/<image>.")
@@ -119,7 +128,12 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
             f"data folder {str(root)!r} does not exist. Run `pacs-embed download` to fetch PACS into "
             f"data/PACS (offline it says how to place it by hand), or point --data at a folder laid out as "
             f"<domain>/<class>/<image>: `pacs-embed extract --data FOLDER --model MODEL`.")
-    ignored: list[str] = []
+    return root
+
+
+def _layout(root: Path, ignored: list[str]) -> tuple[list[Path], dict[Path, list[Path]], list[str]]:
+    """The domain folders, each one's class folders, and every class name (sorted); links to folders and files
+    outside class folders join ``ignored``."""
     domain_dirs = _visible_dirs(root, ignored, root)
     if not domain_dirs:
         raise DatasetError(f"data folder {str(root)!r} has no domain sub-folders; expected <domain>/<class>/<image>.")
@@ -127,15 +141,22 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
     classes = sorted({c.name for cs in class_dirs.values() for c in cs})
     if not classes:
         raise DatasetError(f"no class folders under the domains of {str(root)!r}; expected <domain>/<class>/<image>.")
+    ignored += [f"{e.name} (not in a domain folder)" for e in _entries(root) if e.is_file()]
+    for d in domain_dirs:
+        ignored += [f"{d.name}/{e.name} (not in a class folder)" for e in _entries(d) if e.is_file()]
+    return domain_dirs, class_dirs, classes
+
+
+def _images(root, domain_dirs, class_dirs, classes, ignored) -> list[tuple]:
+    """(relative path, domain index, class index, stat) of every image file; anything else joins ``ignored``
+    with the reason."""
     class_index = {c: i for i, c in enumerate(classes)}
     found = []
-    ignored += [f"{e.name} (not in a domain folder)" for e in _entries(root) if e.is_file()]
     for di, d in enumerate(domain_dirs):
-        ignored += [f"{d.name}/{e.name} (not in a class folder)" for e in _entries(d) if e.is_file()]
         for c in class_dirs[d]:
             for e, rel in _files(c, f"{d.name}/{c.name}/"):
-                link = e.is_symlink()
-                problem = LINK_TO_FOLDER if e.is_dir() else _file_problem(Path(e.path), root) if link else None
+                problem = (LINK_TO_FOLDER if e.is_dir() else _file_problem(Path(e.path), root) if e.is_symlink()
+                           else None)
                 if problem:
                     ignored.append(f"{rel} ({problem})")
                 elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
@@ -144,8 +165,12 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
                     ignored.append(f"{rel} (not an image: not {IMAGE_KINDS})")
     if not found:
         raise DatasetError(f"no images ({IMAGE_KINDS}) under {str(root)!r}.")
-    # a domain or class folder without a single image is no domain or class (ImageFolder refuses it): said, left out
-    domains = [d.name for d in domain_dirs]
+    return found
+
+
+def _without_empty(domains, classes, found, ignored) -> tuple[list[str], list[str], list[tuple]]:
+    """A domain or class folder without a single image is no domain or class (ImageFolder refuses it): said in
+    ``ignored``, left out, and the indices of ``found`` renumbered."""
     has_d, has_c = {di for _, di, _, _ in found}, {ci for _, _, ci, _ in found}
     ignored += [f"{d} (no images: not a domain)" for i, d in enumerate(domains) if i not in has_d]
     ignored += [f"{c} (a class folder with no images in any domain: not a class)" for i, c in enumerate(classes)
@@ -153,8 +178,11 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
     new_d = {old: new for new, old in enumerate(sorted(has_d))}
     new_c = {old: new for new, old in enumerate(sorted(has_c))}
     found = [(rel, new_d[di], new_c[ci], st) for rel, di, ci, st in found]
-    domains, classes = [domains[i] for i in sorted(has_d)], [classes[i] for i in sorted(has_c)]
-    known = known or {}
+    return [domains[i] for i in sorted(has_d)], [classes[i] for i in sorted(has_c)], found
+
+
+def _hashed(root: Path, found, known: dict[str, Record], progress: bool) -> list[Record]:
+    """A record per image; a file whose size and mtime match ``known`` keeps its stored hash (not read again)."""
     records = []
     for rel, di, ci, st in tqdm(found, desc="hashing files", unit="file", disable=not progress, leave=False):
         old = known.get(rel)
@@ -163,7 +191,7 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
         else:
             digest = sha256_file(root / rel)
         records.append(Record(rel, di, ci, st.st_size, st.st_mtime_ns, digest))
-    return Dataset(root, domains, classes, records, ignored)
+    return records
 
 
 def sha256_file(path) -> str:

@@ -5,9 +5,10 @@ C·Σᵢ CE(W·xᵢ + b, yᵢ) + ½‖W‖², C chosen from the grid on the seed
 the head the one trained on the other 80% — and the same exact change of variables (features centred and rotated
 onto the eigenvectors of their scatter, each variable rescaled by √(σⱼ²/K + 1/(C·n))), solved by torch's L-BFGS
 with a strong-Wolfe line search in float64, the C grid walked upward from the previous solution. Shifted copies
-(``shifts``) are written out (by ``heads.py``) before they go to the device. It differs from ``fast`` in one way: C is always chosen on every
-training row (``fast`` samples ``SELECT_ROWS`` of them above that size). Imported only when chosen: the analysis
-needs no torch otherwise. ``tests/test_torch_heads.py`` checks it against scikit-learn and ``fast`` on CPU torch.
+(``shifts``) are written out by ``heads.py`` before they go to the device. It differs from ``fast`` in one way: C
+is always chosen on every training row (``fast`` samples ``SELECT_ROWS`` of them above that size). Imported only
+when chosen: the analysis needs no torch otherwise. ``tests/test_torch_heads.py`` checks it against scikit-learn
+and ``fast`` on CPU torch.
 
 Usage::
 
