@@ -177,122 +177,158 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
         make(m)  # unknown names fail before any work
     if not _local and _distributed() and len(sources or emb.domains) > 1:   # a joblib backend of the user's: one job per source
         return _by_source(emb, methods, seeds, text, descriptions, sources or list(emb.domains), head_cache, Cs, solver)
-    domains = emb.domains
-    unknown = [s for s in (sources or []) if s not in domains]
+    unknown = [s for s in (sources or []) if s not in emb.domains]
     if unknown:
-        raise KeyError(f"unknown source domain(s) {unknown}{did_you_mean(unknown[0], domains)}; the cache's domains "
-                       f"are {domains}")
-    if len(domains) < 2:
-        raise ValueError(f"{emb.cache}: cross-domain evaluation needs at least two domains; this cache has {domains}")
-    cache = head_cache_for(emb, head_cache)
-    batch = HeadBatch(cache, Cs)   # heads are asked for by every method first, then fitted together per source
-    targets = {t: _rows(emb, t) for t in domains}
-    protos = {name: make(name) for name in methods}
+        raise KeyError(f"unknown source domain(s) {unknown}{did_you_mean(unknown[0], emb.domains)}; the cache's "
+                       f"domains are {emb.domains}")
+    if len(emb.domains) < 2:
+        raise ValueError(f"{emb.cache}: cross-domain evaluation needs at least two domains; this cache has "
+                         f"{emb.domains}")
+    run = _Evaluation(emb, text, methods, seeds, descriptions, sources or list(emb.domains),
+                      head_cache_for(emb, head_cache), Cs, solver)
+    return run.results(workers, progress)
 
-    def descs(how):
-        return text.descriptions[how if how != NO_DESCRIPTION else next(iter(text.descriptions))]
 
-    rows_of = {}   # source -> its images and labels
-    data = {}      # (source, seed) -> its images, labels and split: made once, shared (read-only) by every method
+class _Evaluation:
+    """One ``evaluate`` call, in steps: methods that ignore the split are fitted and scored once per source; then,
+    source by source (the largest first), every method of every seed is fitted (heads only asked for), the heads
+    fitted together (``HeadBatch``), every (seed, target) scored, and the source's rows dropped — so only one
+    source's transformed copies wait for their heads at a time. Keys are (source, seed, method, description)."""
 
-    def source(s, seed, how):
-        if s not in rows_of:   # one read-only copy of a source's rows (it owns its data: its digest is memoised)
-            idx = emb.in_domain(s)
-            x = emb.x[idx]
+    def __init__(self, emb, text, methods, seeds, descriptions, sources, cache, Cs, solver):
+        self.emb, self.text, self.seeds, self.descriptions, self.sources = emb, text, seeds, descriptions, sources
+        self.cache, self.Cs, self.solver, self.domains = cache, Cs, solver, emb.domains
+        self.batch = HeadBatch(cache, Cs)   # heads are asked for by every method first, then fitted per source
+        self.targets = {t: _rows(emb, t) for t in self.domains}
+        self.kinds = {name: make(name) for name in methods}   # an instance per method: its seeded / uses_text
+        self.source_rows = {}   # source -> its images and labels: one read-only copy, shared by its seeds
+        self.splits = {}        # (source, seed) -> those rows with the seed's split
+        self.split_free = {}    # (source, method, description) -> a method that ignores the split, fitted once
+        self.split_free_hits = {}
+
+    def under(self, description: str) -> list:
+        """Every domain's ``Description`` under a description strategy (a description-free method: the first)."""
+        return self.text.descriptions[description if description != NO_DESCRIPTION else next(iter(self.text.descriptions))]
+
+    def described(self, name: str) -> list[str]:
+        """The descriptions a method runs under: every one if it uses text, else none."""
+        return self.descriptions if self.kinds[name].uses_text else [NO_DESCRIPTION]
+
+    def source(self, s: str, seed: int, description: str) -> Source:
+        if s not in self.source_rows:   # it owns its data: its digest is memoised
+            idx = self.emb.in_domain(s)
+            x = self.emb.x[idx]
             x.flags.writeable = False
-            rows_of[s] = (x, emb.label[idx])
-        if (s, seed) not in data:   # ... serves every seed of that source
-            x, y = rows_of[s]
-            data[(s, seed)] = (x, y, *split(len(x), seed, s))
-        return Source(*data[(s, seed)], s, seed, descs(how)[domains.index(s)], descs(how),
-                      lambda: text.class_vectors, len(emb.classes), text.encode, cache, Cs, solver, batch)
+            self.source_rows[s] = (x, self.emb.label[idx])
+        if (s, seed) not in self.splits:
+            x, y = self.source_rows[s]
+            self.splits[(s, seed)] = (x, y, *split(len(x), seed, s))
+        domains = self.under(description)
+        return Source(*self.splits[(s, seed)], s, seed, domains[self.domains.index(s)], domains,
+                      lambda: self.text.class_vectors, len(self.emb.classes), self.text.encode, self.cache, self.Cs,
+                      self.solver, self.batch)
 
-    def fit(s, seed, name, how):
+    def fit(self, s: str, seed: int, name: str, description: str):
         try:
-            fitted = make(name).fit(source(s, seed, how))
+            fitted = make(name).fit(self.source(s, seed, description))
         except Exception as e:
-            add_note(e, f"(method {name!r} failed to fit on source {s!r}, seed {seed}, description {how!r}{_leave_out(e)})")
+            add_note(e, f"(method {name!r} failed to fit on source {s!r}, seed {seed}, description {description!r}"
+                        f"{_leave_out(e)})")
             raise
         if not callable(getattr(fitted, "predict", None)):
             raise TypeError(f"method {name!r}: fit returned {type(fitted).__name__}, not the fitted method; "
                             f"fit must end with `return self`")
         return fitted
 
-    def hits(name, m, s, t, how):
-        xt, yt = targets[t]
+    def hits(self, name: str, method, s: str, t: str, description: str) -> np.ndarray:
+        """Whether ``method`` labels each image of target ``t`` right."""
+        xt, yt = self.targets[t]
+        domains = self.under(description)
         try:
-            predicted = m.predict(xt, descs(how)[domains.index(s)], descs(how)[domains.index(t)])
+            predicted = method.predict(xt, domains[self.domains.index(s)], domains[self.domains.index(t)])
         except Exception as e:
-            add_note(e, f"(method {name!r} failed to predict on target {t!r} from source {s!r}, description {how!r}"
-                        f"{_leave_out(e)})")
+            add_note(e, f"(method {name!r} failed to predict on target {t!r} from source {s!r}, description "
+                        f"{description!r}{_leave_out(e)})")
             raise
-        return class_indices(predicted, len(yt), len(emb.classes), f"method {name!r} on target {t!r}") == yt
+        return class_indices(predicted, len(yt), len(self.emb.classes), f"method {name!r} on target {t!r}") == yt
 
-    def fit_job(s, seed):
-        """Fit every method for one (source, seed); their heads are only asked for here (fitted in the flush)."""
-        src = source(s, seed, NO_DESCRIPTION)
-        fitted = {(s, seed, name, how): once[(s, name, how)] if not p.seeded else fit(s, seed, name, how)
-                  for name, p in protos.items() for how in (descriptions if p.uses_text else [NO_DESCRIPTION])}
+    def fit_split_free(self, pool) -> None:
+        """Methods that do not depend on the split, fitted once per source on the first seed's split and scored at
+        once: they need no head, and a prompt they lack fails before any head is fitted."""
+        self.split_free = {(s, name, d): self.fit(s, self.seeds[0], name, d) for s in self.sources
+                           for name, kind in self.kinds.items() if not kind.seeded for d in self.described(name)}
+        futures = {(s, t, name, d): pool.submit(self.hits, name, m, s, t, d)
+                   for (s, name, d), m in self.split_free.items() for t in self.domains}
+        self.split_free_hits = {key: f.result() for key, f in futures.items()}
+
+    def fit_job(self, s: str, seed: int):
+        """Every method fitted for one (source, seed), and the plain head; heads are only asked for here."""
+        src = self.source(s, seed, NO_DESCRIPTION)
+        fitted = {(s, seed, name, d): self.fit(s, seed, name, d) if kind.seeded else self.split_free[(s, name, d)]
+                  for name, kind in self.kinds.items() for d in self.described(name)}
         return src.fit_head(src.x), fitted
 
-    def score(s, t, items) -> dict:
-        """The fitted methods ``items`` [(key, method)] of one (source, seed) scored on target ``t``: {key: hits}.
-        Methods that share a head run one after another, sharing its product with the target's images."""
+    def score(self, s: str, t: str, fitted: list) -> dict:
+        """The fitted methods [(key, method)] of one (source, seed) scored on target ``t``: {key: hits}. Methods that
+        share a head run one after another, sharing its product with the target's images."""
         out = {}
         with shared_products():
-            for key, m in sorted(items, key=lambda item: _head_id(item[1])):
-                name, how = key[2], key[3]
-                p = protos[name]
-                if t != s or not p.seeded:   # methods that never see source labels are scored on the source too
-                    out[key] = hits(name, m, s, t, how) if p.seeded else once_hits[(s, t, name, how)]
+            for key, m in sorted(fitted, key=lambda item: _head_id(item[1])):
+                name, description = key[2], key[3]
+                seeded = self.kinds[name].seeded
+                if t != s or not seeded:   # methods that never see source labels are scored on the source too
+                    out[key] = (self.hits(name, m, s, t, description) if seeded
+                                else self.split_free_hits[(s, t, name, description)])
         return out
 
-    def job_rows(s, seed, plain, methods, by_target):
+    def job_rows(self, s: str, seed: int, plain, fitted: dict, by_target: dict):
         """The results rows of one (source, seed) and its hits, method by method, target by target."""
         plain = resolved(plain)
-        rows = [(s, s, "in_domain", NO_DESCRIPTION, seed, plain.holdout_accuracy, len(data[(s, seed)][3]))]
+        rows = [(s, s, "in_domain", NO_DESCRIPTION, seed, plain.holdout_accuracy, len(self.splits[(s, seed)][3]))]
         hits_by = {}
-        for (_, _, name, how) in methods:
-            for t in domains:
-                if (h := by_target[t].get((s, seed, name, how))) is not None:
-                    rows.append((s, t, name, how, seed, float(h.mean()), len(h)))
-                    hits_by[(s, t, name, how)] = h
+        for (_, _, name, description) in fitted:
+            for t in self.domains:
+                if (h := by_target[t].get((s, seed, name, description))) is not None:
+                    rows.append((s, t, name, description, seed, float(h.mean()), len(h)))
+                    hits_by[(s, t, name, description)] = h
         return plain, rows, hits_by
 
-    order = sorted(sources or domains, key=lambda s: -len(emb.in_domain(s)))   # the largest sources first
-    rows, correct, fitted, heads = [], {}, {}, {}
-    done = {}   # (source, seed) -> (plain head, rows, hits)
-    with single_threaded_blas(), ThreadPoolExecutor(max(1, workers)) as pool, \
-            tqdm(total=0, desc="fitting heads", unit="head", disable=not progress) as bar:
-        # methods that do not depend on the split are fitted once per source, on the first seed's split
-        once = {(s, name, how): fit(s, seeds[0], name, how) for s in (sources or domains) for name, p in protos.items()
-                if not p.seeded for how in (descriptions if p.uses_text else [NO_DESCRIPTION])}
-        # scored before any head is fitted: they need no head, and a prompt they lack fails at once
-        once_hits = {(s, t, name, how): pool.submit(hits, name, m, s, t, how)
-                     for (s, name, how), m in once.items() for t in domains}
-        once_hits = {key: f.result() for key, f in once_hits.items()}
-        for s in order:   # source by source: only one source's transformed copies wait for their heads at a time
-            asked = {(s, seed): pool.submit(fit_job, s, seed) for seed in seeds}
-            asked = {j: f.result() for j, f in asked.items()}
-            bar.total += len(batch)
-            bar.refresh()
-            batch.flush(pool, bar.update)   # the heads not in the head cache, the seeds of the source together
-            # every (job, target) scored side by side (one job alone still uses every worker)
-            scoring = {j: {t: pool.submit(score, s, t, list(asked[j][1].items())) for t in domains} for j in asked}
-            for j, by_target in scoring.items():
-                by_target = {t: f.result() for t, f in by_target.items()}
-                done[j] = job_rows(*j, asked[j][0], asked[j][1], by_target)
-                fitted.update(asked[j][1])
-            rows_of.pop(s, None)   # this source's rows and splits are no longer needed
-            for seed in seeds:
-                data.pop((s, seed), None)
-    for s in (sources or domains):   # in job order, whatever order they ran in
-        for seed in seeds:
-            plain, new_rows, hits_by = done[(s, seed)]
-            heads[(s, seed)] = plain
-            rows += new_rows
+    def run_source(self, s: str, pool, bar) -> dict:
+        """Every seed of source ``s``: fitted, its heads flushed, scored on every target; then its rows dropped.
+        {(source, seed): (plain head, rows, hits, fitted methods)}."""
+        asked = {(s, seed): pool.submit(self.fit_job, s, seed) for seed in self.seeds}
+        asked = {job: f.result() for job, f in asked.items()}
+        bar.total += len(self.batch)
+        bar.refresh()
+        self.batch.flush(pool, bar.update)   # the heads not in the head cache, the seeds of the source together
+        # every (job, target) scored side by side (one job alone still uses every worker)
+        scoring = {job: {t: pool.submit(self.score, s, t, list(fitted.items())) for t in self.domains}
+                   for job, (_, fitted) in asked.items()}
+        done = {}
+        for job, by_target in scoring.items():
+            plain, fitted = asked[job]
+            done[job] = (*self.job_rows(*job, plain, fitted, {t: f.result() for t, f in by_target.items()}), fitted)
+        self.source_rows.pop(s, None)
+        for seed in self.seeds:
+            self.splits.pop((s, seed), None)
+        return done
+
+    def results(self, workers: int, progress: bool) -> Results:
+        order = sorted(self.sources, key=lambda s: -len(self.emb.in_domain(s)))   # the largest sources first
+        done = {}
+        with single_threaded_blas(), ThreadPoolExecutor(max(1, workers)) as pool, \
+                tqdm(total=0, desc="fitting heads", unit="head", disable=not progress) as bar:
+            self.fit_split_free(pool)
+            for s in order:
+                done.update(self.run_source(s, pool, bar))
+        rows, correct, fitted, heads = [], {}, {}, {}
+        for job in ((s, seed) for s in self.sources for seed in self.seeds):   # in job order, whatever order they ran
+            plain, job_rows, hits_by, job_fitted = done[job]
+            heads[job] = plain
+            rows += job_rows
+            fitted.update(job_fitted)
             for key, hit in hits_by.items():
-                correct.setdefault(key, [None] * len(seeds))[seeds.index(seed)] = hit
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    table.attrs["domains"] = list(domains)   # the cache's order, for tables and figures
-    return Results(table, {k: np.stack(v) for k, v in correct.items()}, fitted, heads, cache)
+                correct.setdefault(key, [None] * len(self.seeds))[self.seeds.index(job[1])] = hit
+        table = pd.DataFrame(rows, columns=COLUMNS)
+        table.attrs["domains"] = list(self.domains)   # the cache's order, for tables and figures
+        return Results(table, {k: np.stack(v) for k, v in correct.items()}, fitted, heads, self.cache)
