@@ -127,7 +127,7 @@ def _run(args) -> int:
         except Exception as e:  # the images need not be on this machine
             print(f"dataset    not checked: {e}")
         else:
-            print("dataset    unchanged" if not changes else f"dataset    CHANGED since extraction:\n{changes.describe()}")
+            print("dataset    unchanged" if not changes else f"dataset    CHANGED since extraction:\n{changes.summary()}")
     elif args.command == "report":
         from .analysis import report, study
         for flag, n in [("--seeds", args.seeds), ("--n-nouns", args.n_nouns), ("--bootstrap", args.bootstrap)]:

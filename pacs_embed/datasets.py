@@ -214,7 +214,7 @@ class Changes:
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.modified or self.moved)
 
-    def describe(self, limit: int = 20) -> str:
+    def summary(self, limit: int = 20) -> str:
         lines = []
         for what, paths in (("moved (same bytes, another path)", self.moved), ("added", self.added),
                             ("removed", self.removed), ("modified", self.modified)):

@@ -298,7 +298,7 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
             differs = ["some stored vectors are not finite or all zeros"]   # a cache from before that was checked
         if "manifest_sha256" in differs:
             changes = compare({p: r.sha256 for p, r in known.items()}, {r.path: r.sha256 for r in ds.records})
-            print(f"{out}: the dataset changed since this cache was made:\n{changes.describe()}")
+            print(f"{out}: the dataset changed since this cache was made:\n{changes.summary()}")
         if not force:
             lead.kept = _reusable(cache, old, ds, settings, image_processor)
     todo = [i for i, p in enumerate(paths) if p not in lead.kept]

@@ -107,7 +107,7 @@ def dataset_status(cache) -> str:
     if not Path(root).is_dir():
         return f"not checked (dataset folder {root} is not on this machine)"
     changes = cache.changes(root)
-    return f"CHANGED since extraction:\n{changes.describe()}" if changes else "unchanged"
+    return f"CHANGED since extraction:\n{changes.summary()}" if changes else "unchanged"
 
 
 def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:

@@ -110,9 +110,9 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
           f"Seeds: {list(seeds)}; heads: logistic regression, C chosen on a 20% hold-out of the source domain. "
           f"Image and text embeddings L2-normalised; Δ = t_src − t_tgt of unit text vectors.", "",
           f"Domain prompts (`paper` description): {described}.", "",
-          *([" ".join(f"Description `{how}` is left out: it describes every domain with the same prompts as `{same}` "
-                      f"(no separate `{how}` phrasings are held for these domains, or your domain prompts replace them)."
-                      for how, same in repeats.items()), ""]
+          *([" ".join(f"Description `{description}` is left out: it describes every domain with the same prompts as `{same}` "
+                      f"(no separate `{description}` phrasings are held for these domains, or your domain prompts replace them)."
+                      for description, same in repeats.items()), ""]
             if repeats else []),
           "**How to read it.** A *gain* is a method's accuracy on the target domain minus that of `none` "
           "(the source head applied to target images as they are), on the same images and seeds: positive "
@@ -203,8 +203,8 @@ def answer(table: pd.DataFrame, description: str = "paper") -> str:
     from .stats import seed_interval
     cross = table[table.source != table.target]
 
-    def per_seed(method, how):
-        rows = cross[(cross.method == method) & (cross.description == how)]
+    def per_seed(method, description):
+        rows = cross[(cross.method == method) & (cross.description == description)]
         return rows.groupby("seed")["accuracy"].mean()
     none, trans = per_seed("none", "-"), per_seed("translate", description)
     if none.empty or trans.empty:
@@ -229,10 +229,10 @@ def headline(emb, means: pd.DataFrame, description: str = "paper", domain_prompt
     order = domain_order(emb.domains)
     idx = [emb.domains.index(d) for d in order]
 
-    def row(method, how=None):
+    def row(method, description=None):
         rows = means[means.method == method]
-        if how is not None and (rows.description == how).any():
-            rows = rows[rows.description == how]
+        if description is not None and (rows.description == description).any():
+            rows = rows[rows.description == description]
         if rows.empty:
             return None
         r = rows.sort_values("mean", ascending=False).iloc[0]

@@ -102,7 +102,7 @@ def description_similarity(emb: Embeddings, text: TextSide) -> pd.DataFrame:
     """
     emb = embeddings(emb, "description_similarity")
     text = text_for(emb, text, "description_similarity")
-    blocks = {how: pd.DataFrame(similarity_matrix(text.vectors(how), emb.x, emb.domain, len(emb.domains)),
+    blocks = {description: pd.DataFrame(similarity_matrix(text.vectors(description), emb.x, emb.domain, len(emb.domains)),
                                 index=pd.Index(emb.domains, name="described"), columns=emb.domains)
-              for how in text.descriptions}
+              for description in text.descriptions}
     return pd.concat(blocks, names=["description"])

@@ -99,16 +99,16 @@ def method_means(table: pd.DataFrame, level: float = LEVEL, baseline: str = "non
     base = per_seed.xs(baseline, level="method").groupby(level="seed").mean() if baseline in set(cross.method) else None
     images = cross.groupby(["method", "description", "seed"])["n"].sum()
     rows = []
-    for (method, how), v in per_seed.groupby(level=["method", "description"]):
+    for (method, description), v in per_seed.groupby(level=["method", "description"]):
         m, lo, hi = seed_interval(v.values, level)
         lo, hi = max(lo, 0.0), min(hi, 1.0)          # an accuracy lies in [0, 1]
         g = glo = ghi = np.nan
         seeds = v.index.get_level_values("seed")
         if base is not None and method != baseline and set(seeds) <= set(base.index):
-            n = int(images[(method, how)].max()) if (method, how) in images else 0
+            n = int(images[(method, description)].max()) if (method, description) in images else 0
             g, glo, ghi = seed_interval(v.values - base[seeds].values, level, floor=1 / max(n, 1))
             glo, ghi = max(glo, -1.0), min(ghi, 1.0)
-        rows.append((method, how, m, lo, hi, len(v), _fmt(m, lo, hi, seeded(method)), g, glo, ghi))
+        rows.append((method, description, m, lo, hi, len(v), _fmt(m, lo, hi, seeded(method)), g, glo, ghi))
     out = pd.DataFrame(rows, columns=["method", "description", "mean", "ci_low", "ci_high", "seeds", "accuracy",
                                       "gain", "gain_ci_low", "gain_ci_high"])
     return out.sort_values("mean", ascending=False, ignore_index=True)
@@ -139,9 +139,9 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
     if baseline not in ran:
         raise ValueError(f"gains: baseline {baseline!r} is not in these results; they hold {ran}")
     rows = []
-    for (s, t, method, how), hits in results.correct.items():
+    for (s, t, method, description), hits in results.correct.items():
         # the baseline under the same description (a baseline that uses one), else its description-free results
-        base = results.correct.get((s, t, baseline, how), results.correct.get((s, t, baseline, NO_DESCRIPTION)))
+        base = results.correct.get((s, t, baseline, description), results.correct.get((s, t, baseline, NO_DESCRIPTION)))
         if method == baseline or base is None:
             continue
         if hits.shape != base.shape:
@@ -152,7 +152,7 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
         p = p_value(g, lo, hi, len(hits), level)
         lo, hi = max(lo, -1.0), min(hi, 1.0)             # a gain lies in [-1, 1] (few seeds: t is wide)
         _, ilo, ihi = paired_bootstrap(hits, base, n_boot, seed, level)
-        rows.append((s, t, method, how, g, lo, hi, ilo, ihi, len(hits), p))
+        rows.append((s, t, method, description, g, lo, hi, ilo, ihi, len(hits), p))
     out = pd.DataFrame(rows, columns=["source", "target", "method", "description", "gain", "ci_low", "ci_high",
                                       "image_ci_low", "image_ci_high", "seeds", "p"])
     out["holm_excludes_0"] = holm(out["p"].to_numpy(), 1 - level) if len(out) else []

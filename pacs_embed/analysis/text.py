@@ -141,16 +141,16 @@ def user_prompts(domain_prompts: dict | None, domains) -> dict[str, list[str]]:
     return out
 
 
-def describe(domain: str, how: str, templates: dict, domain_prompts: dict | None = None,
+def describe(domain: str, description: str, templates: dict, domain_prompts: dict | None = None,
              n_nouns: int | None = None) -> Description:
-    """The (not yet encoded) description of ``domain`` by the strategy ``how`` in DESCRIPTIONS."""
-    if how not in DESCRIPTIONS:
-        raise KeyError(f"unknown description {how!r}{did_you_mean(how, DESCRIPTIONS)}; choose from {sorted(DESCRIPTIONS)}")
+    """The (not yet encoded) description of ``domain`` by the strategy ``description`` in DESCRIPTIONS."""
+    if description not in DESCRIPTIONS:
+        raise KeyError(f"unknown description {description!r}{did_you_mean(description, DESCRIPTIONS)}; choose from {sorted(DESCRIPTIONS)}")
     mine = (domain_prompts or {}).get(domain)
     base = mine or [domain_prompt(domain, templates)]
     ensemble = mine or templates.get("ensembles", {}).get(domain) or base
     nouns = templates.get("nouns", [])[:n_nouns]
-    prompts, phrasings = DESCRIPTIONS[how](base, ensemble, nouns,
+    prompts, phrasings = DESCRIPTIONS[description](base, ensemble, nouns,
                                            lambda p, n: domain_class_prompts(p, [n], templates)[0])
     return Description(domain, list(prompts), list(phrasings))
 
@@ -172,35 +172,35 @@ class TextSide:
         if computed(self, "class_vectors") and np.shape(self.class_vectors) != (n_classes, dim):
             raise ValueError(f"{what}: the text side's class vectors have shape {np.shape(self.class_vectors)}; the "
                              f"cache has {n_classes} classes of dimension {dim}")
-        for how, described in self.descriptions.items():
+        for description, described in self.descriptions.items():
             names = [d.domain for d in described]
             unnamed = names == [f"domain {i}" for i in range(len(names))]
             if len(names) != len(emb.domains) or not (unnamed or names == list(emb.domains)):
-                raise ValueError(f"{what}: the text side's {how!r} description describes domains {names}; the cache's "
+                raise ValueError(f"{what}: the text side's {description!r} description describes domains {names}; the cache's "
                                  f"are {list(emb.domains)} (one description per domain, in that order)")
             bad = [d.domain for d in described if np.shape(d.vector) != (dim,)
                    or computed(d, "class_vectors") and np.shape(d.class_vectors) != (n_classes, dim)]
             if bad:
-                raise ValueError(f"{what}: the text side's {how!r} vectors of {bad} are not {dim}-dimensional "
+                raise ValueError(f"{what}: the text side's {description!r} vectors of {bad} are not {dim}-dimensional "
                                  f"(with {n_classes} class vectors each), as the cache's images are")
         if all([d.domain for d in ds] == list(emb.domains) for ds in self.descriptions.values()):
             return self
-        named = {how: [replace(d, domain=name, class_vectors=stored(d, "class_vectors")) for d, name in zip(ds, emb.domains)]
-                 for how, ds in self.descriptions.items()}
+        named = {description: [replace(d, domain=name, class_vectors=stored(d, "class_vectors")) for d, name in zip(ds, emb.domains)]
+                 for description, ds in self.descriptions.items()}
         return replace(self, descriptions=named, class_vectors=stored(self, "class_vectors"))
 
-    def vectors(self, how: str) -> np.ndarray:
+    def vectors(self, description: str) -> np.ndarray:
         """(n_domains, D): the unit description vector of every domain."""
-        return np.stack([d.vector for d in self.descriptions[how]])
+        return np.stack([d.vector for d in self.descriptions[description]])
 
     @classmethod
     def from_vectors(cls, domain_vectors: dict, class_vectors, domain_class_vectors=None, domains=None) -> "TextSide":
         """A text side from given vectors (synthetic data): {strategy: (n_domains, D)}, (n_classes, D)."""
         out = {}
-        for how, vecs in domain_vectors.items():
+        for description, vecs in domain_vectors.items():
             names = domains or [f"domain {i}" for i in range(len(vecs))]
             dcv = domain_class_vectors if domain_class_vectors is not None else [class_vectors] * len(vecs)
-            out[how] = [Description(n, [], [], l2_normalize(np.asarray(v, np.float32)),
+            out[description] = [Description(n, [], [], l2_normalize(np.asarray(v, np.float32)),
                                     l2_normalize(np.asarray(c, np.float32))) for n, v, c in zip(names, vecs, dcv)]
         return cls(out, l2_normalize(np.asarray(class_vectors, np.float32)))
 
@@ -212,11 +212,11 @@ def text_for(emb: Embeddings, text, what: str) -> TextSide:
     return text.fits(emb, what)
 
 
-def _uses_nouns(how: str) -> bool:
-    """Whether the strategy ``how`` (in DESCRIPTIONS) makes its prompts from the generic nouns."""
+def _uses_nouns(description: str) -> bool:
+    """Whether the strategy ``description`` (in DESCRIPTIONS) makes its prompts from the generic nouns."""
     def of(p, n):
         return f"{p} of a {n}"
-    return DESCRIPTIONS[how](["p"], ["p"], [], of) != DESCRIPTIONS[how](["p"], ["p"], ["noun"], of)
+    return DESCRIPTIONS[description](["p"], ["p"], [], of) != DESCRIPTIONS[description](["p"], ["p"], ["noun"], of)
 
 
 def repeated(descriptions: dict) -> dict[str, str]:
@@ -226,14 +226,14 @@ def repeated(descriptions: dict) -> dict[str, str]:
     def prompts(ds):
         return [(d.prompts, d.phrasings) for d in ds]
     out, seen = {}, {}
-    for how, ds in descriptions.items():
+    for description, ds in descriptions.items():
         if not all(d.prompts for d in ds):   # given as vectors (TextSide.from_vectors): no prompts to compare
             continue
         key = repr(prompts(ds))
         if key in seen:
-            out[how] = seen[key]
+            out[description] = seen[key]
         else:
-            seen[key] = how
+            seen[key] = description
     return out
 
 
@@ -243,27 +243,27 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
     templates = templates or templates_for(domains, classes)
     descriptions, n_nouns = names(descriptions, "descriptions") or [], noun_count(n_nouns)
     mine = user_prompts(domain_prompts, domains)
-    descs = {how: [describe(d, how, templates, mine, n_nouns) for d in domains] for how in descriptions}
+    descs = {description: [describe(d, description, templates, mine, n_nouns) for d in domains] for description in descriptions}
     held = len(templates.get("nouns", []))
-    for how in descs:
-        if _uses_nouns(how) and not held:
-            raise ValueError(f"the {how!r} description averages over generic nouns, and the prompt templates hold "
-                             f"none; add a \"nouns\" list to the templates file or leave {how!r} out")
-        if _uses_nouns(how) and n_nouns is not None and n_nouns > held:
-            warnings.warn(f"n_nouns={n_nouns}, but the prompt templates hold {held} nouns: the {how!r} description "
+    for description in descs:
+        if _uses_nouns(description) and not held:
+            raise ValueError(f"the {description!r} description averages over generic nouns, and the prompt templates hold "
+                             f"none; add a \"nouns\" list to the templates file or leave {description!r} out")
+        if _uses_nouns(description) and n_nouns is not None and n_nouns > held:
+            warnings.warn(f"n_nouns={n_nouns}, but the prompt templates hold {held} nouns: the {description!r} description "
                           f"averages over those {held}", stacklevel=3)
     if mine and set(mine) != set(domains):
-        for how in descs:
-            sizes = {d.domain: len(d.prompts) for d in descs[how]}
-            if "ensemble" in how and any(sizes[d] != sizes[o] for d in mine for o in sizes if o not in mine):
-                warnings.warn(f"the {how!r} description averages your {', '.join(f'{d}: {sizes[d]}' for d in mine)} "
+        for description in descs:
+            sizes = {d.domain: len(d.prompts) for d in descs[description]}
+            if "ensemble" in description and any(sizes[d] != sizes[o] for d in mine for o in sizes if o not in mine):
+                warnings.warn(f"the {description!r} description averages your {', '.join(f'{d}: {sizes[d]}' for d in mine)} "
                               f"prompt(s) for the domains you named and the packaged phrasings for the others "
                               f"({', '.join(f'{o}: {n}' for o, n in sizes.items() if o not in mine)}): an average of "
                               f"fewer prompts is a less smoothed description, so compare its domains with care, or give "
                               f"every domain its prompts", stacklevel=3)
-    for how, same in repeated(descs).items():
-        warnings.warn(f"the descriptions {how!r} and {same!r} describe every domain with the same prompts (no separate "
-                      f"{how!r} phrasings are held for these domains, or domain_prompts replace them), so their results "
+    for description, same in repeated(descs).items():
+        warnings.warn(f"the descriptions {description!r} and {same!r} describe every domain with the same prompts (no separate "
+                      f"{description!r} phrasings are held for these domains, or domain_prompts replace them), so their results "
                       f"are the same", stacklevel=3)
     wanted = class_prompts(classes, templates)
     for ds in descs.values():
@@ -303,15 +303,15 @@ def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | N
         vectors([p for ds in descs.values() for d in ds for p in d.prompts])
     except PacsEmbedError as e:   # say which descriptions lack prompts when the others could run
         held = cache.prompts
-        lacking = [how for how, ds in descs.items() if any(p not in held for d in ds for p in d.prompts)]
+        lacking = [description for description, ds in descs.items() if any(p not in held for d in ds for p in d.prompts)]
         if 0 < len(lacking) < len(descs):
             add_note(e, f"(the description(s) {lacking} need them; the cache holds every prompt of "
-                        f"{[how for how in descs if how not in lacking]}: leave the others out with descriptions=[...] "
+                        f"{[description for description in descs if description not in lacking]}: leave the others out with descriptions=[...] "
                         f"in Python, --descriptions on the command line)")
         raise
-    encoded = {how: [Description(d.domain, d.prompts, d.phrasings,
+    encoded = {description: [Description(d.domain, d.prompts, d.phrasings,
                                  l2_normalize(vectors(d.prompts).mean(0)).astype(np.float32), class_vectors(d))
-                     for d in ds] for how, ds in descs.items()}
+                     for d in ds] for description, ds in descs.items()}
 
     return TextSide(encoded, lambda: vectors(class_prompts(emb.classes, templates)).astype(np.float32),
                     Encoder(cache))
@@ -366,12 +366,12 @@ def cached_prompts(emb: Embeddings) -> list[str]:
     return list(cache_of(emb, "cached_prompts").prompts)
 
 
-def described(text: TextSide, how: str = "paper"):
-    """A table of which prompts describe each domain under ``how`` (one row per domain), as the text side uses them."""
+def described(text: TextSide, description: str = "paper"):
+    """A table of which prompts describe each domain under ``description`` (one row per domain), as the text side uses them."""
     import pandas as pd
     return pd.DataFrame([{"domain": d.domain, "prompts": " | ".join(d.prompts[:6]) + (f" ... ({len(d.prompts)})"
                                                                                       if len(d.prompts) > 6 else "")}
-                         for d in text.descriptions[how]]).set_index("domain")
+                         for d in text.descriptions[description]]).set_index("domain")
 
 
 def preload_text_tower(emb: Embeddings):
