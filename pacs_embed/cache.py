@@ -28,7 +28,7 @@ import numpy as np
 from . import hdf5
 from .datasets import Changes, Record, compare, scan
 from .errors import CacheError, PacsEmbedError  # noqa: F401  (CacheError: the cache's errors, importable from here)
-from .files import LockBusy
+from .files import NO_SPACE, LockBusy
 from .files import locked as _locked
 from .prompt_log import PromptLog, log_path
 
@@ -282,7 +282,8 @@ class Cache(os.PathLike):
                 self.append_prompts(missing, vectors, encoder.model)
                 have = self._refresh()
             except OSError as e:   # a read-only folder, a full disk: the analysis goes on, the prompts are not kept
-                warnings.warn(f"cannot save {len(missing)} new prompt(s) beside {str(self.path)!r} ({e}); they are used "
+                why = f"no space left: {e.strerror}" if e.errno in NO_SPACE else str(e)
+                warnings.warn(f"cannot save {len(missing)} new prompt(s) beside {str(self.path)!r} ({why}); they are used "
                               f"in this process only and encoded again next time. Copy the cache (with its "
                               f"{self._log.path.name} file) to a writable folder to keep them.", stacklevel=2)
                 with self._lock:

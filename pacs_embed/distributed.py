@@ -4,7 +4,7 @@ Usage::
 
     ranks = Ranks()                 # WORLD_SIZE, RANK, LOCAL_RANK from torchrun (1, 0, 0 without it)
     dev = ranks.device(None); ranks.start(dev)
-    plan = ranks.share(plan if ranks.lead else None); ...; ranks.barrier(); ranks.close()
+    plan = ranks.broadcast(plan if ranks.lead else None); ...; ranks.barrier(); ranks.close()
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class Ranks:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=_dt.timedelta(hours=6))
         self.started = True
 
-    def share(self, value):
+    def broadcast(self, value):
         """Rank 0's ``value``, on every rank."""
         if self.world == 1:
             return value
@@ -57,7 +57,7 @@ class Ranks:
         return box[0]
 
     def settle(self, seconds: float = 30) -> None:
-        """After an error is shared: wait until the other ranks have said theirs (at most ``seconds`` on gloo), since
+        """After an error is broadcast: wait until the other ranks have said theirs (at most ``seconds`` on gloo), since
         torchrun ends every rank once this one exits. A rank that never comes is not waited for longer."""
         if self.world == 1:
             return

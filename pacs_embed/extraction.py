@@ -134,7 +134,7 @@ def _default_workers(device: torch.device, ranks: Ranks) -> int:
 @dataclass
 class Plan:
     """What a run will do, decided by rank 0 before any image is embedded; every rank gets a copy without
-    ``lead`` (rank 0's own bookkeeping)."""
+    ``rank0`` (what only rank 0 keeps)."""
     spec: ModelSpec
     out: Path
     root: Path
@@ -144,15 +144,17 @@ class Plan:
     batch_size: int
     batches: dict[int, list[int]]       # first image -> rows, every batch this run needs (resumed ones too)
     pending: list[int]                  # first images of the batches still to embed
-    lead: "_Lead | None" = None
+    rank0: "Rank0State | None" = None
 
-    def share(self, ranks: Ranks) -> list[int]:
+    def batches_for(self, ranks: Ranks) -> list[int]:
         """This rank's pending batches: every ``world``-th, so shares differ by at most one batch."""
         return self.pending[ranks.rank::ranks.world]
 
 
 @dataclass
-class _Lead:
+class Rank0State:
+    """What only rank 0 keeps through a run: the scanned dataset, the cache being replaced and what is kept of it,
+    the journal, the loaded image tower."""
     t0: float
     ds: object
     templates: dict | None             # a --prompts file's, else the dataset's (templates.templates_for)
@@ -162,6 +164,7 @@ class _Lead:
     old: dict | None = None             # the attributes of the cache being replaced
     cache: object = None                # that cache, open
     carried_prompts: dict = field(default_factory=dict)
+    differs: list = field(default_factory=list)   # the settings in which the cache being replaced differs
     kept: dict = field(default_factory=dict)
     resumed: int = 0
     up_to_date: bool = False
@@ -195,7 +198,7 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
     ranks.start(dev)
     try:
         if not ranks.lead:
-            return _follow(ranks, dev, workers, progress, t0)
+            return _other_rank(ranks, dev, workers, progress, t0)
         with contextlib.ExitStack() as stack:
             try:
                 spec = resolve(model, revision)
@@ -205,24 +208,24 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
                 plan = _plan(root, spec, out, templates, t0, dev, dtype=dtype, batch_size=batch_size,
                              processor=processor, force=force, restart=restart, progress=progress)
             except BaseException as e:
-                ranks.share(("error", f"{type(e).__name__}: {e}"))
+                ranks.broadcast(("error", f"{type(e).__name__}: {e}"))
                 ranks.settle()   # the other ranks say why they stop before torchrun ends them
                 raise
-            if plan.lead.up_to_date:
-                ranks.share(("up to date", str(out)))
-                return _top_up(plan, dev)
-            ranks.share(("plan", replace(plan, lead=None)))
-            plan.lead.embed_seconds = _embed(plan, ranks, dev, plan.lead.model, plan.lead.image_processor, workers,
+            if plan.rank0.up_to_date:
+                ranks.broadcast(("up to date", str(out)))
+                return _encode_new_prompts(plan, dev)
+            ranks.broadcast(("plan", replace(plan, rank0=None)))
+            plan.rank0.embed_seconds = _embed(plan, ranks, dev, plan.rank0.model, plan.rank0.image_processor, workers,
                                              progress)
-            plan.lead.model = None
+            plan.rank0.model = None
             ranks.barrier()
             try:
                 summary = _assemble(plan, dev, strict, ranks)
             except BaseException as e:
-                ranks.share(("error", f"{type(e).__name__}: {e}"))
+                ranks.broadcast(("error", f"{type(e).__name__}: {e}"))
                 ranks.settle()
                 raise
-            ranks.share(("done", str(summary.out)))
+            ranks.broadcast(("done", str(summary.out)))
             return summary
     finally:
         ranks.close()
@@ -235,21 +238,21 @@ def _stop(ranks: Ranks, message: str):
     raise AlreadySaid(message)
 
 
-def _follow(ranks: Ranks, dev: torch.device, workers, progress, t0) -> Summary:
+def _other_rank(ranks: Ranks, dev: torch.device, workers, progress, t0) -> Summary:
     """Rank > 0: take rank 0's plan, embed this rank's share, wait for rank 0 to write the file."""
-    kind, plan = ranks.share(None)
+    kind, plan = ranks.broadcast(None)
     if kind == "error":
         _stop(ranks, f"rank {ranks.rank}: stopped, because rank 0 failed: {plan}")
     if kind == "up to date":
         return Summary(Path(plan), 0, 0, up_to_date=True, ranks=ranks.world, rank=ranks.rank)
-    share = plan.share(ranks)
+    share = plan.batches_for(ranks)
     model = image_processor = None
     if share:
         model = load_image_tower(plan.spec, dev, choose_dtype(dev, plan.dtype))
         image_processor = load_processor(plan.spec, plan.processor)
     seconds = _embed(plan, ranks, dev, model, image_processor, workers, progress)
     ranks.barrier()
-    kind, detail = ranks.share(None)
+    kind, detail = ranks.broadcast(None)
     if kind == "error":
         _stop(ranks, f"rank {ranks.rank}: rank 0 could not write the cache: {detail}")
     n = sum(len(plan.batches[s]) for s in share)
@@ -263,93 +266,110 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
     kind = choose_processor(processor, dev)
     image_processor = load_processor(spec, kind)
     cache = _read_old(out, force)
-    old = dict(cache.attrs) if cache else None
-    known = cache.records() if cache else None
-    ds = scan(root, known=known, progress=progress)
+    ds = scan(root, known=cache.records() if cache else None, progress=progress)
     if ds.ignored:
         print(f"note: {len(ds.ignored)} entries skipped: " + ", ".join(ds.ignored[:10])
               + (f" ... ({len(ds.ignored) - 10} more)" if len(ds.ignored) > 10 else ""))
     settings = {"model_id": spec.model_id, "revision": spec.revision, "tokenizer_sha256": spec.tokenizer,
-                "dtype": dtype_name(dt),
-                "processor": kind, "processor_class": type(image_processor).__name__,
+                "dtype": dtype_name(dt), "processor": kind, "processor_class": type(image_processor).__name__,
                 "manifest_sha256": ds.manifest_sha256(), "n_images": len(ds.records)}
-    templates = templates or templates_for(ds.domains, ds.classes)
-    lead = _Lead(t0, ds, templates, image_processor, settings, Journal(out), old, cache)
-    paths = [r.path for r in ds.records]
-    plan = Plan(spec, out, ds.root, paths, dtype_name(dt), kind, 0, {}, [], lead)
-    journal, meta = lead.journal, lead.journal.meta()
+    state = Rank0State(t0, ds, templates or templates_for(ds.domains, ds.classes), image_processor, settings,
+                       Journal(out), dict(cache.attrs) if cache else None, cache)
+    plan = Plan(spec, out, ds.root, [r.path for r in ds.records], dtype_name(dt), kind, 0, {}, [], state)
+    meta = _unfinished_run(state, spec)
+    if state.old and _compare_with_old(plan, force):
+        return plan   # up to date
+    todo = [i for i, p in enumerate(plan.paths) if p not in state.kept]
+    if state.old:
+        why = ", ".join(state.differs) or "--force"
+        print(f"{out}: re-extracting ({why}): keeping the {len(state.kept)} unchanged images' embeddings, "
+              f"embedding {len(todo)}" if state.kept else f"{out}: re-extracting ({why})")
+    settings["todo_sha256"] = _paths_sha256(plan.paths[i] for i in todo)  # which images this run embeds
+    plan.batch_size = batch_size or default_batch_size(dev)
+    if todo:  # a model that cannot load fails before any journal is written
+        state.model = load_image_tower(spec, dev, dt)
+    _open_journal(plan, None if restart else meta)
+    plan.batches = {b[0]: b for b in (todo[k:k + plan.batch_size] for k in range(0, len(todo), plan.batch_size))}
+    done = [s for s in state.journal.done() if s in plan.batches]
+    plan.pending = [s for s in plan.batches if s not in done]
+    state.resumed = sum(len(plan.batches[s]) for s in done)
+    if state.resumed:
+        print(f"resuming: {state.resumed} of {len(todo)} images already embedded in {state.journal.dir}")
+    return plan
+
+
+def _unfinished_run(state: Rank0State, spec: ModelSpec) -> dict | None:
+    """The settings of the run that left the journal (None: no journal). Caches and journals made before a setting
+    was recorded get its old meaning; a journal left by a run that finished (the cache holds it, but it was killed
+    before cleaning up) is removed."""
+    old, meta = state.old, state.journal.meta()
     for earlier in (old, meta):  # caches and journals made before --processor existed ran the PIL path
         if earlier is not None:
             earlier.setdefault("processor", "pil" if "Pil" in str(earlier.get("processor_class", "Pil")) else "fast")
             earlier.setdefault("tokenizer_sha256", spec.tokenizer)   # not recorded before: cannot be checked
-    if meta and old and all(old.get(k) == meta.get(k) for k in settings) and old.get("batch_size") == meta.get("batch_size"):
-        journal.remove()  # left by a run that finished (the cache holds it) but was killed before cleaning up
-        meta = None
+    if (meta and old and all(old.get(k) == meta.get(k) for k in state.settings)
+            and old.get("batch_size") == meta.get("batch_size")):
+        state.journal.remove()
+        return None
+    return meta
 
-    differs = []
-    if old:
-        if _cache.same_model(old, spec.model_id, spec.revision, spec.tokenizer):
-            lead.carried_prompts = cache.prompts   # else every prompt is encoded again
-        differs = [k for k in settings if old.get(k) != settings[k]]
-        if not differs and not force:
-            if cache.vectors_usable():
-                lead.up_to_date = True
-                return plan
-            differs = ["some stored vectors are not finite or all zeros"]   # a cache from before that was checked
-        if "manifest_sha256" in differs:
-            changes = compare({p: r.sha256 for p, r in known.items()}, {r.path: r.sha256 for r in ds.records})
-            print(f"{out}: the dataset changed since this cache was made:\n{changes.summary()}")
-        if not force:
-            lead.kept = _reusable(cache, old, ds, settings, image_processor)
-    todo = [i for i, p in enumerate(paths) if p not in lead.kept]
-    if old:
-        why = ", ".join(differs) or "--force"
-        print(f"{out}: re-extracting ({why}): keeping the {len(lead.kept)} unchanged images' embeddings, "
-              f"embedding {len(todo)}" if lead.kept else f"{out}: re-extracting ({why})")
-    settings["todo_sha256"] = _paths_sha256(paths[i] for i in todo)  # which images this run embeds
 
-    plan.batch_size = batch_size or default_batch_size(dev)
-    if todo:  # a model that cannot load fails before any journal is written
-        lead.model = load_image_tower(spec, dev, dt)
-    if meta and restart:
-        journal.remove()
-        meta = None
-    if meta:
-        differs = [k for k in settings if meta.get(k) != settings[k]]
-        if differs:
-            raise ExtractionError(
-                f"an unfinished run in {journal.dir} was made with other settings ({', '.join(differs)} differ: "
-                f"{ {k: meta.get(k) for k in differs} }). Re-run with those settings to resume it, or pass "
-                f"--restart to discard it.")
-        if meta["batch_size"] != plan.batch_size:
-            print(f"resuming with the unfinished run's batch size {meta['batch_size']} (not {plan.batch_size}) "
-                  f"so that results are identical")
-            plan.batch_size = meta["batch_size"]
-    else:
+def _compare_with_old(plan: Plan, force: bool) -> bool:
+    """Against the cache being replaced: whether it is up to date (nothing to embed); else which settings differ
+    (``state.differs``), what changed in the dataset (printed), which stored vectors can be kept (``state.kept``)
+    and which prompts carried over (same model and tokenizer)."""
+    state, spec = plan.rank0, plan.spec
+    old, cache, settings = state.old, state.cache, state.settings
+    if _cache.same_model(old, spec.model_id, spec.revision, spec.tokenizer):
+        state.carried_prompts = cache.prompts   # else every prompt is encoded again
+    state.differs = [k for k in settings if old.get(k) != settings[k]]
+    if not state.differs and not force:
+        if cache.vectors_usable():
+            state.up_to_date = True
+            return True
+        state.differs = ["some stored vectors are not finite or all zeros"]   # a cache from before that was checked
+    if "manifest_sha256" in state.differs:
+        known = cache.records()
+        changes = compare({p: r.sha256 for p, r in known.items()}, {r.path: r.sha256 for r in state.ds.records})
+        print(f"{plan.out}: the dataset changed since this cache was made:\n{changes.summary()}")
+    if not force:
+        state.kept = _reusable(cache, old, state.ds, settings, state.image_processor)
+    return False
+
+
+def _open_journal(plan: Plan, meta: dict | None) -> None:
+    """Resume the unfinished run's journal (``meta``: its settings; they must be this run's, and its batch size is
+    kept so that results are identical), or start a new one."""
+    journal, settings = plan.rank0.journal, plan.rank0.settings
+    if meta is None:
+        journal.remove()   # nothing, or a journal --restart discards
         journal.start({**settings, "batch_size": plan.batch_size})
+        return
+    differs = [k for k in settings if meta.get(k) != settings[k]]
+    if differs:
+        raise ExtractionError(
+            f"an unfinished run in {journal.dir} was made with other settings ({', '.join(differs)} differ: "
+            f"{ {k: meta.get(k) for k in differs} }). Re-run with those settings to resume it, or pass "
+            f"--restart to discard it.")
+    if meta["batch_size"] != plan.batch_size:
+        print(f"resuming with the unfinished run's batch size {meta['batch_size']} (not {plan.batch_size}) "
+              f"so that results are identical")
+        plan.batch_size = meta["batch_size"]
 
-    plan.batches = {b[0]: b for b in (todo[k:k + plan.batch_size] for k in range(0, len(todo), plan.batch_size))}
-    done = [s for s in journal.done() if s in plan.batches]
-    plan.pending = [s for s in plan.batches if s not in done]
-    lead.resumed = sum(len(plan.batches[s]) for s in done)
-    if lead.resumed:
-        print(f"resuming: {lead.resumed} of {len(todo)} images already embedded in {journal.dir}")
-    return plan
 
-
-def _top_up(plan: Plan, dev) -> Summary:
+def _encode_new_prompts(plan: Plan, dev) -> Summary:
     """An up-to-date cache: only prompts of a new prompt file are encoded and appended; images stay."""
-    lead, out = plan.lead, plan.out
-    ds = lead.ds
-    new = [p for p in default_prompts(ds.domains, ds.classes, lead.templates) if p not in lead.carried_prompts]
+    state, out = plan.rank0, plan.out
+    ds = state.ds
+    new = [p for p in default_prompts(ds.domains, ds.classes, state.templates) if p not in state.carried_prompts]
     if new:  # e.g. a new --prompts file: text only, images stay as they are
-        lead.cache.append_prompts(new, encode_text(load_text_tower(plan.spec, dev), new),
+        state.cache.append_prompts(new, encode_text(load_text_tower(plan.spec, dev), new),
                                   {"model_id": plan.spec.model_id, "revision": plan.spec.revision,
                                    "tokenizer_sha256": plan.spec.tokenizer})
         print(f"{out}: encoded {len(new)} new prompts")
-    return Summary(out, len(ds.records), int(len(ds.records) - lead.old.get("n_failed", 0)),
-                   device=lead.old["device"], dtype=lead.old["dtype"], up_to_date=True,
-                   processor=lead.old.get("processor", ""))
+    return Summary(out, len(ds.records), int(len(ds.records) - state.old.get("n_failed", 0)),
+                   device=state.old["device"], dtype=state.old["dtype"], up_to_date=True,
+                   processor=state.old.get("processor", ""))
 
 
 def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progress) -> float:
@@ -360,7 +380,7 @@ def _embed(plan: Plan, ranks: Ranks, dev, model, image_processor, workers, progr
     thread preprocesses on the device (fast processor) and launches the tower; a writer thread waits for the
     vectors and writes the shard, so the device is not idle while a shard is written.
     ``PACS_EMBED_PROFILE=1`` prints where the time went (it synchronises the device, so it is slower)."""
-    share = plan.share(ranks)
+    share = plan.batches_for(ranks)
     if not share:
         return 0.0
     t0 = time.perf_counter()
@@ -490,13 +510,13 @@ def _reusable(cache, old, ds, settings, image_processor) -> dict:
 
 def _assemble(plan: Plan, dev, strict: bool, ranks: Ranks) -> Summary:
     """Kept vectors + journal shards + prompt vectors -> the HDF5 file; then the journal goes."""
-    lead = plan.lead
-    ds, journal = lead.ds, lead.journal
+    state = plan.rank0
+    ds, journal = state.ds, state.journal
     shards = journal.done()
     n = len(ds.records)
     embedding, ok, reasons = None, np.zeros(n, bool), [""] * n
     index = {p: i for i, p in enumerate(plan.paths)}
-    for path, (e, good, why) in lead.kept.items():
+    for path, (e, good, why) in state.kept.items():
         if embedding is None:
             embedding = np.full((n, len(e)), np.nan, np.float32)
         i = index[path]
@@ -519,24 +539,24 @@ def _assemble(plan: Plan, dev, strict: bool, ranks: Ranks) -> Summary:
         raise ExtractionError("unreadable images (--strict):\n" + "\n".join(f"  {p}: {r}" for p, r in failures)
                               + f"\nThe {int(ok.sum())} readable images are kept in {journal.dir}; fix or remove "
                                 f"these files, or re-run without --strict to record them as failures.")
-    prompts = default_prompts(ds.domains, ds.classes, lead.templates)
-    prompts += [p for p in lead.carried_prompts if p not in prompts]
-    missing = [p for p in prompts if p not in lead.carried_prompts]
-    vectors = dict(lead.carried_prompts)
+    prompts = default_prompts(ds.domains, ds.classes, state.templates)
+    prompts += [p for p in state.carried_prompts if p not in prompts]
+    missing = [p for p in prompts if p not in state.carried_prompts]
+    vectors = dict(state.carried_prompts)
     if missing:
         vectors.update(zip(missing, encode_text(load_text_tower(plan.spec, dev), missing)))
     import transformers
-    attrs = {**{k: v for k, v in lead.settings.items() if k not in ("n_images", "todo_sha256")},
-             "processor_settings": processor_settings(lead.image_processor), "device": str(dev),
+    attrs = {**{k: v for k, v in state.settings.items() if k not in ("n_images", "todo_sha256")},
+             "processor_settings": processor_settings(state.image_processor), "device": str(dev),
              "batch_size": plan.batch_size, "torch_version": torch.__version__,
              "transformers_version": transformers.__version__,
              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
              "dataset_root": str(ds.root.resolve()), "dataset_name": ds.name, "n_failed": len(failures)}
-    if lead.cache is not None:
-        lead.cache.close()   # the file it replaces (on Windows an open file cannot be replaced)
+    if state.cache is not None:
+        state.cache.close()   # the file it replaces (on Windows an open file cannot be replaced)
     _cache.write(plan.out, attrs, ds.domains, ds.classes, ds.records, embedding, ok, failures,
                  prompts, np.stack([vectors[p] for p in prompts]))
     journal.remove()
-    return Summary(plan.out, n, int(ok.sum()), failures, time.perf_counter() - lead.t0, str(dev), plan.dtype,
-                   resumed=lead.resumed, kept=len(lead.kept), processor=plan.processor, ranks=ranks.world,
-                   embed_seconds=lead.embed_seconds)
+    return Summary(plan.out, n, int(ok.sum()), failures, time.perf_counter() - state.t0, str(dev), plan.dtype,
+                   resumed=state.resumed, kept=len(state.kept), processor=plan.processor, ranks=ranks.world,
+                   embed_seconds=state.embed_seconds)
