@@ -62,29 +62,17 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     of the tables (default: a new ``results/<cache name>/<time>/``, pointed at by ``latest``); ``figures``: of the
     figures (default: ``out/figures``). Each gets ``run.json``; another run's folder, or a file of yours that the
     report would write, is refused before any work (``runs.claim``)."""
-    from . import plots   # matplotlib (and Pillow) only when a report is drawn
-    plots.use_headless_backend()
     descriptions, seeds, n_boot = names(descriptions, "descriptions"), seed_list(seeds), positive(n_boot, "n_boot")
     names(methods, "methods", "every default method")   # checked before any work; evaluate uses them
     names(sources, "sources", "every domain")
     if not descriptions:
         raise ValueError(f"descriptions is empty: name at least one of {DEFAULT_DESCRIPTIONS}")
     cache = Cache.open(cache)   # a missing or damaged cache fails here, before any folder is made
-    fresh = out is None
-    out = runs.new_folder("results", cache.path.stem) if fresh else output_folder(out, "results folder")
-    figures = out / "figures" if figures is None else output_folder(figures, "figures folder")
-    this = runs.record("report", cache, cache.attrs, {
+    out, figures = _folders(cache, out, figures, {
         "seeds": list(seeds), "descriptions": list(descriptions), "domain_prompts": domain_prompts or {},
         "methods": methods, "sources": sources, "n_nouns": n_nouns, "n_boot": n_boot,
         "head_cache": head_cache if isinstance(head_cache, bool) else str(head_cache),
         "solver": resolve_solver(solver)})
-    runs.claim(out, this, TABLES)   # both before any work: a folder that cannot be used fails now
-    runs.claim(figures, this, FIGURES)
-    runs.write(out, this)
-    if figures != out:
-        runs.write(figures, this)
-    if fresh:
-        runs.point_latest(out)
     emb = load(cache)
     t1 = table1(emb, domain_prompts)
     text = text_side(emb, tuple(descriptions), domain_prompts, n_nouns)
@@ -93,16 +81,67 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     res = evaluate(emb, methods, seeds=seeds, text=text, descriptions=descriptions, head_cache=head_cache,
                    progress=progress, sources=sources, solver=solver)
     summ, gain, means = summary(res.table), gains(res, n_boot=n_boot), method_means(res.table)
+    order = {d: i for i, d in enumerate(domain_order(emb.domains))}
+    gain = gain.sort_values(["source", "target"], key=lambda c: c.map(order), kind="stable", ignore_index=True)
     paths = {"run": out / runs.RECORD}
     for name, df in [("results", res.table), ("summary", summ), ("gains", gain), ("methods", means),
                      ("table1", t1["reproduced"]), ("table1_difference", t1["difference"])]:
         paths[name] = out / f"{name}.csv"
         numeric = df.drop(columns=[c for c in ("accuracy",) if c in df and df[c].dtype == object])   # no text cells
         numeric.to_csv(paths[name], index=name.startswith("table1"))
+    paths["markdown"] = out / "report.md"
+    atomic_write(paths["markdown"], _markdown(cache, emb, text, seeds, descriptions, repeats, res, t1, summ, gain,
+                                              means).encode())
+    paths["latex"] = out / "methods.tex"
+    atomic_write(paths["latex"], latex(means).encode())
+    paths["headline"] = out / "headline.json"
+    atomic_write(paths["headline"], json.dumps(headline(emb, means, descriptions[0], domain_prompts), indent=1,
+                                               default=float).encode())
+    paths.update(_figures(figures, emb, text, descriptions[0], res, t1, gain, means))
+    return paths
+
+
+def _folders(cache: Cache, out, figures, parameters: dict) -> tuple[Path, Path]:
+    """The run's folders for tables and figures, each claimed with its ``run.json`` before any work (``runs``): a
+    new ``results/<cache>/<time>/`` (pointed at by ``latest``) unless ``out`` names one."""
+    fresh = out is None
+    out = runs.new_folder("results", cache.path.stem) if fresh else output_folder(out, "results folder")
+    figures = out / "figures" if figures is None else output_folder(figures, "figures folder")
+    this = runs.record("report", cache, cache.attrs, parameters)
+    runs.claim(out, this, TABLES)   # both before any work: a folder that cannot be used fails now
+    runs.claim(figures, this, FIGURES)
+    runs.write(out, this)
+    if figures != out:
+        runs.write(figures, this)
+    if fresh:
+        runs.point_latest(out)
+    return out, figures
+
+
+HOW_TO_READ = (
+    "**How to read it.** A *gain* is a method's accuracy on the target domain minus that of `none` "
+    "(the source head applied to target images as they are), on the same images and seeds: positive "
+    "means the method helps. In-domain accuracy is measured on the 20% source hold-out that also chose C, "
+    "so it is slightly optimistic.")
+INTERVALS = (
+    "**Intervals.** `[low, high]` and `ci_low`/`ci_high` are 95% Student-t intervals over seeds (each seed "
+    "a new random 80/20 split of the source; cut to the possible range, [0, 1] for an accuracy and [−1, 1] "
+    "for a gain, which few seeds can overshoot): they say whether a result would survive another split, for "
+    "these target images. `image_ci_low`/`image_ci_high` are the paired bootstrap over target images given "
+    "these splits; they ignore split variation and are too narrow to compare methods with. "
+    "'—' marks methods that do not depend on the split (zero-shot).")
+ONE_SEED = (
+    " **This report ran one seed, so there is no interval over seeds** (`ci_low`/`ci_high` are nan, "
+    "accuracies have no `[low, high]`): one split says nothing about the next; run `--seeds 5`.")
+
+
+def _markdown(cache, emb, text, seeds, descriptions, repeats, res, t1, summ, gain, means) -> str:
+    """``report.md``: the answer first, what was run, how to read it, Table 1, then every table."""
     attrs = cache.attrs
     described = "; ".join(f"{d.domain}: " + " | ".join(d.prompts) for d in text.descriptions.get("paper", []))
-    order = {d: i for i, d in enumerate(domain_order(emb.domains))}
-    gain = gain.sort_values(["source", "target"], key=lambda c: c.map(order), kind="stable", ignore_index=True)
+    left_out = [f"Description `{description}` is left out: it describes every domain with the same prompts as "
+                f"`{same}` (no separate `{description}` phrasings are held for these domains, or your domain prompts "
+                f"replace them)." for description, same in repeats.items()]
     comparable, compared = paper_comparison(emb)
     md = ["# pacs_embed report", "", "## The answer", "", answer(res.table, descriptions[0]), "",
           f"Cache `{cache}`: {attrs['model_id']} @ {attrs['revision']}, {len(emb.x)} images "
@@ -110,23 +149,8 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
           f"Seeds: {list(seeds)}; heads: logistic regression, C chosen on a 20% hold-out of the source domain. "
           f"Image and text embeddings L2-normalised; Δ = t_src − t_tgt of unit text vectors.", "",
           f"Domain prompts (`paper` description): {described}.", "",
-          *([" ".join(f"Description `{description}` is left out: it describes every domain with the same prompts as `{same}` "
-                      f"(no separate `{description}` phrasings are held for these domains, or your domain prompts replace them)."
-                      for description, same in repeats.items()), ""]
-            if repeats else []),
-          "**How to read it.** A *gain* is a method's accuracy on the target domain minus that of `none` "
-          "(the source head applied to target images as they are), on the same images and seeds: positive "
-          "means the method helps. In-domain accuracy is measured on the 20% source hold-out that also chose C, "
-          "so it is slightly optimistic.", "",
-          "**Intervals.** `[low, high]` and `ci_low`/`ci_high` are 95% Student-t intervals over seeds (each seed "
-          "a new random 80/20 split of the source; cut to the possible range, [0, 1] for an accuracy and [−1, 1] "
-          "for a gain, which few seeds can overshoot): they say whether a result would survive another split, for "
-          "these target images. `image_ci_low`/`image_ci_high` are the paired bootstrap over target images given "
-          "these splits; they ignore split variation and are too narrow to compare methods with. "
-          "'—' marks methods that do not depend on the split (zero-shot)."
-          + (" **This report ran one seed, so there is no interval over seeds** (`ci_low`/`ci_high` are nan, "
-             "accuracies have no `[low, high]`): one split says nothing about the next; run `--seeds 5`."
-             if len(seeds) < 2 else ""), "",
+          *([" ".join(left_out), ""] if left_out else []),
+          HOW_TO_READ, "", INTERVALS + (ONE_SEED if len(seeds) < 2 else ""), "",
           "## Table 1: Sim(prompt, domain)", "", markdown(t1["reproduced"]), "", compared, "",
           *(["Paper:", "", markdown(t1["paper"]), "", "Difference (this − paper):", "", markdown(t1["difference"]), ""]
             if comparable else []),
@@ -135,23 +159,24 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
           "## Gain over `none` per pair (95% interval over seeds; bootstrap over target images beside it)", "",
           comparisons(gain, means), "", markdown(gain), "", "## Every pair (mean ± std over seeds; also in summary.csv)", "",
           markdown(summ[["source", "target", "method", "description", "accuracy", "seeds"]])]
-    paths["markdown"] = out / "report.md"
-    atomic_write(paths["markdown"], ("\n".join(md) + "\n").encode())
-    paths["latex"] = out / "methods.tex"
-    atomic_write(paths["latex"], latex(means).encode())
-    paths["headline"] = out / "headline.json"
-    atomic_write(paths["headline"], json.dumps(headline(emb, means, descriptions[0], domain_prompts), indent=1,
-                                               default=float).encode())
-    first = descriptions[0]
-    figs = {"table1": plots.table1_heatmap(t1),
-            "accuracy_grid": plots.accuracy_grid(res.table, first),
-            "gains": plots.gains_summary(means, first),
-            "gains_pairs": plots.gains_plot(gain, first),
-            "projection": plots.projection(emb, text.vectors(first), class_text=text.class_vectors)}   # Δ toward the
-    # first domain in display order; g as gap_shift takes it
+    return "\n".join(md) + "\n"
+
+
+def _figures(folder: Path, emb, text, description: str, res, t1, gain, means) -> dict[str, Path]:
+    """Every figure of the report (PNG + PDF) under the first description; {figure_<name>: its PNG}."""
+    from . import plots   # matplotlib (and Pillow) only when a report is drawn
+    plots.use_headless_backend()
     import matplotlib.pyplot as plt
-    for name, fig in figs.items():
-        paths[f"figure_{name}"] = plots.save(fig, figures, name)[0]
+    figs = {"table1": lambda: plots.table1_heatmap(t1),
+            "accuracy_grid": lambda: plots.accuracy_grid(res.table, description),
+            "gains": lambda: plots.gains_summary(means, description),
+            "gains_pairs": lambda: plots.gains_plot(gain, description),
+            # Δ toward the first domain in display order; g as gap_shift takes it
+            "projection": lambda: plots.projection(emb, text.vectors(description), class_text=text.class_vectors)}
+    paths = {}
+    for name, draw in figs.items():
+        fig = draw()
+        paths[f"figure_{name}"] = plots.save(fig, folder, name)[0]
         plt.close(fig)
     return paths
 
