@@ -66,9 +66,22 @@ def random_cache(path=BENCH / "random.h5", dim: int = 512, seed: int = 0) -> Pat
     return path
 
 
+def _crop_flip(src: Path, rng, size):
+    """A seeded random crop (55-100% of each side) of image ``src``, resized to ``size()`` (drawn after the crop)
+    with bicubic resampling, mirrored half of the time."""
+    from PIL import Image, ImageOps
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        s = rng.uniform(0.55, 1.0)
+        cw, ch = int(w * s), int(h * s)
+        x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+        im = im.crop((x0, y0, x0 + cw, y0 + ch)).resize(size(), Image.BICUBIC)
+    return ImageOps.mirror(im) if rng.random() < 0.5 else im
+
+
 def _images(folder: Path, seed: int = 0, source: Path = PACS_MINI) -> Path:
     """9,991 real-image files, PACS's counts, from pacs-mini by seeded random crops and flips."""
-    from PIL import Image, ImageOps
     done = folder / ".complete"
     if done.is_file():
         return folder
@@ -78,43 +91,25 @@ def _images(folder: Path, seed: int = 0, source: Path = PACS_MINI) -> Path:
             cls = CLASSES[i % 7]
             files = sorted((Path(source) / domain / cls).iterdir())
             src = files[rng.integers(len(files))]
-            with Image.open(src) as im:
-                im = im.convert("RGB")
-                w, h = im.size
-                s = rng.uniform(0.55, 1.0)
-                cw, ch = int(w * s), int(h * s)
-                x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
-                im = im.crop((x0, y0, x0 + cw, y0 + ch)).resize((227, 227))
-                if rng.random() < 0.5:
-                    im = ImageOps.mirror(im)
-                out = folder / domain / cls / f"{i:05d}.jpg"
-                out.parent.mkdir(parents=True, exist_ok=True)
-                im.save(out, quality=90)
+            im = _crop_flip(src, rng, lambda: (227, 227))
+            out = folder / domain / cls / f"{i:05d}.jpg"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            im.save(out, quality=90)
     done.write_text("ok\n")
     return folder
 
 
 def _large_part(args) -> int:
     """Worker of ``large_images``: images [lo, hi) of the set."""
-    from PIL import Image, ImageOps
     folder, source, lo, hi, seed = args
     files = sorted(p for p in Path(source).glob("*/*/*") if p.suffix.lower() in (".jpg", ".png"))
     for i in range(lo, hi):
         rng = np.random.default_rng([seed, i])
         src = files[rng.integers(len(files))]
-        with Image.open(src) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            s = rng.uniform(0.55, 1.0)
-            cw, ch = int(w * s), int(h * s)
-            x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
-            size = (int(rng.integers(300, 801)), int(rng.integers(300, 801)))
-            im = im.crop((x0, y0, x0 + cw, y0 + ch)).resize(size, Image.BICUBIC)
-            if rng.random() < 0.5:
-                im = ImageOps.mirror(im)
-            out = Path(folder) / src.parent.parent.name / src.parent.name / f"{i:07d}.jpg"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            im.save(out, quality=90)
+        im = _crop_flip(src, rng, lambda: (int(rng.integers(300, 801)), int(rng.integers(300, 801))))
+        out = Path(folder) / src.parent.parent.name / src.parent.name / f"{i:07d}.jpg"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        im.save(out, quality=90)
     return hi - lo
 
 
