@@ -183,6 +183,29 @@ def test_evaluate_fits_the_seeds_of_a_source_together_and_each_head_once(monkeyp
         assert head.C == alone.C and np.mean(head.predict(emb.x) == alone.predict(emb.x)) >= 0.995
 
 
+def test_heads_are_fitted_source_by_source_so_only_one_source_s_copies_wait_at_a_time(monkeypatch):
+    """Each flush holds the heads of one source (its seeds and methods); the transformed copies of the other sources'
+    rows are not made yet or already dropped (at DomainNet size every source at once took 19 GB)."""
+    from pacs_embed.analysis import heads
+    full, text = synthetic(n_per=10)
+    keep = np.arange(len(full.x)) % 10 < 10 - full.domain      # domain d keeps 10 - d images per class
+    emb = Embeddings(full.x[keep], full.label[keep], full.domain[keep], full.domains, full.classes,
+                     [p for p, k in zip(full.paths, keep) if k], None)
+    flushed, real = [], heads.HeadBatch._take
+
+    def take(self):
+        groups = real(self)
+        flushed.append({len(x) for x, *_ in groups})   # the row counts of what waits (each source's differ)
+        return groups
+    monkeypatch.setattr(heads.HeadBatch, "_take", take)
+    sizes = {d: int((emb.domain == i).sum()) for i, d in enumerate(emb.domains)}
+    assert len(set(sizes.values())) == len(sizes)                  # sources tell apart by their row counts
+    evaluate(emb, ["none", "project_out", "augment"], seeds=range(2), text=text, head_cache=False, progress=False)
+    waiting = [f for f in flushed if f]
+    assert len(waiting) == len(emb.domains) and all(len(f) == 1 for f in waiting)
+    assert [f.pop() for f in waiting] == sorted(sizes.values(), reverse=True)   # the largest source first
+
+
 def test_a_domain_whose_every_image_failed_is_left_out_with_a_warning(cache_copy):
     import h5py
     from pacs_embed import analysis as pa
