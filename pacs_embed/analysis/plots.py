@@ -125,21 +125,23 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
     hi = max(hi, lo + 0.05)
     cols = min(4, len(methods))
     rows = -(-len(methods) // cols)
-    cell = min(1.5 / max(len(targets), 1) * 1.4, 2.2 / max(len(sources), 1) * 1.4, 0.55)   # inches
+    left, cbar, gap = 1.3, 0.8, 0.15      # inches: source names with their in-domain accuracy; colour bar
+    page = 7.0                            # the figure fits a page's width: the panels share what is left
+    cell = min((page - left - cbar - (cols - 1) * gap) / cols / max(len(targets), 1),
+               2.2 / max(len(sources), 1), 0.45)
     panel_w, panel_h = cell * len(targets), cell * len(sources)
-    left, cbar = 1.6, 1.0                                 # source names with their in-domain accuracy; colour bar
-    width = left + cols * panel_w + (cols - 1) * 0.25 + cbar
+    width = left + cols * panel_w + (cols - 1) * gap + cbar
     total = rows * panel_h + (rows - 1) * 0.6 + 1.9
     fig, axes = plt.subplots(rows, cols, figsize=(width, total), squeeze=False)
     fig.subplots_adjust(left=left / width, right=1 - cbar / width, top=1 - 0.95 / total, bottom=0.95 / total,
-                        wspace=0.25 / panel_w, hspace=0.6 / panel_h)
+                        wspace=gap / panel_w, hspace=0.6 / panel_h)
     for ax in axes.flat[len(methods):]:
         ax.set_visible(False)
     image = None
     for ax, m in zip(axes.flat, methods):
         grid, own = grids[m]
-        image = _annotated_grid(ax, grid, sources, targets, lo, hi)
-        ax.set_title(m + ("\n(diagonal: on the source)" if own else ""), fontsize=8)
+        image = _annotated_grid(ax, grid, sources, targets, lo, hi, values_in=cell >= 0.25)
+        ax.set_title(m + ("\n(diagonal: source)" if own else ""), fontsize=7)
     labels = [f"{d} ({head_diag[d]:.2f})" if d in head_diag else d for d in sources]
     for k, ax in enumerate(axes.flat[:len(methods)]):
         if k % cols == 0:
@@ -153,26 +155,25 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
             ax.set_xlabel("target", fontsize=8)
     if image is not None:
         top, bottom = 1 - 0.95 / total, 0.95 / total
-        bar = fig.colorbar(image, cax=fig.add_axes([1 - 0.62 / width, bottom, 0.14 / width, top - bottom]))
+        bar = fig.colorbar(image, cax=fig.add_axes([1 - 0.5 / width, bottom, 0.12 / width, top - bottom]))
         bar.set_label(f"accuracy (mean over seeds; scale {lo:.2f}–{hi:.2f}, from the data)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
-    fig.suptitle(f"cross-domain accuracy, domain descriptions: {description}\nblank diagonal: the source's own images "
-                 f"trained the head; its in-domain (hold-out) accuracy is beside each source", fontsize=9,
+    fig.suptitle(f"cross-domain accuracy, domain descriptions: {description}\nblank diagonal: the head trained there; "
+                 f"in-domain (hold-out) accuracy beside each source", fontsize=9,
                  y=1 - 0.1 / total)
     return fig
 
 
-def _annotated_grid(ax, values, rows, cols, lo=0.0, hi=1.0):
-    """A heatmap on [lo, hi] with its values written in (plain imshow: several times faster than seaborn's); blank
-    (NaN) cells grey. Returns the image (for a colour bar)."""
+def _annotated_grid(ax, values, rows, cols, lo=0.0, hi=1.0, values_in=True):
+    """A heatmap on [lo, hi] with its values written in where the cells are large enough (plain imshow: several
+    times faster than seaborn's); blank (NaN) cells grey. Returns the image (for a colour bar)."""
     cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee")
     image = ax.imshow(np.ma.masked_invalid(values), vmin=lo, vmax=hi, cmap=cmap, aspect="equal")
-    small = len(cols) <= 8
     for i in range(len(rows)):
         for j in range(len(cols)):
             v = values[i, j]
-            if np.isfinite(v) and small:
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
+            if np.isfinite(v) and values_in:
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6 if len(cols) > 4 else 6.5,
                         color="black" if (v - lo) / (hi - lo) > 0.55 else "white")
     ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
