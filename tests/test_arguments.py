@@ -26,7 +26,7 @@ def world():
     (dict(descriptions=[]), ValueError, "descriptions is empty"),
     (dict(sources=["d0", "d1", "d0"]), ValueError, r"sources \['d0', 'd1', 'd0'\] repeat \['d0'\]"),   # not rows twice
     (dict(methods=["none", "none"]), ValueError, "methods .* repeat"),
-    (dict(solver="lbfgs"), ValueError, r"solver 'lbfgs': choose one of \('fast', 'sklearn'\)"),   # not quietly 'fast'
+    (dict(solver="lbfgs"), ValueError, r"solver 'lbfgs': choose one of \('fast', 'torch', 'sklearn', 'auto'\)"),   # not quietly 'fast'
 ])
 def test_a_wrong_evaluate_argument_is_named(world, kwargs, error, says):
     emb, text = world
