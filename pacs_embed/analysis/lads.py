@@ -27,8 +27,8 @@ One difference, on purpose: LADS then trains its own MLP classifier (``ClipMLP``
 package's logistic head (C on the hold-out), so that ``lads`` is compared with the other methods under one head.
 Target images are classified as they are. Only source images and text are used.
 
-Cost, measured by ``benchmarks/analysis_speed.py --lads`` (2-core CPU, PACS scale): about 6 s per
-(source, seed, description) — three augmenters of 50 epochs and a head on 4x the rows — so some 6 minutes for a
+Cost, measured by ``benchmarks/analysis_speed.py`` (2-core Xeon, PACS scale, random-weight CLIP cache): 8.4 s per
+(source, seed, description) — three augmenters of 50 epochs and a head on 4x the rows — so some 8–9 minutes for a
 default-sized report's 60 (4 sources x 5 seeds x 3 descriptions), which is why it runs only when named.
 
 Usage::
