@@ -127,9 +127,16 @@ def _rows(emb: Embeddings, domain: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _head_id(method) -> int:
-    """The identity of the head a fitted method predicts with (0: none), to score those sharing one together."""
+    """The identity of the head a fitted method predicts with (0: none), to score those sharing one together; a head
+    not fitted yet is its pending head (methods that asked for the same head share it): nothing waits here."""
     head = getattr(method, "head", None)
-    return 0 if head is None else id(resolved(head))
+    return 0 if head is None else id(head)
+
+
+def _readiness(method) -> tuple:
+    """When a fitted method's head is ready: (0, 0) now (fitted, cached, or no head), else (1, its group's work)."""
+    head = getattr(method, "head", None)
+    return (1, head.work) if isinstance(head, PendingHead) and not head.ready else (0, 0)
 
 
 def head_cache_for(emb: Embeddings, head_cache) -> HeadCache:
@@ -300,14 +307,26 @@ class _Evaluation:
         asked = {job: f.result() for job, f in asked.items()}
         bar.total += len(self.batch)
         bar.refresh()
-        self.batch.flush(pool, bar.update)   # the heads not in the head cache, the seeds of the source together
-        # every (job, target) scored side by side (one job alone still uses every worker)
-        scoring = {job: {t: pool.submit(self.score, s, t, list(fitted.items())) for t in self.domains}
-                   for job, (_, fitted) in asked.items()}
+        fits = self.batch.submit(pool, bar.update)   # the heads not in the head cache, the seeds of the source together
+        # every (job, head, target) scored side by side, queued behind the fits: the methods whose heads are ready (or
+        # need none) first, those whose heads take longest last, so that no worker idles while a large head is fitted
+        scoring = []
+        for job, (_, fitted) in asked.items():
+            by_head = {}
+            for key, m in fitted.items():
+                by_head.setdefault(_head_id(m), []).append((key, m))
+            for items in by_head.values():
+                scoring += [(_readiness(items[0][1]), job, t, items) for t in self.domains]
+        futures = [(job, t, pool.submit(self.score, s, t, items))
+                   for _, job, t, items in sorted(scoring, key=lambda task: task[0])]
+        for f in fits:
+            f.result()
+        hits = {job: {t: {} for t in self.domains} for job in asked}
+        for job, t, f in futures:
+            hits[job][t].update(f.result())
         done = {}
-        for job, by_target in scoring.items():
-            plain, fitted = asked[job]
-            done[job] = (*self.job_rows(*job, plain, fitted, {t: f.result() for t, f in by_target.items()}), fitted)
+        for job, (plain, fitted) in asked.items():
+            done[job] = (*self.job_rows(*job, plain, fitted, hits[job]), fitted)
         self.source_rows.pop(s, None)
         for seed in self.seeds:
             self.splits.pop((s, seed), None)

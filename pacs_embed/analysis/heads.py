@@ -411,8 +411,13 @@ class PendingHead:
     """A head asked for but not fitted yet (see ``HeadBatch``): fitted with its batch the first time anything of
     it is used, then it behaves as the ``Head`` (``resolved()`` returns that)."""
 
-    def __init__(self, batch: "HeadBatch"):
+    def __init__(self, batch: "HeadBatch", work: int = 0):
         self._batch, self._head, self._error, self._done = batch, None, None, threading.Event()
+        self.work = work   # rows x copies its group trains on: groups with less work are done sooner
+
+    @property
+    def ready(self) -> bool:
+        return self._done.is_set()
 
     def resolved(self) -> Head:
         if not self._done.is_set():
@@ -465,7 +470,7 @@ class HeadBatch:
                 return self.asked[key]
             if self.cache is not None and (hit := self.cache.get(key, x.shape[1], classes)) is not None:
                 return hit
-            head = self.asked[key] = PendingHead(self)
+            head = self.asked[key] = PendingHead(self, len(x) * (1 + (0 if shifts is None else len(shifts))))
             self.rows.setdefault(rows, (x, y, shifts))
             self.pending.setdefault(rows, []).append((train, holdout, key, head))
         return head
@@ -498,12 +503,24 @@ class HeadBatch:
     def flush(self, pool=None, progress=None) -> None:
         """Fit everything pending: the groups side by side on ``pool`` (a ThreadPoolExecutor) when given;
         ``progress(n)`` is called as each group's n heads are done."""
-        groups = self._take()
-        done = map(self._fit, groups) if pool is None else (f.result() for f in [pool.submit(self._fit, g)
-                                                                                   for g in groups])
-        for n in done:
-            if progress is not None:
-                progress(n)
+        if pool is None:
+            for group in self._take():
+                n = self._fit(group)
+                if progress is not None:
+                    progress(n)
+            return
+        for f in self.submit(pool, progress):
+            f.result()
+
+    def submit(self, pool, progress=None) -> list:
+        """``flush`` without waiting: the groups' fits submitted to ``pool`` (the most work first), their futures
+        returned. Work submitted after them may wait on their heads (``PendingHead.resolved``) without deadlock:
+        the fits are ahead of it in the pool's queue."""
+        futures = [pool.submit(self._fit, g) for g in self._take()]
+        if progress is not None:
+            for f in futures:
+                f.add_done_callback(lambda f: f.exception() is None and progress(f.result()))
+        return futures
 
 
 def resolved(head):
