@@ -127,6 +127,7 @@ class Cache(os.PathLike):
         self.n_images, self.dim = self._file.shape
         self._log = PromptLog(log_path(self.path))
         self._prompts: dict[str, np.ndarray] | None = None
+        self.unsaved: set[str] = set()   # prompts encoded in this process that could not be added to the log
         self._lock = threading.RLock()
 
     @classmethod
@@ -286,9 +287,10 @@ class Cache(os.PathLike):
                 warnings.warn(f"cannot save {len(missing)} new prompt(s) beside {str(self.path)!r} ({why}); they are used "
                               f"in this process only and encoded again next time. Copy the cache (with its "
                               f"{self._log.path.name} file) to a writable folder to keep them.", stacklevel=2)
-                with self._lock:
-                    self._prompts.update(zip(missing, vectors))
                 have = self._refresh()
+                with self._lock:
+                    have.update(zip(missing, vectors))   # the table itself: later reads find them too
+                    self.unsaved.update(missing)
         out = np.stack([have[p] for p in prompts]).astype(np.float32)
         if bad := [p for p, good in zip(prompts, usable(out)) if not good]:
             raise CacheError(f"{str(self.path)!r}: the vector of prompt(s) {', '.join(map(repr, bad[:3]))} is not finite "

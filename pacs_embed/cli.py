@@ -159,7 +159,7 @@ def _run(args) -> int:
             raise ValueError("name the prompts to encode (pacs-embed prompts CACHE \"a watercolor\" ...), or --list")
         before = set(cache.prompts)
         vectors = cache.prompt_vectors(args.prompt, TextEncoder(cache, args.model, args.device))
-        if unsaved := set(args.prompt) - set(Cache.open(args.cache).prompts):   # what this command is for: on disk
+        if unsaved := set(args.prompt) & cache.unsaved:   # what this command is for: prompts kept on disk
             raise CacheError(f"{len(unsaved)} prompt(s) were encoded but could not be saved beside {args.cache} (see the "
                              f"warning above); nothing was added")
         new = len(set(args.prompt) - before)

@@ -266,7 +266,8 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
     kind = choose_processor(processor, dev)
     image_processor = load_processor(spec, kind)
     cache = _read_old(out, force)
-    ds = scan(root, known=cache.records() if cache else None, progress=progress)
+    known = cache.records() if cache else None
+    ds = scan(root, known=known, progress=progress)
     if ds.ignored:
         print(f"note: {len(ds.ignored)} entries skipped: " + ", ".join(ds.ignored[:10])
               + (f" ... ({len(ds.ignored) - 10} more)" if len(ds.ignored) > 10 else ""))
@@ -277,7 +278,7 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
                        Journal(out), dict(cache.attrs) if cache else None, cache)
     plan = Plan(spec, out, ds.root, [r.path for r in ds.records], dtype_name(dt), kind, 0, {}, [], state)
     meta = _unfinished_run(state, spec)
-    if state.old and _compare_with_old(plan, force):
+    if state.old and _compare_with_old(plan, known, force):
         return plan   # up to date
     todo = [i for i, p in enumerate(plan.paths) if p not in state.kept]
     if state.old:
@@ -314,10 +315,10 @@ def _unfinished_run(state: Rank0State, spec: ModelSpec) -> dict | None:
     return meta
 
 
-def _compare_with_old(plan: Plan, force: bool) -> bool:
-    """Against the cache being replaced: whether it is up to date (nothing to embed); else which settings differ
-    (``state.differs``), what changed in the dataset (printed), which stored vectors can be kept (``state.kept``)
-    and which prompts carried over (same model and tokenizer)."""
+def _compare_with_old(plan: Plan, known: dict, force: bool) -> bool:
+    """Against the cache being replaced (``known``: its records): whether it is up to date (nothing to embed); else
+    which settings differ (``state.differs``), what changed in the dataset (printed), which stored vectors can be kept
+    (``state.kept``) and which prompts carried over (same model and tokenizer)."""
     state, spec = plan.rank0, plan.spec
     old, cache, settings = state.old, state.cache, state.settings
     if _cache.same_model(old, spec.model_id, spec.revision, spec.tokenizer):
@@ -329,7 +330,6 @@ def _compare_with_old(plan: Plan, force: bool) -> bool:
             return True
         state.differs = ["some stored vectors are not finite or all zeros"]   # a cache from before that was checked
     if "manifest_sha256" in state.differs:
-        known = cache.records()
         changes = compare({p: r.sha256 for p, r in known.items()}, {r.path: r.sha256 for r in state.ds.records})
         print(f"{plan.out}: the dataset changed since this cache was made:\n{changes.summary()}")
     if not force:

@@ -276,11 +276,11 @@ class _Evaluation:
         return src.fit_head(src.x), fitted
 
     def score(self, s: str, t: str, fitted: list) -> dict:
-        """The fitted methods [(key, method)] of one (source, seed) scored on target ``t``: {key: hits}. Methods that
-        share a head run one after another, sharing its product with the target's images."""
+        """The fitted methods [(key, method)] of one (source, seed) that share one head, scored on target ``t``:
+        {key: hits}. They run one after another, sharing the head's product with the target's images."""
         out = {}
         with shared_products():
-            for key, m in sorted(fitted, key=lambda item: _head_id(item[1])):
+            for key, m in fitted:
                 name, description = key[2], key[3]
                 seeded = self.kinds[name].seeded
                 if t != s or not seeded:   # methods that never see source labels are scored on the source too

@@ -286,6 +286,14 @@ def shifted(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return (moved / np.linalg.norm(moved, axis=1, keepdims=True)).astype(np.float32)
 
 
+def _written_out(x: np.ndarray, y: np.ndarray, shifts) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``x`` and every shifted copy normalise(x + c) of them, with their labels (solvers that cannot
+    train on shifts without writing them out)."""
+    if shifts is None:
+        return x, y
+    return np.concatenate([x] + [shifted(x, c) for c in shifts]), np.tile(y, len(shifts) + 1)
+
+
 def fit_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, holdout: np.ndarray, Cs=C_GRID,
              cache: HeadCache | None = None, solver: str = "fast", shifts: np.ndarray | None = None) -> Head:
     """Fit on rows ``train`` of ``x`` (labels ``y``) for each C, keep the C best on rows ``holdout``.
@@ -315,10 +323,7 @@ def _torch_head(x, y, train, holdout, Cs, cache, shifts) -> Head:
     key = head_key(x, y, train, holdout, Cs, shifts, solver="torch")
     if cache is not None and (hit := cache.get(key, x.shape[1], classes)) is not None:
         return hit
-    xt, yt = x[train], y[train]
-    if shifts is not None:   # written out, then sent to the device
-        xt = np.concatenate([xt] + [shifted(xt, c) for c in shifts])
-        yt = np.tile(yt, len(shifts) + 1)
+    xt, yt = _written_out(x[train], y[train], shifts)   # then sent to the device
     head = _best(lbfgs_path(xt, np.searchsorted(classes, yt), len(classes), Cs, TOL / 10), classes, x, y, holdout, key)
     if cache is not None:
         cache.put(key, head)
@@ -599,10 +604,7 @@ def _sklearn_head(x, y, train, holdout, Cs, shifts) -> Head:
     x, y, shifts = _inputs(x, y, shifts)
     _check_rows(x, y, [(train, holdout)])
     classes = _classes(y, train)
-    xt, yt = x[train], y[train]
-    if shifts is not None:
-        xt = np.concatenate([xt] + [shifted(xt, c) for c in shifts])
-        yt = np.tile(yt, len(shifts) + 1)
+    xt, yt = _written_out(x[train], y[train], shifts)
     path = []
     for C in Cs:
         with warnings.catch_warnings():
