@@ -119,7 +119,7 @@ def cosine(a, b):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared/data/pacs-mini"))
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parent.parent / "tests/data/pacs-mini"))
     ap.add_argument("--warm-data", help="small folder for the warm-up run (default: --data)")
     ap.add_argument("--arch", default="b32", choices=sorted(ARCHS), help="CLIP shape (default: b32 = ViT-B/32)")
     ap.add_argument("--device", default=None)

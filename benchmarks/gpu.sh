@@ -5,7 +5,7 @@
 # (nvJPEG) preprocessing, and cosine(each, PIL) per image; then a DomainNet-shaped default report with the heads on
 # the GPU (--solver torch). Usage (repo root):   bash benchmarks/gpu.sh [PACS_MINI_DIR] [WORK_DIR]
 set -euo pipefail
-MINI=${1:-../shared/data/pacs-mini}
+MINI=${1:-tests/data/pacs-mini}
 WORK=${2:-/tmp/pacs-embed-gpu}
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 BENCH = ROOT / "data" / "bench"
-PACS_MINI = ROOT.parent / "shared" / "data" / "pacs-mini"
+PACS_MINI = ROOT / "tests" / "data" / "pacs-mini"
 COUNTS = {"art_painting": 2048, "cartoon": 2344, "photo": 1670, "sketch": 3929}   # PACS, 9,991 images
 CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
 

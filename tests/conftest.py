@@ -13,7 +13,7 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
-PACS_MINI = Path(os.environ.get("PACS_MINI", TESTS.parent / ".." / "shared" / "data" / "pacs-mini")).resolve()
+PACS_MINI = Path(os.environ.get("PACS_MINI", TESTS / "data" / "pacs-mini")).resolve()   # shipped with the tests
 
 from tiny_clip import make_clip  # noqa: E402
 
@@ -21,7 +21,7 @@ from tiny_clip import make_clip  # noqa: E402
 @pytest.fixture(scope="session")
 def pacs_mini() -> Path:
     if not (PACS_MINI / "MANIFEST.tsv").is_file():
-        pytest.fail(f"the real-image sample is missing: expected {PACS_MINI} (shared/data/pacs-mini beside the repo)")
+        pytest.fail(f"the real-image sample is missing: expected {PACS_MINI} (tests/data/pacs-mini, part of the repository)")
     return PACS_MINI
 
 

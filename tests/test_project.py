@@ -41,3 +41,15 @@ def test_top_level_layout():
     for name in ["environment.yml", "notebooks", "pacs_embed", "data", "figures", "tests", "README.md",
                  "pyproject.toml", ".ci/run"]:
         assert (ROOT / name).exists(), name
+
+
+def test_the_real_image_sample_ships_with_the_tests_and_matches_its_manifest():
+    """The tests need nothing outside the clone: the 224 pacs-mini images are in tests/data, byte for byte as listed."""
+    import hashlib
+    sample = ROOT / "tests" / "data" / "pacs-mini"
+    rows = [line.split("\t") for line in (sample / "MANIFEST.tsv").read_text().splitlines()[1:] if line]
+    assert len(rows) == 224
+    for domain, cls, name, sha, *_ in rows:
+        assert hashlib.sha256((sample / domain / cls / name).read_bytes()).hexdigest() == sha, name
+    outside = [p for p in ROOT.rglob("*") if p.suffix in {".py", ".sh"} or p.name in {"Makefile", "run"}]
+    assert not [p for p in outside if ".venv" not in p.parts and "shared/data" in p.read_text(errors="replace")]
