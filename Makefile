@@ -12,18 +12,27 @@ VISION ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torchvision==0.2
 DATA ?= data/PACS
 MODEL ?= openai/clip-vit-base-patch32
 EXTRACT_ARGS ?=
+# every package but torch pinned to the versions the tests last passed with (`make lock` refreshes the file), where
+# Python's minor version is the one the file was made with; LOCK= installs the newest versions pyproject.toml allows
+LOCK ?= $(shell v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); grep -qs "; Python $$v\." constraints.txt && echo constraints.txt)
 BIN = $(VENV)/bin
 
-.PHONY: setup extract test report notebooks
+.PHONY: setup lock extract test test-kernels report notebooks
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH) $(VISION)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q $(if $(LOCK),-c $(LOCK)) -e '.[test]'
 	touch $@
 
 setup: $(BIN)/.installed
+
+# the environment of .venv, torch (chosen per machine: TORCH, VISION) and this package left out, as constraints.txt
+lock:
+	{ echo "# pip constraints: the versions the tests passed with (make lock; Python $$($(BIN)/python -c 'import platform; print(platform.python_version())'))"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|torchvision|triton|nvidia-[a-z0-9-]*|pacs.embed|pip|setuptools|wheel)([=@ ]|$$)'; } > constraints.txt.partial
+	mv constraints.txt.partial constraints.txt
 
 extract: setup
 	@if [ "$(DATA)" = "data/PACS" ] && [ -z "$(NO_DOWNLOAD)" ]; then $(BIN)/pacs-embed download --dest data/PACS; fi
@@ -31,6 +40,13 @@ extract: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# the numerical tests under other CPUs' kernels, selectable on any x86-64 CPU with AVX2 (what .ci/run adds)
+NUMERICAL = tests/test_heads.py tests/test_torch_heads.py tests/test_methods.py tests/test_science.py tests/test_analysis.py
+test-kernels: setup
+	OPENBLAS_CORETYPE=Haswell OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(NUMERICAL)
+	OPENBLAS_CORETYPE=Haswell OPENBLAS_NUM_THREADS=4 $(BIN)/python -m pytest -q -p no:cacheprovider $(NUMERICAL)
+	OPENBLAS_CORETYPE=Haswell ATEN_CPU_CAPABILITY=avx2 $(BIN)/python -m pytest -q -p no:cacheprovider $(NUMERICAL)
 
 report: setup
 	$(BIN)/pacs-embed report $(REPORT_ARGS)

@@ -17,11 +17,12 @@ from pathlib import Path
 from .errors import PacsEmbedError
 
 
-def atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
-    """Write ``data`` to ``<path>.partial`` and rename it to ``path``; ``durable`` fsyncs first (power loss)."""
+def atomic_write(path: Path, data: bytes, durable: bool = False, private: bool = False) -> None:
+    """Write ``data`` to ``<path>.partial`` and rename it to ``path``; ``durable`` fsyncs first (power loss);
+    ``private``: a temporary name of this process and thread's own (writers that may race on one ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(path.name + (f".{os.getpid()}.{threading.get_ident()}" if private else "") + ".partial")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -103,16 +104,35 @@ def locked(path, wait: bool = True, what: str = "writing"):
                 _HELD[key] -= 1
             return
         lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a+b") as f:
-            try:
-                _lock_file(f, wait)
-            except OSError:
-                raise busy from None
-            _HELD[key] = 1
-            try:
-                yield
-            finally:
-                del _HELD[key]
-                _unlock_file(f)
+        f = _open_locked(lock, wait, busy)
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            if os.name == "posix":   # removed while held: nothing is left behind (a waiter sees it gone and retries)
+                lock.unlink(missing_ok=True)
+            _unlock_file(f)
+            f.close()
     finally:
         _THREADS.release()
+
+
+def _open_locked(lock: Path, wait: bool, busy: Exception):
+    """The lock file, open and locked — the one at ``lock`` now: a holder removes it when done, so a waiter that
+    locked the removed file opens the path again."""
+    while True:
+        f = open(lock, "a+b")
+        try:
+            _lock_file(f, wait)
+        except OSError:
+            f.close()
+            raise busy from None
+        try:
+            same = os.name != "posix" or os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return f
+        _unlock_file(f)
+        f.close()

@@ -219,8 +219,9 @@ def test_a_read_only_head_cache_folder_keeps_heads_in_memory_and_the_report_fini
     finally:
         _chattr(folder, "-i")
     assert r.returncode == 0, r.stderr
-    assert f"cannot write the head cache {folder}" in r.stderr and "kept in memory only" in r.stderr
+    assert f"cannot write the head cache entry {folder}/" in r.stderr and "kept in memory only" in r.stderr
     assert r.stderr.count("cannot write the head cache") == 1          # said once, not once per head
+    assert ".partial" not in r.stderr                                  # it names the entry, not a temporary file
     assert not list(folder.iterdir())
     clean = subprocess.run([sys.executable, "-m", "pacs_embed", "report", str(cache_copy), "--out",
                             str(tmp_path / "clean"), *REPORT, "--no-head-cache"], capture_output=True, text=True)

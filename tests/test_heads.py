@@ -3,7 +3,8 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
+
+from optimum import assert_at_optimum, chosen_C, optimum
 
 from pacs_embed.analysis.heads import (C_GRID, Head, HeadBatch, HeadCache, PendingHead, fit_head, fit_heads, head_key,
                                       minimize_lbfgs, shifted, split)
@@ -18,18 +19,24 @@ def problem(n=700, d=24, k=5, seed=0, signal=1.0):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
 
 
-def test_it_picks_the_same_C_and_makes_the_same_predictions_as_scikit_learn():
+def test_it_picks_the_optimum_s_C_and_reaches_the_optimum_at_every_C_of_the_grid():
+    """By what the model is (tests/optimum.py): objective no higher than the float64 optimum's, the same clear
+    predictions, the same C — on any CPU's kernels."""
     x, y = problem()
     train, holdout = split(len(y), 0, "photo")
-    fast, slow = (fit_head(x, y, train, holdout, solver=s) for s in ("fast", "sklearn"))
-    assert fast.C == slow.C
-    assert np.mean(fast.predict(x) == slow.predict(x)) >= 0.995
-    for C in C_GRID:  # every C of the grid, against scikit-learn run to full convergence
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(x[train], y[train])
-        mine = fit_head(x, y, train, holdout, Cs=(C,))
-        assert np.mean(mine.predict(x) == ref.predict(x)) >= 0.995, C
+    assert fit_head(x, y, train, holdout).C == chosen_C(x, y, train, holdout, C_GRID)
+    for C in C_GRID:
+        assert_at_optimum(fit_head(x, y, train, holdout, Cs=(C,)), optimum(x, y, train, C), x, y, train)
+
+
+def test_the_optimum_check_catches_a_solver_stopped_early(monkeypatch):
+    import pacs_embed.analysis.heads as heads
+    monkeypatch.setattr(heads, "TOL", 1e-2)        # 300x looser than the solver's own
+    x, y = problem()
+    train, holdout = split(len(y), 0, "photo")
+    for C in C_GRID:
+        with pytest.raises(AssertionError):
+            assert_at_optimum(fit_head(x, y, train, holdout, Cs=(C,)), optimum(x, y, train, C), x, y, train)
 
 
 def test_shifted_copies_train_like_the_same_rows_written_out():
@@ -248,7 +255,50 @@ def test_a_batch_too_large_for_memory_is_fitted_in_parts(monkeypatch):
     splits = [split(len(y), seed, "art") for seed in range(5)]
     runs = []
     monkeypatch.setattr(heads, "_lbfgs_paths", lambda *a, real=heads._lbfgs_paths: runs.append(len(a[2])) or real(*a))
-    monkeypatch.setattr(heads, "BATCH_BYTES", 2 * 3 * 300 * 4)      # room for two splits' logits
+    monkeypatch.setattr(heads, "BATCH_BYTES", 2 * 8 * 300 * 4)      # room for two splits' rotated rows (d = 8 > 3 classes)
     parts = fit_heads(x, y, splits)
     assert runs == [2, 2, 1]
-    assert all(h.C == fit_head(x, y, *s).C and h.key == fit_head(x, y, *s).key for h, s in zip(parts, splits))
+    assert all(np.array_equal(h.W, fit_head(x, y, *s).W) and h.key == fit_head(x, y, *s).key for h, s in zip(parts, splits))
+
+
+def _bits(head) -> tuple:
+    return head.C, head.W.tobytes(), head.b.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["plain", "shifted copies", "repeated rows", "C on a sample"])
+def test_a_head_is_a_function_of_its_inputs_alone_bit_for_bit(kind, monkeypatch):
+    """The same W, b and C whether a head is fitted alone, beside other seeds, in another order, or from several
+    threads at once (a batch used to change the blocking of its sums, and so the last bits)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from pacs_embed.analysis import heads
+    x, y = problem(n=900, d=32, k=5, seed=4)
+    splits = [split(len(y), seed, "photo") for seed in range(4)]
+    shifts = None
+    if kind == "shifted copies":
+        shifts = np.random.default_rng(1).standard_normal((2, 32)) * 0.2
+    if kind == "repeated rows":
+        splits = [(np.sort(np.concatenate([t, t[::3]])), h) for t, h in splits]
+    if kind == "C on a sample":
+        monkeypatch.setattr(heads, "SELECT_ROWS", 300)
+    alone = [_bits(fit_heads(x, y, [s], shifts=shifts)[0]) for s in splits]
+    assert [_bits(h) for h in fit_heads(x, y, splits, shifts=shifts)] == alone
+    assert [_bits(h) for h in fit_heads(x, y, splits[::-1], shifts=shifts)] == alone[::-1]
+    with heads.single_threaded_blas(), ThreadPoolExecutor(4) as pool:   # as evaluate does: the main thread pins BLAS
+        threaded = list(pool.map(lambda s: _bits(fit_heads(x, y, [s], shifts=shifts)[0]), splits))
+    assert threaded == alone
+
+
+def test_a_head_does_not_depend_on_the_blas_thread_count():
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    code = ("import sys, hashlib; sys.path.insert(0, 'tests'); from test_heads import problem\n"
+            "from pacs_embed.analysis.heads import fit_heads, split\n"
+            "x, y = problem(n=1500, d=64, k=7); hs = fit_heads(x, y, [split(len(y), s, 'photo') for s in range(3)])\n"
+            "print(hashlib.sha256(b''.join(h.W.tobytes() + h.b.tobytes() for h in hs)).hexdigest())")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digests = {n: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                                 env={**os.environ, "OPENBLAS_NUM_THREADS": n, "OMP_NUM_THREADS": n}).stdout
+               for n in ("1", "2", "4")}
+    assert len(set(digests.values())) == 1, digests

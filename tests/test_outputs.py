@@ -66,3 +66,19 @@ def test_an_unwritable_output_folder_is_a_clear_error(cache_copy, tmp_path, caps
     locked.mkdir(mode=0o500)
     assert main(["report", str(cache_copy), "--out", str(locked), *FAST]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_a_refused_report_makes_no_folder(cache_copy, tmp_path, capsys):
+    (tmp_path / "figs").write_text("a file of mine")
+    assert main(["report", str(cache_copy), "--out", str(tmp_path / "new" / "r"), "--figures", str(tmp_path / "figs"),
+                 *FAST]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()                      # the tables' folder was not made for nothing
+
+
+def test_run_json_records_the_environment_a_result_can_be_rebuilt_in(cache_copy, tmp_path):
+    assert main(["report", str(cache_copy), "--out", str(tmp_path / "r"), *FAST]) == 0
+    env = json.loads((tmp_path / "r" / "run.json").read_text())["environment"]
+    assert env["python"] and env["processor"]
+    assert all(env["packages"][p] for p in ("numpy", "scipy", "scikit-learn", "h5py", "torch", "transformers"))
+    assert any(pool.get("internal_api") == "openblas" and pool.get("architecture") for pool in env["thread_pools"])

@@ -51,5 +51,17 @@ def test_the_real_image_sample_ships_with_the_tests_and_matches_its_manifest():
     assert len(rows) == 224
     for domain, cls, name, sha, *_ in rows:
         assert hashlib.sha256((sample / domain / cls / name).read_bytes()).hexdigest() == sha, name
-    outside = [p for p in ROOT.rglob("*") if p.suffix in {".py", ".sh"} or p.name in {"Makefile", "run"}]
-    assert not [p for p in outside if ".venv" not in p.parts and "shared/data" in p.read_text(errors="replace")]
+    code = [p for p in ROOT.rglob("*") if (p.suffix in {".py", ".sh"} or p.name in {"Makefile", "run"})
+            and ".venv" not in p.parts and p != Path(__file__)]
+    assert not [p for p in code if "shared/data" in p.read_text(errors="replace")]
+
+
+def test_setup_installs_from_pinned_constraints_that_cover_every_dependency_but_torch():
+    pins = {_name(l).lower().replace("_", "-"): l for l in (ROOT / "constraints.txt").read_text().splitlines()
+            if l and not l.startswith("#")}
+    assert all("==" in l for l in pins.values())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r).lower().replace("_", "-") for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    assert wanted - {"torch"} <= set(pins) and "torch" not in pins      # torch: per machine (TORCH=, CUDA or CPU)
+    make = (ROOT / "Makefile").read_text()
+    assert "-c $(LOCK)" in make and re.search(r"^lock:", make, flags=re.M)

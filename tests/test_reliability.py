@@ -369,3 +369,28 @@ def test_13_a_decompression_bomb_is_a_recorded_failure_not_2_gb_of_memory(small_
     assert bomb.stat().st_size < 100_000
     s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", workers=0, progress=False)
     assert [p for p, _ in s.failures] == ["photo/dog/bomb.png"] and "DecompressionBomb" in s.failures[0][1]
+
+
+def test_no_lock_file_is_left_after_an_extract_that_worked_failed_or_was_refused(small_dataset, tiny_clip, tmp_path):
+    out = tmp_path / "c.h5"
+    assert run("extract", "--data", small_dataset, "--model", tiny_clip, "--out", out, "--workers", "0").returncode == 0
+    assert run("extract", "--data", small_dataset, "--model", tmp_path / "no-model", "--out", out).returncode != 0
+    (small_dataset / "photo" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    assert run("extract", "--data", small_dataset, "--model", tiny_clip, "--out", out, "--workers", "0",
+               "--strict").returncode != 0                                            # refused: a bad image
+    assert not list(tmp_path.rglob("*.lock")) and not list(small_dataset.rglob("*.lock"))
+
+
+def test_the_writers_lock_is_exclusive_although_each_holder_removes_it(tmp_path):
+    """Three processes add one to a counter 30 times each under ``files.locked``: no update is lost, though every
+    holder deletes the lock file as it leaves (a waiter that locked the deleted file opens the new one)."""
+    counter = tmp_path / "n"
+    counter.write_text("0")
+    code = ("import sys, time; from pathlib import Path; from pacs_embed.files import locked\n"
+            "p = Path(sys.argv[1])\n"
+            "for _ in range(30):\n"
+            "    with locked(p):\n"
+            "        n = int(p.read_text()); time.sleep(0.001); p.write_text(str(n + 1))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(counter)]) for _ in range(3)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert counter.read_text() == "90" and not (tmp_path / "n.lock").exists()

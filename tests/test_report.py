@@ -131,3 +131,21 @@ def test_a_study_is_refused_before_any_work_when_a_cache_is_missing_or_named_twi
     assert "missing.h5" in capsys.readouterr().err and not out.exists()          # refused before any work
     assert main(["report", str(cache_copy), str(cache_copy.parent / "." / cache_copy.name), "--out", str(out)]) == 2
     assert "twice" in capsys.readouterr().err and not out.exists()                # the same cache, once
+
+
+def test_a_report_run_twice_gives_byte_identical_tables_whatever_the_blas_threads(cache_copy, tmp_path):
+    """Heads are a function of their inputs (tests/test_heads.py): two reports of one cache, one with BLAS on one
+    thread and one with four, write the same bytes."""
+    import os
+    import subprocess
+    import sys
+    outs = []
+    for threads in ("1", "4"):
+        out = tmp_path / f"run-{threads}"
+        subprocess.run([sys.executable, "-m", "pacs_embed", "report", str(cache_copy), "--out", str(out), "--seeds", "2",
+                        "--n-nouns", "5", "--bootstrap", "100", "--no-head-cache", "--no-progress"], check=True,
+                       capture_output=True, env={**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads,
+                                                  "MPLBACKEND": "Agg"})
+        outs.append(out)
+    for name in ("results.csv", "gains.csv", "summary.csv", "methods.csv"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name

@@ -1,42 +1,33 @@
 """The torch solver (``solver="torch"``): the heads' model on a torch device, checked on CPU torch against
-scikit-learn and the numpy solver — the same C, the same predictions — and kept out of the analysis unless chosen."""
+the float64 optimum (tests/optimum.py) and the numpy solver — the same C, the same clear predictions — and kept out of the analysis unless chosen."""
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
 
 from pacs_embed.analysis.heads import C_GRID, HeadCache, fit_head, resolve_solver, shifted, split
+from optimum import assert_at_optimum, chosen_C, optimum
 from test_heads import problem
 
 torch = pytest.importorskip("torch")
 
 
 @pytest.mark.parametrize("seed, signal", [(0, 1.0), (1, 0.3), (2, 3.0)])
-def test_it_picks_the_same_C_and_makes_the_same_predictions_as_scikit_learn_and_the_numpy_solver(seed, signal):
+def test_it_picks_the_optimum_s_C_and_reaches_the_optimum_as_the_numpy_solver_does(seed, signal):
     x, y = problem(seed=seed, signal=signal)
     train, holdout = split(len(y), seed, "photo")
-    on_torch, fast, slow = (fit_head(x, y, train, holdout, solver=s) for s in ("torch", "fast", "sklearn"))
-    assert on_torch.C == fast.C == slow.C
-    with warnings.catch_warnings():   # scikit-learn's default tolerance stops short of the optimum: run it to the end
-        warnings.simplefilter("ignore")
-        ref = LogisticRegression(C=on_torch.C, tol=1e-10, max_iter=10000).fit(x[train], y[train])
-    assert np.mean(on_torch.predict(x) == ref.predict(x)) >= 0.995
-    assert np.mean(on_torch.predict(x) == fast.predict(x)) >= 0.995
+    on_torch, fast = (fit_head(x, y, train, holdout, solver=s) for s in ("torch", "fast"))
+    assert on_torch.C == fast.C == chosen_C(x, y, train, holdout, C_GRID)
+    assert_at_optimum(on_torch, optimum(x, y, train, on_torch.C), x, y, train)
     assert on_torch.validation.keys() == set(C_GRID) and on_torch.iterations > 0
 
 
-def test_every_C_of_the_grid_agrees_with_scikit_learn_run_to_full_convergence():
+def test_every_C_of_the_grid_reaches_the_optimum():
     x, y = problem()
     train, holdout = split(len(y), 0, "photo")
     for C in C_GRID:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(x[train], y[train])
-        mine = fit_head(x, y, train, holdout, Cs=(C,), solver="torch")
-        assert np.mean(mine.predict(x) == ref.predict(x)) >= 0.995, C
+        assert_at_optimum(fit_head(x, y, train, holdout, Cs=(C,), solver="torch"), optimum(x, y, train, C), x, y, train)
 
 
 def test_shifted_copies_and_the_head_cache_work_as_with_the_numpy_solver(tmp_path):

@@ -11,11 +11,13 @@ selection never sees target data. What differs from plain scikit-learn is only h
 - the C grid is walked upward, each fit starting from the previous one's solution,
 - the loss and gradient are computed in float32 with single-threaded BLAS (the loss summed in float64),
   L-BFGS (``minimize_lbfgs``: Nocedal & Wright's compact form, backtracking line search) in float64,
-- several splits of the same rows (the seeds of a source) are fitted together (``fit_heads``): each
-  has its own L-BFGS, and all their loss evaluations take one matrix product, which a CPU runs at a
-  much higher FLOP rate than one product per 7-column head (``benchmarks/analysis_speed.py`` prints
-  the two side by side); ``evaluate`` collects the heads its methods ask for in a ``HeadBatch`` and
-  fits them this way,
+- several splits of the same rows (the seeds of a source) are fitted together (``fit_heads``): each has
+  its own L-BFGS, run in lock-step rounds; ``evaluate`` collects the heads its methods ask for in a
+  ``HeadBatch`` and fits them this way,
+- a head is a function of its inputs, bit for bit: each split's products and sums run over its own rows
+  only, in blocks of a size fixed by (groups, classes), with BLAS on one thread (``single_threaded_blas``) —
+  so it is the same alone or in any batch, with any number of BLAS or worker threads
+  (``tests/test_heads.py``). Another CPU's kernels may change the last bits,
 - it converges 3x tighter than scikit-learn's default (``TOL``): on random-CLIP features plain
   scikit-learn stops far from the optimum (on sketch, 80% agreement with its own fully converged
   solution at C=10), this solver agrees with it on ≥ 99.9% (``benchmarks/head_convergence.py``). Tighter
@@ -180,6 +182,9 @@ class HeadCacheWarning(UserWarning):
     """A head cache entry was damaged or did not belong to its key: it is refitted."""
 
 
+_UNWRITABLE = threading.Lock()   # one "cannot write the head cache" warning per cache, whatever the threads
+
+
 class HeadCache:
     """Fitted heads by key: in memory, and in ``folder`` (``None``: memory only). Unreadable entries are refitted."""
 
@@ -211,14 +216,17 @@ class HeadCache:
     def put(self, key: str, head: Head) -> None:
         self.memory[key] = head
         self.fits += 1
-        if self.folder:
-            try:
-                tmp = self.folder / f"{key}.{os.getpid()}.{threading.get_ident()}.partial"
-                atomic_write(tmp, head.to_bytes())   # a name of its own: two threads may fit the same head
-                os.replace(tmp, self.folder / f"{key}.npz")
-            except OSError as e:  # a read-only folder must not stop an analysis
-                warnings.warn(f"cannot write the head cache {self.folder}: {e}; heads are kept in memory only")
-                self.folder = None
+        folder = self.folder
+        if folder:
+            entry = folder / f"{key}.npz"
+            try:   # a temporary name of its own: two threads may fit the same head
+                atomic_write(entry, head.to_bytes(), private=True)
+            except OSError as e:  # a read-only folder or a full disk must not stop an analysis: said once
+                with _UNWRITABLE:
+                    if self.folder is not None:
+                        self.folder = None
+                        warnings.warn(f"cannot write the head cache entry {entry}: {e.strerror or e}; heads are kept "
+                                      f"in memory only", HeadCacheWarning, stacklevel=2)
 
 
 _SHARED = threading.local()   # shared_products' last product, per thread
@@ -237,13 +245,32 @@ def shared_products():
         _SHARED.on, _SHARED.last = False, None
 
 
+_PIN = threading.Lock()
+_pinned = {"count": 0, "limits": None}
+
+
+@contextlib.contextmanager
 def single_threaded_blas():
-    """Skinny matrix products: waking BLAS threads costs more than they save (3x slower with 2 threads in a
-    one-off measurement on this 2-core machine). The limit is
-    process-wide, so only the main thread sets it; ``evaluate`` sets it around its worker threads."""
-    if threading.current_thread() is threading.main_thread():
-        return threadpool_limits(1)
-    return contextlib.nullcontext()
+    """BLAS on one thread while inside: a head is then a function of its inputs only, never of the BLAS thread count
+    (a multi-threaded product splits its sums differently); and for skinny products waking BLAS threads costs more
+    than they save. The limit is process-wide and OpenBLAS takes it from the main thread only (a worker thread's
+    call is ignored), so the main thread sets it — counted, so that nested uses restore it once — and ``evaluate``
+    and ``study`` hold it around their worker threads. Code that fits heads from threads of its own does the same."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with _PIN:
+        if _pinned["count"] == 0:
+            _pinned["limits"] = threadpool_limits(1, user_api="blas")
+        _pinned["count"] += 1
+    try:
+        yield
+    finally:
+        with _PIN:
+            _pinned["count"] -= 1
+            if _pinned["count"] == 0:
+                _pinned["limits"].restore_original_limits()
+                _pinned["limits"] = None
 
 
 _digests: dict[int, tuple] = {}   # id(array) -> (weak reference, digest): read-only arrays that own their data
@@ -352,8 +379,9 @@ def fit_heads(x: np.ndarray, y: np.ndarray, splits, Cs=C_GRID, cache: HeadCache 
     groups = 1 + (0 if shifts is None else len(shifts))
     for classes, batch in todo.items():
         classes = np.array(classes, dtype=y.dtype)
-        # the solver holds a few (splits, groups, classes, rows) float32 arrays: at most BATCH_BYTES each
-        per_split = groups * len(classes) * len(x) * 4
+        # the solver holds a few (groups, classes, rows) float32 arrays per split: at most BATCH_BYTES in all,
+        # and a rotated copy of its own rows each (a (n, d) float32 array)
+        per_split = max(groups * len(classes), x.shape[1]) * len(x) * 4
         size = max(1, BATCH_BYTES // per_split)
         for part in (batch[k:k + size] for k in range(0, len(batch), size)):
             whole = [i for i in part if len(splits[i][0]) <= SELECT_ROWS]
@@ -656,41 +684,12 @@ def _lbfgs_paths(x, y, splits, classes, Cs, shifts=None, start=None, rotation=No
     # Σ_g (r_g ⊙ (x + c_g))ᵀ(r_g ⊙ (x + c_g)) = xᵀ diag(Σ_g r_g²) x + Σ_g [m_g c_gᵀ + c_g m_gᵀ + |r_g|² c_g c_gᵀ],
     # m_g = xᵀ r_g²
     V = rotation if rotation is not None else _rotation(x, R, R2, C_all)
-    used = np.unique(np.concatenate([np.asarray(train, np.int64) for train, _ in splits]))   # rows some split trains on
-    x, R, R2, label, n = x[used], R[:, used], R2[:, used], label[used], len(used)
-    ZT = V.T.astype(np.float32) @ x.T                                 # (d, n) rotated rows (not centred) ...
-    Z = ZT.T                                                          # ... and as (n, d), the same memory
     A = C_all @ V                                                     # (G, d): the shifts, rotated
-    mask = np.zeros((B, n))                                           # how often each split trains on each row
-    for b, (train, _) in enumerate(splits):
-        np.add.at(mask[b], np.searchsorted(used, train), 1.0)
-    N = G * mask.sum(1)                                               # training rows per split
-    Rm, Rm2 = R[None] * mask[:, None], R2[None] * mask[:, None]       # (B, G, n)
-    f32 = np.float32
-    mu_r = ((Rm.sum(1).astype(f32) @ Z).astype(np.float64) + Rm.sum(2) @ A) / N[:, None]   # (B, d): each split's mean
-    sq = ((Rm2.sum(1).astype(f32) @ (Z * Z)).astype(np.float64)                           # ... and squares, rotated
-          + 2 * np.einsum("bgd,gd->bd", (Rm2.astype(f32) @ Z).astype(np.float64), A) + Rm2.sum(2) @ (A * A))
-    lam = np.maximum(sq - N[:, None] * mu_r ** 2, 0.0)               # (B, d): its variance along each eigenvector
+    rows = [_SplitRows(x, V, R, label, train, G, K) for train, _ in splits]   # each split's own rows, rotated
+    N = np.array([r.N for r in rows])                                 # training rows per split (every group)
+    mu_r = np.stack([r.mean(A) for r in rows])                        # (B, d): each split's mean, rotated ...
+    lam = np.stack([r.variance(A, m) for r, m in zip(rows, mu_r)])    # ... and its variance along each eigenvector
     bs = np.sqrt(N / K)
-    Rf, maskf = R.astype(np.float32)[None, :, None, :], mask.astype(np.float32)[:, None, None, :]
-    shifted_groups = G > 1                                            # else R = 1 and A = 0: nothing to add
-    every_row = bool((mask == 1).all())                               # one split, no repeats: no row to mask
-    # layout (B, G, K, n): reductions over classes are element-wise over contiguous rows
-    rows = [np.flatnonzero(mask[b]) for b in range(B)]
-    repeated = bool((mask > 1).any())                                 # a row in a split more than once: weighted
-    step = max(256, BLOCK_BYTES // (B * G * K * 4))                   # rows per block: bounded temporaries
-    blocks = [(r0, min(r0 + step, n)) for r0 in range(0, n, step)]
-
-    def block_picks(r0, r1):
-        """Per split: flat indices of [g, yᵢ, i] of its training rows in the block's (G, K, rows) layout, and how
-        often each is in the split (None: once)."""
-        out = []
-        for b in range(B):
-            r = rows[b][(rows[b] >= r0) & (rows[b] < r1)]
-            out.append((((np.arange(G)[:, None] * K + label[r]) * (r1 - r0) + (r - r0)).ravel(),
-                        np.tile(mask[b, r], G) if repeated else None))
-        return out
-    picks = [block_picks(r0, r1) for r0, r1 in blocks]
     paths: list[list[tuple]] = [[] for _ in range(B)]
     Wr, b0 = np.zeros((B, d, K)), np.zeros((B, K))                   # weights in the rotated basis
     if start is not None:   # W = V Wr and b = b0 − mu_r·Wr, inverted
@@ -701,56 +700,10 @@ def _lbfgs_paths(x, y, splits, classes, Cs, shifts=None, start=None, rotation=No
         s = np.sqrt(lam / K + 1.0 / Cb[:, None])[:, :, None]          # preconditioner (exact change of variables)
 
         def loss_grad(idx, u, s=s, Cb=Cb):
-            """Loss and gradient of splits ``idx`` at rows ``u`` of their variables, summed block by block of rows
-            (layout (nb, G, K, rows): reductions over classes are element-wise over contiguous rows)."""
-            nb = len(idx)
-            C = Cb[idx]
-            W = u[:, :d * K].reshape(nb, d, K) / s[idx]
-            bias = u[:, d * K:] / bs[idx, None] - np.einsum("bd,bdk->bk", mu_r[idx], W)
-            W32 = np.ascontiguousarray(W.transpose(0, 2, 1)).reshape(nb * K, d).astype(np.float32)
-            AW = np.einsum("gd,bdk->bgk", A, W).astype(np.float32)[..., None] if shifted_groups else None
-            bias32 = bias.astype(np.float32)[:, None, :, None]
-            mask_idx = None if every_row else maskf[idx]
-            owner = np.arange(nb)
-            fit, Psum = np.zeros(nb), np.zeros((nb, K))
-            gZ, gA = np.zeros((nb * K, d)), np.zeros((nb, G, K))
-            for (r0, r1), part in zip(blocks, picks):
-                m = r1 - r0
-                z = (W32 @ ZT[:, r0:r1]).reshape(nb, 1, K, m)         # (nb, G, K, rows)
-                if shifted_groups:
-                    z = z + AW
-                    z *= Rf[..., r0:r1]
-                z += bias32
-                z -= z.max(2, keepdims=True)
-                pick = np.concatenate([part[b][0] + j * G * K * m for j, b in enumerate(idx)])
-                zy = z.reshape(-1).take(pick).astype(np.float64)
-                if repeated:
-                    zy *= np.concatenate([part[b][1] for b in idx])
-                picked = np.bincount(np.repeat(owner, [len(part[b][0]) for b in idx]), zy, minlength=nb)
-                P = np.exp(z, out=z)                                   # in place: arrays this size cost page faults
-                se = P.sum(2, keepdims=True)
-                lse = np.log(se)
-                if mask_idx is not None:
-                    lse *= mask_idx[..., r0:r1]
-                # summed in float64: float32 sums made the loss too noisy for the line search at large C
-                fit += lse.sum((1, 2, 3), dtype=np.float64) - picked
-                P /= se
-                P.reshape(-1)[pick] -= 1.0                             # softmax − one-hot, on training rows only
-                if mask_idx is not None:
-                    P *= mask_idx[..., r0:r1]                          # (each as often as it is in the split)
-                Psum += P.sum((1, 3)).astype(np.float64)
-                RP = P
-                if shifted_groups:
-                    RP *= Rf[..., r0:r1]
-                gZ += (RP.sum(1).reshape(nb * K, m) @ ZT[:, r0:r1].T).astype(np.float64)
-                if shifted_groups:
-                    gA += RP.sum(3).astype(np.float64)
-            gW = gZ.reshape(nb, K, d).transpose(0, 2, 1)
-            if shifted_groups:
-                gW = gW + np.einsum("gd,bgk->bdk", A, gA)
-            gW = C[:, None, None] * (gW - mu_r[idx][:, :, None] * Psum[:, None, :]) + W
-            loss = fit * C + 0.5 * (W * W).sum((1, 2))
-            return loss, np.concatenate([(gW / s[idx]).reshape(nb, -1), C[:, None] * Psum / bs[idx, None]], axis=1)
+            """Loss and gradient of splits ``idx`` at rows ``u`` of their variables, each split on its own rows
+            alone (``_SplitRows.loss_grad``): what a split computes never depends on the others beside it."""
+            out = [rows[b].loss_grad(u_b, s[b], Cb[b], bs[b], mu_r[b], A) for b, u_b in zip(idx, u)]
+            return np.array([f for f, _ in out]), np.stack([g for _, g in out])
 
         u0 = np.concatenate([(Wr * s).reshape(B, -1), b0 * bs[:, None]], axis=1)
         # stop when the gradient of the mean loss is below TOL, as scikit-learn does (it uses 1e-4)
@@ -759,6 +712,90 @@ def _lbfgs_paths(x, y, splits, classes, Cs, shifts=None, start=None, rotation=No
         for b in range(B):
             paths[b].append((float(Cb[b]), V @ Wr[b], b0[b] - mu_r[b] @ Wr[b], int(nit[b])))
     return paths, V
+
+
+class _SplitRows:
+    """One split's training rows as the solver sees them: rotated (x[rows]·V, float32, as (d, n)), their group
+    weights r (G, n), labels and how often each row is in the split. Every product and sum of a split runs over
+    these rows alone, in blocks of a size fixed by (G, K): a head is a function of its own inputs, bit for bit,
+    whether it is fitted alone or beside other splits (whose rows would otherwise change the blocking, and whose
+    columns in one product change which BLAS kernel serves a row)."""
+
+    def __init__(self, x, V, R, label, train, G, K):
+        index, count = np.unique(np.asarray(train, np.int64), return_counts=True)
+        self.G, self.K, self.n = G, K, len(index)
+        self.ZT = V.T.astype(np.float32) @ x[index].T                  # (d, n) rotated rows (not centred)
+        self.R = R[:, index]                                           # (G, n)
+        self.weight = count.astype(np.float64) if (count > 1).any() else None   # a row in the split more than once
+        w = np.ones(self.n) if self.weight is None else self.weight
+        self.Rw, self.R2w = self.R * w, self.R * self.R * w
+        self.N = G * float(w.sum())
+        self.Rf = self.R.astype(np.float32)[:, None, :]                 # (G, 1, n)
+        self.wf = None if self.weight is None else self.weight.astype(np.float32)
+        step = max(256, BLOCK_BYTES // (G * K * 4))
+        self.blocks = [(r0, min(r0 + step, self.n)) for r0 in range(0, self.n, step)]
+        lab = label[index]
+        # per block: flat indices of [g, yᵢ, i] in its (G, K, rows) layout, and each row's weight per group
+        self.picks = [(((np.arange(G)[:, None] * K + lab[r0:r1]) * (r1 - r0) + np.arange(r1 - r0)).ravel(),
+                       None if self.weight is None else np.tile(self.weight[r0:r1], G)) for r0, r1 in self.blocks]
+
+    def mean(self, A) -> np.ndarray:
+        """The mean of every group's rows r ⊙ (xV + a), rotated."""
+        return ((self.Rw.sum(0).astype(np.float32) @ self.ZT.T).astype(np.float64) + self.Rw.sum(1) @ A) / self.N
+
+    def variance(self, A, mu) -> np.ndarray:
+        Z = self.ZT.T
+        sq = ((self.R2w.sum(0).astype(np.float32) @ (Z * Z)).astype(np.float64)
+              + 2 * np.einsum("gd,gd->d", (self.R2w.astype(np.float32) @ Z).astype(np.float64), A)
+              + self.R2w.sum(1) @ (A * A))
+        return np.maximum(sq - self.N * mu ** 2, 0.0)
+
+    def loss_grad(self, u, s, C, bs, mu, A) -> tuple[float, np.ndarray]:
+        """C·Σ CE + ½‖W‖² and its gradient in the preconditioned variables ``u`` (layout (G, K, rows) per block:
+        reductions over classes are element-wise over contiguous rows); the loss summed in float64 (float32 sums
+        made it too noisy for the line search at large C)."""
+        G, K = self.G, self.K
+        d = len(mu)
+        W = u[:d * K].reshape(d, K) / s
+        bias = u[d * K:] / bs - mu @ W
+        W32 = np.ascontiguousarray(W.T).astype(np.float32)             # (K, d)
+        shifted_groups = G > 1                                         # else r = 1 and a = 0: nothing to add
+        AW = (A @ W).astype(np.float32)[:, :, None] if shifted_groups else None
+        bias32 = bias.astype(np.float32)[None, :, None]
+        fit, Psum = 0.0, np.zeros(K)
+        gZ, gA = np.zeros((K, d)), np.zeros((G, K))
+        for (r0, r1), (pick, pick_weight) in zip(self.blocks, self.picks):
+            ZT = self.ZT[:, r0:r1]
+            z = (W32 @ ZT)[None]                                       # (1 or G, K, rows)
+            if shifted_groups:
+                z = z + AW
+                z *= self.Rf[..., r0:r1]
+            z += bias32
+            z -= z.max(1, keepdims=True)
+            zy = z.reshape(-1).take(pick).astype(np.float64)
+            if pick_weight is not None:
+                zy *= pick_weight
+            P = np.exp(z, out=z)                                       # in place: arrays this size cost page faults
+            se = P.sum(1, keepdims=True)
+            lse = np.log(se)
+            if self.wf is not None:
+                lse *= self.wf[r0:r1]
+            fit += lse.sum(dtype=np.float64) - zy.sum()
+            P /= se
+            P.reshape(-1)[pick] -= 1.0                                 # softmax − one-hot
+            if self.wf is not None:
+                P *= self.wf[r0:r1]                                    # (each row as often as it is in the split)
+            Psum += P.sum((0, 2)).astype(np.float64)
+            if shifted_groups:
+                P *= self.Rf[..., r0:r1]
+                gA += P.sum(2).astype(np.float64)
+            gZ += (P.sum(0) @ ZT.T).astype(np.float64)
+        gW = gZ.T
+        if shifted_groups:
+            gW = gW + A.T @ gA
+        gW = C * (gW - mu[:, None] * Psum[None, :]) + W
+        loss = fit * C + 0.5 * (W * W).sum()
+        return loss, np.concatenate([(gW / s).ravel(), C * Psum / bs])
 
 
 def minimize_lbfgs(loss_grad, u0: np.ndarray, gtol: np.ndarray, ftol: float = 1e-12, maxiter: int = 3000,
@@ -840,13 +877,13 @@ class _Pairs:
         the newest pair)."""
         m, n = self.m, len(idx)
         count = self.count[idx]
-        deep = int(count.max())
-        if deep == 0:
+        if not count.any():
             return g.copy()
-        nxt = self.next[idx]
-        hi = int(np.where(nxt >= count, nxt, m).max())               # slots in use lie below hi, unless they wrap
+        # every problem's arrays padded to all m slots, whatever the others hold: its sums run over the same terms
+        # alone or beside others (a head does not depend on what is fitted with it)
+        deep = hi = m
         everyone = n == len(self.count) and (idx == np.arange(n)).all()
-        S, Y = (self.S[:, :hi], self.Y[:, :hi]) if everyone else (self.S[idx, :hi], self.Y[idx, :hi])
+        S, Y = (self.S, self.Y) if everyone else (self.S[idx], self.Y[idx])
         # slots oldest first, the first count[b] of them in use
         age = np.arange(deep)
         order = (self.next[idx, None] - count[:, None] + age) % m                     # (n, deep)
@@ -860,7 +897,6 @@ class _Pairs:
         eye = np.eye(deep)
         R = np.where(both, np.triu(SY), 0.0) + np.where(used[:, :, None], 0.0, eye)   # unused: identity rows
         Dg = np.where(used, np.einsum("bii->bi", SY), 0.0)
-        order = np.minimum(order, hi - 1)                            # unused positions: any slot (masked)
         sg = np.einsum("bmp,bp->bm", S, g)[rows, order] * used
         yg = np.einsum("bmp,bp->bm", Y, g)[rows, order] * used
         t = np.linalg.solve(R, sg[..., None])[..., 0]

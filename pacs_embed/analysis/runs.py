@@ -72,6 +72,44 @@ def git_commit() -> str:
         return "unknown (git not found)"
 
 
+PACKAGES = ("numpy", "scipy", "scikit-learn", "h5py", "pandas", "torch", "transformers")
+
+
+def environment() -> dict:
+    """What a run's numbers depend on beyond its inputs: Python and the numerical packages' versions (from their
+    installed metadata: torch is not imported for it) and the BLAS and thread pools numpy and scipy use (threadpoolctl:
+    library, version, CPU kernels, threads). Heads are bit-identical on one machine; another CPU's kernels may change
+    the last bits."""
+    import platform
+    from importlib import metadata
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        from threadpoolctl import threadpool_info
+        blas = [{k: i.get(k) for k in ("internal_api", "version", "architecture", "threading_layer", "num_threads",
+                                       "filepath")} for i in threadpool_info()]
+    except Exception as e:  # noqa: BLE001 - a record, never a reason to fail a run
+        blas = [f"unknown ({type(e).__name__})"]
+    return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+            "processor": _cpu_name(), "packages": versions, "thread_pools": blas,
+            "env": {k: os.environ[k] for k in sorted(os.environ) if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "ATEN_"))}}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown"
+
+
 def record(kind: str, cache, attrs: dict, parameters: dict) -> dict:
     """What ``run.json`` holds for a run of ``kind`` ("report", "study") on ``cache`` with ``parameters``."""
     return {"kind": kind, "cache": str(Path(cache).resolve()) if cache is not None else None,
@@ -79,7 +117,7 @@ def record(kind: str, cache, attrs: dict, parameters: dict) -> dict:
                                                                 "dataset_name", "processor", "dtype")},
             "parameters": json.loads(json.dumps(parameters, default=str)),
             "command": COMMAND.get() or (" ".join(sys.argv) if sys.argv and sys.argv[0] else "python"),
-            "pacs_embed_version": __version__, "git_commit": git_commit(),
+            "pacs_embed_version": __version__, "git_commit": git_commit(), "environment": environment(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "cwd": os.getcwd()}
 
@@ -90,13 +128,14 @@ def claim(folder: Path, this: dict, files) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{str(folder)!r} is a file, not a folder; name a folder (it is made if missing)")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot make the output folder {str(folder)!r} ({e.strerror or e}); name one you can write "
-                          f"to") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write into the output folder {str(folder)!r}; name one you can write to")
+    existing = folder   # made only when the run writes (``write``): a refused run leaves no folder behind
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot make the output folder {str(folder)!r}: {str(existing)!r} is a file; name a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "write into the output folder" if existing == folder else f"make the output folder {str(folder)!r} in"
+        raise OutputError(f"cannot {what} {str(existing)!r}; name one you can write to")
     mine = folder / RECORD
     if mine.is_file():
         try:
@@ -118,6 +157,12 @@ def claim(folder: Path, this: dict, files) -> None:
 
 
 def write(folder: Path, this: dict) -> Path:
+    """``run.json`` in ``folder``, made if missing (after ``claim``)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot make the output folder {str(folder)!r} ({e.strerror or e}); name one you can write "
+                          f"to") from None
     path = Path(folder) / RECORD
     atomic_write(path, json.dumps(this, indent=1).encode())
     return path

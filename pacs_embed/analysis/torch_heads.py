@@ -17,10 +17,30 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 import torch
 
 MAX_ITER = 2000
+_CPU = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_thread(on: torch.device):
+    """On the CPU, one solve at a time on one intra-op thread: torch splits its reductions by thread count, so a
+    head would otherwise depend on it (and on what else runs). A device's kernels are left as they are."""
+    if on.type != "cpu":
+        yield
+        return
+    with _CPU:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
 
 def device() -> torch.device:
@@ -33,6 +53,11 @@ def lbfgs_path(x: np.ndarray, target: np.ndarray, n_classes: int, Cs, tol: float
     copies) and class indices ``target`` in [0, n_classes), on ``on`` (default: cuda when present); ``tol``: the
     largest gradient entry at convergence."""
     on = on or device()
+    with _one_thread(on):
+        return _path(x, target, n_classes, Cs, tol, on)
+
+
+def _path(x, target, n_classes, Cs, tol, on) -> list[tuple]:
     X = torch.from_numpy(np.ascontiguousarray(x)).to(on, torch.float64)
     target = torch.from_numpy(np.asarray(target, np.int64)).to(on)
     n, d, K = len(X), X.shape[1], n_classes
