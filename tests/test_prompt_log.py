@@ -80,3 +80,59 @@ def test_a_cache_replaced_while_its_embeddings_are_loaded_is_detected(cache_copy
     replacement.replace(cache_copy)                                           # re-extracted meanwhile
     with pytest.raises(CacheError, match="was replaced .* after it was opened"):
         pa.prompt_similarity(emb, ["a prompt asked after the swap"])
+
+
+def _five_records(cache_copy):
+    cache = Cache.open(cache_copy)
+    for i in range(5):
+        cache.append_prompts([f"p{i}a", f"p{i}b"], vectors(2, seed=i), cache.model)
+    return log_path(cache_copy)
+
+
+@pytest.mark.parametrize("where", ["a vector byte", "the length field", "the magic"])
+def test_damage_in_the_middle_hides_no_later_record_and_the_next_append_loses_none(cache_copy, where):
+    from pacs_embed.prompt_log import PromptLogWarning
+    log = _five_records(cache_copy)
+    data = bytearray(log.read_bytes())
+    first = len(data) // 5                                   # records are the same size: record 1 of 0-4 starts here
+    at = {"a vector byte": first + len(data) // 10, "the length field": first + 12, "the magic": first + 2}[where]
+    data[at] ^= 0x10
+    log.write_bytes(bytes(data))
+    with pytest.warns(PromptLogWarning, match="damaged"):
+        have = read_prompts(cache_copy)
+    assert {f"p{i}{s}" for i in (0, 2, 3, 4) for s in "ab"} <= have.keys() and "p1a" not in have
+    cache = Cache.open(cache_copy)
+    with pytest.warns(PromptLogWarning, match="set aside"):
+        cache.append_prompts(["p5"], vectors(1, seed=9), cache.model)
+    after = read_prompts(cache_copy)
+    assert {f"p{i}{s}" for i in (0, 2, 3, 4) for s in "ab"} | {"p5"} <= after.keys()
+    kept = list(log.parent.glob(log.name + ".damaged-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == bytes(data)       # the damaged bytes themselves, kept
+
+
+def test_a_users_own_file_at_the_log_s_name_is_set_aside_not_overwritten(cache_copy):
+    log = log_path(cache_copy)
+    notes = "my notes\n" * 1000
+    log.write_text(notes)
+    cache = Cache.open(cache_copy)
+    with pytest.warns(UserWarning):
+        cache.append_prompts(["a woodcut"], vectors(1), cache.model)
+    assert [p.read_text() for p in log.parent.glob(log.name + ".damaged-*")] == [notes]
+    assert "a woodcut" in read_prompts(cache_copy)
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_the_log_is_never_read_or_written_through_a_link(cache_copy, tmp_path, dangling):
+    from pacs_embed.prompt_log import PromptLogError
+    target = tmp_path / "elsewhere" / "notes.txt"
+    target.parent.mkdir()
+    if not dangling:
+        target.write_text("my notes\n" * 1000)
+    log_path(cache_copy).symlink_to(target)
+    cache = Cache.open(cache_copy)
+    with pytest.raises(PromptLogError, match="symbolic link"):
+        cache.append_prompts(["a woodcut"], vectors(1), cache.model)
+    assert target.exists() != dangling and (dangling or target.read_text() == "my notes\n" * 1000)
+    assert log_path(cache_copy).is_symlink()
+    with pytest.raises(CacheError, match=str(log_path(cache_copy))):
+        read_prompts(cache_copy)
