@@ -9,7 +9,9 @@ from pacs_embed.cache import Cache, CacheError
 
 
 def _replace(f, name, data, **kw):
-    attrs = dict(f[name].attrs)
+    """The array as another tool would write it: no pacs_embed checksum beside it (a changed array that kept its
+    checksum is damage: tests/test_damage.py)."""
+    attrs = {k: v for k, v in f[name].attrs.items() if k != "sha256"}
     del f[name]
     f.create_dataset(name, data=data, **kw).attrs.update(attrs)
 
@@ -141,3 +143,57 @@ def test_the_cache_object_validates_once_and_stands_for_its_path(mini_cache):
     import pickle
     assert pickle.loads(pickle.dumps(cache)).path == cache.path
     cache.close()
+
+
+def _external_link(f, other):
+    data = f["images/embedding"][:]
+    with h5py.File(other, "w") as o:
+        o.create_dataset("e", data=data[::-1])
+    del f["images/embedding"]
+    f["images/embedding"] = h5py.ExternalLink(str(other), "e")
+
+
+def _soft_link(f, other):
+    del f["images/label"]
+    f["images/label"] = h5py.SoftLink("/images/domain")           # labels read from another array
+
+
+def _virtual(f, other):
+    data = f["images/embedding"][:]
+    with h5py.File(other, "w") as o:
+        o.create_dataset("e", data=data)
+    layout = h5py.VirtualLayout(shape=data.shape, dtype=data.dtype)
+    source = h5py.VirtualSource(str(other), "e", shape=data.shape)
+    for i in range(len(data)):                                   # the rows reversed
+        layout[i] = source[len(data) - 1 - i]
+    del f["images/embedding"]
+    f["images"].create_virtual_dataset("embedding", layout)
+
+
+def _external_storage(f, other):
+    n = f["failures/path"].shape[0]
+    other.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n" * 8)
+    del f["failures/path"]
+    f["failures"].create_dataset("path", shape=(max(n, 1),), dtype="S8", external=[(str(other), 0, 8 * max(n, 1))])
+
+
+def _extra_object(f, other):
+    f.create_group("mine").create_dataset("notes", data=np.arange(3))
+
+
+POINTING = {"an external link": (_external_link, "external link"), "a soft link": (_soft_link, "soft link"),
+            "a virtual dataset": (_virtual, "virtual dataset"), "external storage": (_external_storage, "external file"),
+            "an object the layout does not name": (_extra_object, "/mine")}
+
+
+@pytest.mark.parametrize("case", list(POINTING))
+def test_a_cache_that_points_at_other_files_or_holds_other_objects_is_refused(cache_copy, tmp_path, case, capsys):
+    from pacs_embed.cli import main
+    damage, words = POINTING[case]
+    with h5py.File(cache_copy, "a") as f:
+        damage(f, tmp_path / "other.h5")
+    with pytest.raises(CacheError, match=words) as e:
+        Cache.open(cache_copy)
+    assert str(cache_copy) in str(e.value) and "\n" not in str(e.value)
+    assert main(["info", str(cache_copy)]) == 2
+    assert "root:x" not in capsys.readouterr().out
