@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 import warnings
@@ -28,7 +29,7 @@ import numpy as np
 from . import hdf5
 from .datasets import Changes, Record, compare, scan
 from .errors import CacheError, PacsEmbedError  # noqa: F401  (CacheError: the cache's errors, importable from here)
-from .files import NO_SPACE, LockBusy
+from .files import NO_SPACE, LockBusy, component
 from .files import locked as _locked
 from .prompt_log import PromptLog, log_path
 
@@ -43,10 +44,16 @@ def heads_folder(path) -> Path:
     return Path(path).with_name(Path(path).name + ".heads")
 
 
-def default_path(dataset_name: str, model_id: str, folder="data/embeddings") -> Path:
-    """``data/embeddings/<dataset>/<model>.h5`` with '/' in hub ids written as '__'."""
-    name = Path(model_id).name if os.path.isabs(model_id) else model_id.replace("/", "__")
-    return Path(folder) / dataset_name / f"{name}.h5"
+def default_path(dataset_name: str, model_id: str, folder="data/embeddings", revision: str | None = None) -> Path:
+    """``data/embeddings/<dataset>/<model>.h5``: a hub id with '/' written as '__'; a local checkpoint folder by its
+    name and a short hash of its weights' identity (``revision``), so that two checkpoints in folders of the same
+    name (``/ckpt/a/final``, ``/ckpt/b/final``) never share a cache."""
+    if os.path.isabs(model_id):
+        tag = hashlib.sha256(f"{model_id}\0{revision or ''}".encode()).hexdigest()[:8]
+        name = f"{Path(model_id).name}-{tag}"
+    else:
+        name = model_id.replace("/", "__")
+    return Path(folder) / component(dataset_name) / f"{component(name)}.h5"
 
 
 def default_cache(folder="data/embeddings") -> Path:
@@ -320,6 +327,37 @@ class Cache(os.PathLike):
                 self._log.append([texts[i] for i in keep], vectors[keep], model)
                 self._refresh()
             return len(keep)
+
+    def dataset_name(self) -> str:
+        """The dataset's name: its registry entry's, else the one recorded at extraction, else the cache folder's."""
+        from .templates import match
+        entry = match(self.domains, self.classes)
+        if entry is not None:
+            return entry.name
+        recorded = str(self.attrs.get("dataset_name", NOT_RECORDED))
+        return self.path.resolve().parent.name if recorded in (NOT_RECORDED, "", "None") else recorded
+
+    def dataset_label(self) -> str:
+        """The dataset's name as a table should print it: a registered dataset's subset says so
+        ('PACS (224 of 9,991 images)'), so that a pasted table never claims the full dataset."""
+        from .templates import match
+        entry, name = match(self.domains, self.classes), self.dataset_name()
+        if entry is not None and self.n_images < entry.n_images:
+            return f"{name} ({self.n_images:,} of {entry.n_images:,} images)"
+        return name
+
+    def model_label(self) -> str:
+        """The model's identity: its id, and the first characters of its revision (a hub commit, or the hash of a
+        local folder's weights) — two checkpoints in folders of one name are told apart."""
+        model, revision = str(self.attrs.get("model_id")), str(self.attrs.get("revision", ""))
+        revision = revision.split(":", 1)[-1][:8]
+        return f"{model}@{revision}" if revision and revision not in ("None", "none", NOT_RECORDED) else model
+
+    def model_folder(self) -> str:
+        """The model's identity as one path component: 'openai__clip-vit-base-patch32@3d74acf9', 'final@1a2b3c4d'."""
+        model, _, revision = self.model_label().partition("@")
+        name = Path(model).name if os.path.isabs(model) else model.replace("/", "__")
+        return component(f"{name}@{revision}" if revision else name)
 
     def dataset(self) -> str:
         """Which registered dataset this is, and how many of its images the cache holds ('OfficeHome: 15,588 of

@@ -45,7 +45,8 @@ class Dataset:
 
     @property
     def name(self) -> str:
-        return self.root.name
+        """The dataset folder's own name (``--data ..`` is the parent folder's name, never "..")."""
+        return self.root.resolve().name or "dataset"
 
     def manifest_sha256(self) -> str:
         """One hash over every (path, content hash): changes when any file is added, removed or edited."""

@@ -203,7 +203,8 @@ def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision:
             try:
                 spec = resolve(model, revision)
                 check_clip(spec)
-                out = Path(out) if out else _cache.default_path(root.resolve().name, spec.model_id)
+                out = Path(out) if out else _cache.default_path(root.resolve().name, spec.model_id,
+                                                                revision=spec.revision)
                 stack.enter_context(_cache.locked(out, wait=False))
                 plan = _plan(root, spec, out, templates, t0, dev, dtype=dtype, batch_size=batch_size,
                              processor=processor, force=force, restart=restart, progress=progress)
@@ -321,6 +322,11 @@ def _compare_with_old(plan: Plan, known: dict, force: bool) -> bool:
     (``state.kept``) and which prompts carried over (same model and tokenizer)."""
     state, spec = plan.rank0, plan.spec
     old, cache, settings = state.old, state.cache, state.settings
+    if not force and (old.get("model_id"), old.get("revision")) != (spec.model_id, spec.revision):
+        raise ExtractionError(f"{plan.out} holds the embeddings of another model ({old.get('model_id')} @ "
+                              f"{str(old.get('revision'))[:19]}; this is {spec.model_id} @ {spec.revision[:19]}). "
+                              f"Refusing to replace them: choose another --out (or leave it out: each model gets its "
+                              f"own cache), or pass --force to replace them.")
     if _cache.same_model(old, spec.model_id, spec.revision, spec.tokenizer):
         state.carried_prompts = cache.prompts   # else every prompt is encoded again
     state.differs = [k for k in settings if old.get(k) != settings[k]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -136,3 +137,14 @@ def _open_locked(lock: Path, wait: bool, busy: Exception):
             return f
         _unlock_file(f)
         f.close()
+
+
+def component(name, fallback: str = "unnamed") -> str:
+    """``name`` (read from a cache or a file: a dataset or model name, a file stem) as one safe path component: path
+    separators and NULs become "_", and "", "." and ".." (or only dots) cannot climb out of the folder it is put in.
+
+    Usage: ``folder / component(cache.attrs["dataset_name"])``"""
+    text = re.sub(r"[/\\\x00:]", "_", str(name)).strip()
+    if not text.strip("."):
+        text = text.replace(".", "_") or fallback
+    return text[:120]

@@ -32,12 +32,14 @@ def test_offline_the_messages_lead_from_nothing_to_a_report_and_a_notebook(tmp_p
 
     r = pacs_embed(home, "extract", "--data", "data/PACS", "--model", tiny_clip, "--no-progress")
     assert r.returncode == 0, r.stderr
-    cache = home / "data" / "embeddings" / "PACS" / f"{tiny_clip.name}.h5"
-    assert cache.is_file() and f"next: pacs-embed report {cache.relative_to(home)}" in r.stdout
+    made = list((home / "data" / "embeddings" / "PACS").glob(f"{tiny_clip.name}-*.h5"))   # its name and weights' hash
+    assert len(made) == 1
+    cache = made[0]
+    assert f"next: pacs-embed report {cache.relative_to(home)}" in r.stdout
 
     r = pacs_embed(home, "report", "--seeds", "2", "--descriptions", "paper", "--bootstrap", "20", "--no-progress")
     assert r.returncode == 0, r.stderr                                # no cache named: the newest one
-    report = (home / "results" / cache.stem / "latest" / "report.md").read_text()
+    report = (home / "results" / "PACS" / cache.stem / "latest" / "report.md").read_text()
     assert report.startswith("# pacs_embed report\n\n## The answer")
 
     monkeypatch.setenv("PACS_EMBED_CACHE", str(cache))                # the notebooks' one setting

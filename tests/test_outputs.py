@@ -14,9 +14,9 @@ def test_a_report_left_to_itself_writes_a_new_run_folder_with_its_record(cache_c
     monkeypatch.chdir(tmp_path)
     assert main(["report", str(cache_copy), *FAST]) == 0
     assert main(["report", str(cache_copy), *FAST]) == 0
-    runs = sorted(p for p in (tmp_path / "results" / "mini").iterdir() if p.name != "latest")
+    runs = sorted(p for p in (tmp_path / "results" / "PACS" / "mini").iterdir() if p.name != "latest")
     assert len(runs) == 2                                               # the second run did not replace the first
-    latest = (tmp_path / "results" / "mini" / "latest").resolve()
+    latest = (tmp_path / "results" / "PACS" / "mini" / "latest").resolve()   # results/<dataset>/<cache>/<time>
     assert latest == runs[-1].resolve() and (latest / "figures" / "gains.png").is_file()
     record = json.loads((latest / "run.json").read_text())
     assert record["kind"] == "report" and record["parameters"]["seeds"] == [0]
@@ -82,3 +82,15 @@ def test_run_json_records_the_environment_a_result_can_be_rebuilt_in(cache_copy,
     assert env["python"] and env["processor"]
     assert all(env["packages"][p] for p in ("numpy", "scipy", "scikit-learn", "h5py", "torch", "transformers"))
     assert any(pool.get("internal_api") == "openblas" and pool.get("architecture") for pool in env["thread_pools"])
+
+
+def test_a_latest_folder_of_the_user_s_is_kept_and_the_run_still_completes(cache_copy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "results" / "PACS" / "mini" / "latest"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.warns(UserWarning, match="left as it is"):
+        assert main(["report", str(cache_copy), *FAST]) == 0
+    assert (mine / "notes.txt").read_text() == "keep me"
+    runs = [p for p in mine.parent.iterdir() if p.name != "latest"]
+    assert len(runs) == 1 and (runs[0] / "results.csv").is_file()          # no empty run folder beside it

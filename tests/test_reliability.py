@@ -394,3 +394,62 @@ def test_the_writers_lock_is_exclusive_although_each_holder_removes_it(tmp_path)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(counter)]) for _ in range(3)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     assert counter.read_text() == "90" and not (tmp_path / "n.lock").exists()
+
+
+def test_two_checkpoints_in_folders_of_one_name_get_two_caches_and_neither_replaces_the_other(small_dataset, tiny_clip,
+                                                                                          other_clip, tmp_path):
+    """`extract --model /ckpt/a/final` then `--model /ckpt/b/final` (other weights): two default caches; named into
+    one --out, the second is refused without --force."""
+    a, b = tmp_path / "ckpt" / "a" / "final", tmp_path / "ckpt" / "b" / "final"
+    for src, dest in ((tiny_clip, a), (other_clip, b)):
+        shutil.copytree(src, dest)
+    home = tmp_path / "home"
+    home.mkdir()
+    for model in (a, b):
+        r = subprocess.run([sys.executable, "-m", "pacs_embed", "extract", "--data", str(small_dataset), "--model",
+                            str(model), "--workers", "0", "--no-progress"], capture_output=True, text=True, cwd=home)
+        assert r.returncode == 0, r.stderr
+    made = sorted((home / "data" / "embeddings" / small_dataset.name).glob("final-*.h5"))
+    assert len(made) == 2 and {read_attrs(m)["model_id"] for m in made} == {str(a), str(b)}
+    out = tmp_path / "one.h5"
+    assert run("extract", "--data", small_dataset, "--model", a, "--out", out, "--workers", "0").returncode == 0
+    before = out.read_bytes()
+    r = run("extract", "--data", small_dataset, "--model", b, "--out", out, "--workers", "0")
+    assert r.returncode == 2 and "another model" in r.stderr and "--force" in r.stderr
+    assert out.read_bytes() == before
+    assert run("extract", "--data", small_dataset, "--model", b, "--out", out, "--workers", "0",
+               "--force").returncode == 0
+    assert read_attrs(out)["model_id"] == str(b)
+
+
+@pytest.mark.parametrize("name", ["..", "../../x", "/abs", "", "."])
+def test_names_read_from_a_cache_never_become_paths_outside_the_named_folders(cache_copy, tmp_path, name, monkeypatch):
+    """A recorded dataset name or a file stem is one safe path component: the report and the study write inside
+    results/ and inside --out, whatever the cache says."""
+    import h5py
+    from pacs_embed.analysis import study
+    with h5py.File(cache_copy, "a") as f:
+        f.attrs["dataset_name"] = name
+        for table in ("domains", "classes"):   # not a registered dataset: the recorded name is used
+            renamed = [f"x{t}" for t in f[table].asstr()[:]]
+            del f[table]
+            f.create_dataset(table, data=np.array(renamed, dtype=object), dtype=h5py.string_dtype())
+    odd = cache_copy.with_name("...h5")
+    cache_copy.rename(odd)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "latest").mkdir()                                   # a user's own folder of that name, kept
+    assert main(["report", str(odd), "--seeds", "1", "--descriptions", "paper", "--methods", "none", "translate",
+                 "--bootstrap", "20", "--no-progress"]) == 0
+    made = [p for p in work.rglob("report.md")]
+    assert len(made) == 1 and made[0].resolve().is_relative_to((work / "results").resolve())
+    assert sorted(p.name for p in work.iterdir()) == ["latest", "results"] and not list((work / "latest").iterdir())
+    out = tmp_path / "study" / "out"
+    above = sorted(p.name for p in tmp_path.parent.iterdir())
+    study([odd], out=out, seeds=range(1), descriptions=["paper"], methods=["none", "translate"], n_boot=20,
+          progress=False)
+    inside = [p.resolve() for p in (tmp_path / "study").rglob("*")]
+    assert inside and all(p.is_relative_to(out.resolve()) for p in inside)
+    assert {p.name for p in tmp_path.iterdir()} <= {"...h5", "...h5.heads", "...h5.prompts", "study", "work"}
+    assert sorted(p.name for p in tmp_path.parent.iterdir()) == above

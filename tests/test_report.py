@@ -4,6 +4,7 @@ import shutil
 import pandas as pd
 import pytest
 
+from pacs_embed.cache import Cache
 from pacs_embed.cli import main
 
 
@@ -111,17 +112,24 @@ def test_several_caches_are_reported_side_by_side(small_dataset, tiny_clip, tmp_
     assert main(["report", str(tmp_path / "narrow.h5"), str(tmp_path / "wide.h5"), "--out", str(out), "--figures",
                  str(figs), "--seeds", "2", "--descriptions", "paper", "--bootstrap", "50", "--no-progress"]) == 0
     table = pd.read_csv(out / "study.csv")
-    assert list(table.dataset) == ["PACS", "PACS"] and list(table.model) == ["narrow", "wide"]
+    assert list(table.dataset) == ["PACS (56 of 9,991 images)"] * 2                 # a subset says so
+    labels = {}
+    for name in caches:
+        with Cache(tmp_path / f"{name}.h5") as c:
+            labels[name] = (c.model_label(), c.model_folder())
+    assert list(table.model) == [labels["narrow"][0], labels["wide"][0]]             # the models' identities
+    assert str(caches["wide"]) in labels["wide"][0] and "@" in labels["wide"][0]
     for name, (_, row) in zip(["narrow", "wide"], table.iterrows()):
-        assert (out / "PACS" / name / "report.md").is_file() and (figs / "PACS" / name / "gains.png").is_file()
-        means = pd.read_csv(out / "PACS" / name / "methods.csv")          # the model's own report agrees
+        folder = labels[name][1]
+        assert (out / "PACS" / folder / "report.md").is_file() and (figs / "PACS" / folder / "gains.png").is_file()
+        means = pd.read_csv(out / "PACS" / folder / "methods.csv")        # the model's own report agrees
         none = means[means.method == "none"].iloc[0]
         translate = means[(means.method == "translate") & (means.description == "paper")].iloc[0]
         best = means[~means.method.isin(["none", "zeroshot", "zeroshot_domain", "in_domain"])].iloc[0]
         assert row["none"] == pytest.approx(none["mean"]) and row["none_ci_low"] == pytest.approx(none["ci_low"])
         assert row["translate"] == pytest.approx(translate["mean"])
         assert row["best_method"] == f"{best.method} / {best.description}" and row["best"] == pytest.approx(best["mean"])
-    assert (figs / "study.png").stat().st_size > 1000 and "| narrow |" in (out / "study.md").read_text()
+    assert (figs / "study.png").stat().st_size > 1000 and f"| {labels['narrow'][0]} |" in (out / "study.md").read_text()
     assert "\\begin{tabular}" in (out / "study.tex").read_text()
 
 

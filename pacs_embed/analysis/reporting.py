@@ -105,7 +105,8 @@ def _folders(cache: Cache, out, figures, parameters: dict) -> tuple[Path, Path]:
     """The run's folders for tables and figures, each claimed with its ``run.json`` before any work (``runs``): a
     new ``results/<cache>/<time>/`` (pointed at by ``latest``) unless ``out`` names one."""
     fresh = out is None
-    out = runs.new_folder("results", cache.path.stem) if fresh else output_folder(out, "results folder")
+    out = runs.new_folder("results", cache.dataset_name(), cache.path.stem) if fresh else output_folder(
+        out, "results folder")
     figures = out / "figures" if figures is None else output_folder(figures, "figures folder")
     this = runs.record("report", cache, cache.attrs, parameters)
     runs.claim(out, this, TABLES)   # both before any work: a folder that cannot be used fails now

@@ -21,11 +21,12 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from .. import __version__
 from ..errors import PacsEmbedError
-from ..files import atomic_write
+from ..files import atomic_write, component
 
 RECORD = "run.json"
 COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("command", default=None)   # set by the CLI
@@ -36,26 +37,35 @@ class OutputError(PacsEmbedError, ValueError):
     """An output folder that cannot be used without overwriting what is not this run's."""
 
 
-def new_folder(base, name: str) -> Path:
-    """``base/<name>/<UTC time>/`` (a suffix when two runs start in the same second); not made yet."""
+def new_folder(base, *names: str) -> Path:
+    """``base/<name>/.../<UTC time>/`` (each name one safe component; a suffix when two runs start in the same
+    second); not made yet."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    folder = Path(base) / name / stamp
+    parent = Path(base).joinpath(*(component(n) for n in names))
+    folder = parent / stamp
     k = 1
     while folder.exists():
         k += 1
-        folder = Path(base) / name / f"{stamp}-{k}"
+        folder = parent / f"{stamp}-{k}"
     return folder
 
 
 def point_latest(folder: Path) -> None:
     """``<folder's parent>/latest``: a link to the newest run (a text file naming it where links are not allowed)."""
     latest = folder.parent / "latest"
+    if latest.is_dir() and not latest.is_symlink():   # a folder of the user's: never replaced
+        warnings.warn(f"{latest} is a folder, not the link pacs_embed keeps there: left as it is; the newest run is "
+                      f"{folder}", stacklevel=2)
+        return
     try:
         if latest.is_symlink() or latest.is_file():
             latest.unlink()
         latest.symlink_to(folder.name, target_is_directory=True)
     except OSError:
-        atomic_write(latest, f"{folder.name}\n".encode())
+        try:
+            atomic_write(latest, f"{folder.name}\n".encode())
+        except OSError as e:
+            warnings.warn(f"cannot point {latest} at the newest run ({e.strerror or e}); it is {folder}", stacklevel=2)
 
 
 def git_commit() -> str:
@@ -114,7 +124,8 @@ def record(kind: str, cache, attrs: dict, parameters: dict) -> dict:
     """What ``run.json`` holds for a run of ``kind`` ("report", "study") on ``cache`` with ``parameters``."""
     return {"kind": kind, "cache": str(Path(cache).resolve()) if cache is not None else None,
             "cache_provenance": {k: str(attrs.get(k)) for k in ("model_id", "revision", "created", "manifest_sha256",
-                                                                "dataset_name", "processor", "dtype")},
+                                                                "dataset_name", "processor", "dtype")
+                                 if k in attrs} if cache is not None else None,   # a study: each report has its own
             "parameters": json.loads(json.dumps(parameters, default=str)),
             "command": COMMAND.get() or (" ".join(sys.argv) if sys.argv and sys.argv[0] else "python"),
             "pacs_embed_version": __version__, "git_commit": git_commit(), "environment": environment(),

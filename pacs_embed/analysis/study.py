@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..cache import Cache
-from ..files import atomic_write
-from ..templates import match
+from ..files import atomic_write, component
 from . import runs
 from .arguments import output_folder
 from .reporting import markdown, report, tex
@@ -31,16 +30,9 @@ TITLES = {"zeroshot": "zero-shot", "none": "none", "translate": "translate (pape
 AVERAGE = "average"
 
 
-def _label(cache: Cache) -> tuple[str, str]:
-    """(dataset, model) names of a cache: its registry entry (else its recorded dataset name, else its folder's
-    name), and its file's stem (one file per model)."""
-    entry = match(cache.domains, cache.classes)
-    name = entry.name if entry else str(cache.attrs.get("dataset_name", "not recorded"))
-    return (cache.path.parent.name if name == "not recorded" else name), cache.path.stem
-
-
-def _check(caches) -> list[tuple[str, str, str]]:
-    """(cache, dataset, model) for every cache, each readable and named once, before any work."""
+def _check(caches) -> list[tuple[str, str, str, Path]]:
+    """(cache, dataset label, model identity, its folder under the study's) for every cache, each readable and named
+    once, before any work; two caches of one model on one dataset are refused (their rows would be one)."""
     caches = [str(c) for c in ([caches] if isinstance(caches, (str, Path)) else caches)]
     if not caches:
         raise ValueError("study needs at least one cache")
@@ -52,32 +44,34 @@ def _check(caches) -> list[tuple[str, str, str]]:
     out, labels = [], {}
     for c in caches:
         with Cache(c) as cache:   # a missing or damaged cache fails here, naming it
-            dataset, model = _label(cache)
-        if (dataset, model) in labels:   # two files of one name for one dataset: tell them apart by folder
-            model = f"{Path(c).parent.name}/{model}"
+            dataset, model = cache.dataset_label(), cache.model_label()
+            folder = Path(component(cache.dataset_name())) / cache.model_folder()
+        if (dataset, model) in labels:
+            raise ValueError(f"{labels[(dataset, model)]} and {c} are both {model} on {dataset}: their rows would be "
+                             f"one. Give each model and dataset once.")
         labels[(dataset, model)] = c
-        out.append((c, dataset, model))
+        out.append((c, dataset, model, folder))
     return out
 
 
 def study(caches, out=None, figures=None, **kwargs) -> dict[str, Path]:
     """``report`` for each cache (into ``out/<dataset>/<model>/`` and ``figures/<dataset>/<model>/``), then
-    ``study.csv``/``study.md``/``study.tex`` and ``figures/study.png``. ``out`` defaults to a new
-    ``results/study/<time>/``, ``figures`` to ``out/figures``. ``kwargs`` go to ``report``."""
+    ``study.csv``/``study.md``/``study.tex`` and ``figures/study.png``; rows are labelled, and averaged per model, by
+    the model's identity (id @ revision). ``out`` defaults to a new ``results/study/<time>/``, ``figures`` to ``out/figures``. ``kwargs`` go to ``report``."""
     from . import plots
     checked = _check(caches)
     fresh = out is None
     out = runs.new_folder("results", "study") if fresh else output_folder(out, "results folder")
     figures = out / "figures" if figures is None else output_folder(figures, "figures folder")
-    this = runs.record("study", None, {}, {"caches": [c for c, _, _ in checked], **kwargs})
+    this = runs.record("study", None, {}, {"caches": [c for c, _, _, _ in checked], **kwargs})
     runs.claim(out, this, ("study.csv", "study.md", "study.tex"))
     runs.claim(figures, this, ("study.png", "study.pdf"))
     runs.write(out, this)
     if fresh:
         runs.point_latest(out)
     rows = []
-    for cache, dataset, model in checked:
-        paths = report(cache, out / dataset / model, figures / dataset / model, **kwargs)
+    for cache, dataset, model, folder in checked:
+        paths = report(cache, out / folder, figures / folder, **kwargs)
         rows.append({"dataset": dataset, "model": model, **json.loads(paths["headline"].read_text())})
     table = study_table(rows)
     paths = {"study": out / "study.csv", "study_markdown": out / "study.md", "study_latex": out / "study.tex"}
@@ -100,7 +94,8 @@ EXPLAINED = (
     "maximum of several noisy means, so it is optimistic; check it on other seeds before reading it as a gain. "
     f"The `{AVERAGE}` rows average each column over the datasets of a model, as DomainBed prints its Avg (a plain "
     "mean of the dataset means, with no interval; only over datasets that every model has). Each cache's full "
-    "report is in `<dataset>/<model>/`.")
+    "report is in `<dataset>/<model>/`. Models are named by their identity (id @ revision); a dataset of which the "
+    "cache holds only some images says how many.")
 
 
 def study_table(rows: list[dict]) -> pd.DataFrame:
