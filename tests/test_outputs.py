@@ -94,3 +94,25 @@ def test_a_latest_folder_of_the_user_s_is_kept_and_the_run_still_completes(cache
     assert (mine / "notes.txt").read_text() == "keep me"
     runs = [p for p in mine.parent.iterdir() if p.name != "latest"]
     assert len(runs) == 1 and (runs[0] / "results.csv").is_file()          # no empty run folder beside it
+
+
+def test_two_reports_into_one_folder_at_once_leave_one_whole_run(cache_copy, tmp_path):
+    """Started together with different seeds: the folder ends with one run's files, its run.json agreeing with its
+    results; the other run is refused at the end and its files are kept beside, not mixed in."""
+    import subprocess
+    import sys
+    import pandas as pd
+    out = tmp_path / "r"
+    procs = [subprocess.Popen([sys.executable, "-m", "pacs_embed", "report", str(cache_copy), "--out", str(out),
+                               "--seeds", n, "--descriptions", "paper", "--methods", "none", "translate",
+                               "--bootstrap", "20", "--no-progress", "--no-head-cache"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in ("1", "2")]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) in ([0, 0], [0, 2]), results
+    record = json.loads((out / "run.json").read_text())
+    assert sorted(set(pd.read_csv(out / "results.csv").seed)) == record["parameters"]["seeds"]
+    assert json.loads((out / "figures" / "run.json").read_text())["parameters"] == record["parameters"]
+    if [rc for rc, _ in results].count(2):
+        err = next(e for rc, e in results if rc == 2)
+        assert "kept in" in err and list(tmp_path.glob("r-not-published/*/results.csv"))
+    assert not list(tmp_path.glob(".r.partial-*")) and not (tmp_path / "r.lock").exists()

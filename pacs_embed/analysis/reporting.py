@@ -68,11 +68,24 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     if not descriptions:
         raise ValueError(f"descriptions is empty: name at least one of {DEFAULT_DESCRIPTIONS}")
     cache = Cache.open(cache)   # a missing or damaged cache fails here, before any folder is made
-    out, figures = _folders(cache, out, figures, {
+    out, figures, this, fresh = _folders(cache, out, figures, {
         "seeds": list(seeds), "descriptions": list(descriptions), "domain_prompts": domain_prompts or {},
         "methods": methods, "sources": sources, "n_nouns": n_nouns, "n_boot": n_boot,
         "head_cache": head_cache if isinstance(head_cache, bool) else str(head_cache),
         "solver": resolve_solver(solver)})
+    with runs.Staging(this, [(out, TABLES), (figures, FIGURES)]) as stage:
+        paths = _write(cache, stage.path(out), stage.path(figures), seeds, descriptions, domain_prompts, methods,
+                       n_nouns, n_boot, head_cache, progress, sources, solver)
+        stage.publish()
+        paths = {k: stage.final(p) for k, p in paths.items()}
+    if fresh:
+        runs.point_latest(out)
+    return paths
+
+
+def _write(cache, out, figures, seeds, descriptions, domain_prompts, methods, n_nouns, n_boot, head_cache, progress,
+           sources, solver) -> dict[str, Path]:
+    """The report's work, its tables written to ``out`` and its figures to ``figures`` (the staged folders)."""
     emb = load(cache)
     t1 = table1(emb, domain_prompts)
     text = text_side(emb, tuple(descriptions), domain_prompts, n_nouns)
@@ -101,9 +114,10 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     return paths
 
 
-def _folders(cache: Cache, out, figures, parameters: dict) -> tuple[Path, Path]:
-    """The run's folders for tables and figures, each claimed with its ``run.json`` before any work (``runs``): a
-    new ``results/<cache>/<time>/`` (pointed at by ``latest``) unless ``out`` names one."""
+def _folders(cache: Cache, out, figures, parameters: dict) -> tuple[Path, Path, dict, bool]:
+    """The run's folders for tables and figures, each claimed before any work (``runs.claim``; made when the run
+    publishes its files): a new ``results/<dataset>/<cache>/<time>/`` (pointed at by ``latest``) unless ``out`` names
+    one. Returns them, the run's record, and whether the folder is a new one."""
     fresh = out is None
     out = runs.new_folder("results", cache.dataset_name(), cache.path.stem) if fresh else output_folder(
         out, "results folder")
@@ -111,12 +125,7 @@ def _folders(cache: Cache, out, figures, parameters: dict) -> tuple[Path, Path]:
     this = runs.record("report", cache, cache.attrs, parameters)
     runs.claim(out, this, TABLES)   # both before any work: a folder that cannot be used fails now
     runs.claim(figures, this, FIGURES)
-    runs.write(out, this)
-    if figures != out:
-        runs.write(figures, this)
-    if fresh:
-        runs.point_latest(out)
-    return out, figures
+    return out, figures, this, fresh
 
 
 HOW_TO_READ = (

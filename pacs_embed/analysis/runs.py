@@ -19,6 +19,7 @@ import contextvars
 import datetime as _dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import PacsEmbedError
-from ..files import atomic_write, component
+from ..files import atomic_write, component, locked
 
 RECORD = "run.json"
 COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("command", default=None)   # set by the CLI
@@ -177,6 +178,83 @@ def write(folder: Path, this: dict) -> Path:
     path = Path(folder) / RECORD
     atomic_write(path, json.dumps(this, indent=1).encode())
     return path
+
+
+class Staging:
+    """A run's folders, written into hidden folders beside them (``.<name>.partial-<pid>``) and moved in together when
+    the run ends (``publish``): a reader of a folder sees one whole run's files, never two runs' mixed (two reports
+    into one ``--out`` at once), and a run that fails leaves nothing. ``targets``: [(folder, the files it claims)];
+    a folder inside another is staged inside the other's.
+
+    Usage::
+
+        with Staging(record, [(out, TABLES), (figures, FIGURES)]) as stage:
+            write(stage.path(out) / "results.csv"); ...
+            stage.publish()
+    """
+
+    def __init__(self, this: dict, targets):
+        self.this = this
+        self.targets = [(Path(f), tuple(files)) for f, files in targets]
+        self.stages: dict[Path, Path] = {}     # outer target -> its hidden folder
+
+    def __enter__(self) -> "Staging":
+        for folder, _ in self.targets:
+            if self._outer(folder) == folder and folder not in self.stages:
+                stage = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+                shutil.rmtree(stage, ignore_errors=True)   # left by a killed run of this pid number
+                stage.mkdir(parents=True)
+                self.stages[folder] = stage
+        for folder, _ in self.targets:
+            write(self.path(folder), self.this)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for stage in self.stages.values():
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def _outer(self, folder: Path) -> Path:
+        for other, _ in self.targets:
+            if other != folder and folder.is_relative_to(other):
+                return other
+        return folder
+
+    def path(self, folder) -> Path:
+        """Where the run writes what belongs in ``folder``."""
+        folder = Path(folder)
+        outer = self._outer(folder)
+        return self.stages[outer] / folder.relative_to(outer)
+
+    def final(self, path) -> Path:
+        """The place a staged file will have."""
+        path = Path(path)
+        for outer, stage in self.stages.items():
+            if path.is_relative_to(stage):
+                return outer / path.relative_to(stage)
+        return path
+
+    def publish(self) -> None:
+        """Move every staged folder's files into their targets, each target under its lock and claimed again (a
+        run that took the folder meanwhile is not mixed with: this run's files are kept beside it, and said)."""
+        for outer, stage in self.stages.items():
+            with locked(outer, what="publishing a run into"):
+                try:
+                    for folder, files in self.targets:
+                        if self._outer(folder) == outer:
+                            claim(folder, self.this, files)
+                except OutputError as e:
+                    kept = new_folder(outer.parent, f"{outer.name}-not-published")
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(stage, kept)
+                    raise OutputError(f"{e} This run's files are kept in {kept}.") from None
+                if not outer.exists():
+                    os.rename(stage, outer)
+                    continue
+                staged = sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: p.name == RECORD)
+                for src in staged:   # run.json last: a folder's record is the last thing to change
+                    dest = outer / src.relative_to(stage)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(src, dest)
 
 
 class NotebookRun:
