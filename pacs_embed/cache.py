@@ -241,9 +241,34 @@ class Cache(os.PathLike):
         table = self._prompts
         for t, v in zip(texts, vectors):
             if t in table and not np.array_equal(table[t], v):
+                fix = (hdf5.REBUILD if where == "/prompts" else
+                       f"`pacs-embed prompts {self.path} --repair` sets the log's contradicting records aside (or "
+                       f"`pacs-embed extract --force` rebuilds the cache)")
                 raise CacheError(f"{str(self.path)!r} is damaged or inconsistent: {where} holds the prompt {t!r} twice, "
-                                 f"with two different vectors. {hdf5.REBUILD}.")
+                                 f"with two different vectors. {fix}.")
             table[t] = v
+
+    def repair_prompts(self) -> tuple[int, Path | None]:
+        """Rewrite the prompt log without the records that contradict the file's prompts or an earlier record (another
+        vector for the same prompt); its old bytes are kept beside it first. Returns (records set aside, where the old
+        bytes are, or None when nothing was wrong)."""
+        with locked(self.path), self._lock:
+            table = dict(zip(*self._h().prompts()))
+            keep, dropped = [], 0
+            for record in _all_records(self._log):
+                if self._ours(record) and any(t in table and not np.array_equal(table[t], v)
+                                              for t, v in zip(record.texts, record.vectors)):
+                    dropped += 1
+                    continue
+                if self._ours(record):
+                    table.update(zip(record.texts, record.vectors))
+                keep.append(record)
+            if not dropped:
+                return 0, None
+            kept = self._log.set_aside()
+            self._log.rewrite(keep)
+            self._prompts = None
+            return dropped, kept
 
     def _refresh(self) -> dict[str, np.ndarray]:
         with self._lock:
@@ -273,6 +298,13 @@ class Cache(os.PathLike):
         prompts = list(prompts)
         if any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ValueError("prompts must be non-empty strings")
+        for p in prompts:
+            try:
+                p.encode("utf-8")
+            except UnicodeEncodeError:   # e.g. bytes of another encoding on the command line (surrogate escapes)
+                shown = p.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                raise ValueError(f"the prompt {shown!r} (for {self.path}) is not valid UTF-8 text; write it in "
+                                 f"UTF-8") from None
         if not prompts:
             return np.zeros((0, self.dim), np.float32)
         self.check_current("encode or read prompts")

@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("cache")
     t.add_argument("prompt", nargs="*")
     t.add_argument("--list", action="store_true", help="print the prompts the cache holds (and where)")
+    t.add_argument("--repair", action="store_true",
+                   help="set aside the prompt log's records that contradict the cache (another vector for a prompt it "
+                        "holds); every other record is kept, the log's old bytes too (<log>.damaged-<time>)")
     t.add_argument("--model", help="the cache's model from another place: a hub id, or a folder holding the same "
                                    "weights (default: the model the cache records)")
     t.add_argument("--device")
@@ -150,6 +153,12 @@ def _run(args) -> int:
         from .cache import Cache, CacheError
         from .text_encoder import TextEncoder
         cache = Cache.open(args.cache)
+        if args.repair:
+            dropped, kept = cache.repair_prompts()
+            print(f"{args.cache}: {dropped} contradicting prompt record(s) set aside"
+                  + (f" (the log's old bytes: {kept})" if kept else "; the log was consistent"))
+            if not args.prompt and not args.list:
+                return 0
         if args.list:
             print("\n".join(cache.prompts))
             print(f"{len(cache.prompts)} prompts in {args.cache}", file=sys.stderr)

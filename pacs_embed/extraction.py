@@ -328,7 +328,12 @@ def _compare_with_old(plan: Plan, known: dict, force: bool) -> bool:
                               f"Refusing to replace them: choose another --out (or leave it out: each model gets its "
                               f"own cache), or pass --force to replace them.")
     if _cache.same_model(old, spec.model_id, spec.revision, spec.tokenizer):
-        state.carried_prompts = cache.prompts   # else every prompt is encoded again
+        try:
+            state.carried_prompts = cache.prompts   # else every prompt is encoded again
+        except _cache.CacheError as e:
+            if not force:
+                raise
+            print(f"note: {e}; --force: its prompts are encoded again")   # the new file's log starts empty
     state.differs = [k for k in settings if old.get(k) != settings[k]]
     if not state.differs and not force:
         if cache.vectors_usable():

@@ -227,7 +227,12 @@ class PromptLog:
                                        f"was. Free some space and run the command again.") from e
                 raise
 
-    def _set_aside(self, f, found: Scan) -> Path:
+    def set_aside(self) -> Path:
+        """A copy of the log's bytes beside it (``<log>.damaged-<time>``), before it is rewritten."""
+        with _open(self.path, write=False) as f:
+            return self._set_aside(f, None)
+
+    def _set_aside(self, f, found) -> Path:
         """A copy of the damaged log's bytes beside it, named for the time: nothing of it is lost."""
         f.seek(0)
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")

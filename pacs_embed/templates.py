@@ -102,7 +102,7 @@ def load_templates(file=None) -> dict:
     if file is None:
         return registry()["PACS"].templates
     try:
-        templates = json.loads(Path(file).read_text())
+        templates = json.loads(Path(file).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"prompt file {str(file)!r}: {e}") from e
     problem = _template_problem(templates)

@@ -136,3 +136,34 @@ def test_the_log_is_never_read_or_written_through_a_link(cache_copy, tmp_path, d
     assert log_path(cache_copy).is_symlink()
     with pytest.raises(CacheError, match=str(log_path(cache_copy))):
         read_prompts(cache_copy)
+
+
+def _contradict(cache_path):
+    """A log record giving a prompt the file holds another vector (as a log written for another file would)."""
+    cache = Cache.open(cache_path)
+    held = next(iter(cache.prompts))
+    PromptLog(log_path(cache_path)).append([held, "a mosaic"], vectors(2, dim=cache.dim, seed=5), cache.model)
+    PromptLog(log_path(cache_path)).append(["a woodcut"], vectors(1, dim=cache.dim, seed=6), cache.model)   # a good one
+    return held
+
+
+def test_a_contradicting_log_is_named_and_the_advised_repair_works(cache_copy, capsys):
+    from pacs_embed.cli import main
+    held = _contradict(cache_copy)
+    assert main(["info", str(cache_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "twice" in err and f"pacs-embed prompts {cache_copy} --repair" in err
+    assert main(["prompts", str(cache_copy), "--repair"]) == 0
+    assert "1 contradicting prompt record(s) set aside" in capsys.readouterr().out
+    assert main(["info", str(cache_copy)]) == 0
+    have = read_prompts(cache_copy)
+    assert "a woodcut" in have and "a mosaic" not in have and held in have          # the good record is kept
+    assert len(list(cache_copy.parent.glob(cache_copy.name + ".prompts.damaged-*"))) == 1
+
+
+def test_extract_force_rebuilds_a_cache_whose_log_contradicts_it(cache_copy, pacs_mini, tiny_clip):
+    from pacs_embed import extract
+    _contradict(cache_copy)
+    s = extract(pacs_mini, str(tiny_clip), cache_copy, dtype="float32", batch_size=8, workers=0, force=True,
+                progress=False)
+    assert s.n_embedded == 224 and Cache.open(cache_copy).prompts                    # usable again

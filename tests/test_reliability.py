@@ -453,3 +453,15 @@ def test_names_read_from_a_cache_never_become_paths_outside_the_named_folders(ca
     assert inside and all(p.is_relative_to(out.resolve()) for p in inside)
     assert {p.name for p in tmp_path.iterdir()} <= {"...h5", "...h5.heads", "...h5.prompts", "study", "work"}
     assert sorted(p.name for p in tmp_path.parent.iterdir()) == above
+
+
+def test_a_prompt_that_is_not_utf8_is_named_and_a_format_version_string_is_said_so(cache_copy):
+    r = subprocess.run([sys.executable, "-m", "pacs_embed", "prompts", str(cache_copy).encode(), b"a \xff watercolor"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not valid UTF-8" in r.stderr and str(cache_copy) in r.stderr
+    assert "Traceback" not in r.stderr
+    import h5py
+    with h5py.File(cache_copy, "a") as f:
+        f.attrs["format_version"] = "1"
+    with pytest.raises(CacheError, match="format_version attribute of str '1'; a pacs_embed cache's is the integer 1"):
+        read_attrs(cache_copy)
