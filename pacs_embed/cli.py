@@ -59,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="embedding cache(s) (default: $PACS_EMBED_CACHE, else the newest data/embeddings/*/*.h5); "
                         "with several (datasets x models), one report per cache in OUT/<dataset>/<model>/ and "
                         "study.md/.csv/.tex and study.png side by side")
-    r.add_argument("--out", help="folder for the tables (default: a new results/<cache name>/<time>/, with "
-                                 "results/<cache name>/latest pointing at it)")
+    r.add_argument("--out", help="folder for the tables (default: a new results/<dataset>/<cache name>/<time>/, with "
+                                 "results/<dataset>/<cache name>/latest pointing at it)")
     r.add_argument("--figures", help="folder for the figures (default: OUT/figures)")
     r.add_argument("--seeds", type=int, default=5, help="number of seeds of the source split (default: 5)")
     r.add_argument("--descriptions", nargs="+", default=["paper", "ensemble", "nouns"],

@@ -59,7 +59,7 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     """Evaluate every method on ``cache`` and write tables (CSV + Markdown) and figures (PNG + PDF).
     ``sources`` limits the source domains (default: all); every domain is scored as a target. ``solver``: how
     heads are fitted (``evaluate``'s; "auto": on a CUDA device when present). ``out``: the folder
-    of the tables (default: a new ``results/<cache name>/<time>/``, pointed at by ``latest``); ``figures``: of the
+    of the tables (default: a new ``results/<dataset>/<cache name>/<time>/``, pointed at by ``latest``); ``figures``: of the
     figures (default: ``out/figures``). Each gets ``run.json``; another run's folder, or a file of yours that the
     report would write, is refused before any work (``runs.claim``)."""
     descriptions, seeds, n_boot = names(descriptions, "descriptions"), seed_list(seeds), positive(n_boot, "n_boot")

@@ -1,7 +1,7 @@
 """Where a run writes: a folder of its own, with ``run.json`` saying how it was made; nothing else is overwritten.
 
-Left to itself a report writes into ``results/<cache name>/<time>/`` (figures in its ``figures/``) and points
-``results/<cache name>/latest`` at it. A folder you name is used as it is, but a run never overwrites a file that
+Left to itself a report writes into ``results/<dataset>/<cache name>/<time>/`` (figures in its ``figures/``) and points
+``results/<dataset>/<cache name>/latest`` at it. A folder you name is used as it is, but a run never overwrites a file that
 is not its own: a folder holding another run's results (a ``run.json`` of another cache or other parameters; for a
 notebook, of another notebook or cache: re-running it after an edit rewrites its figures), or a file of the user's
 that a run would write, is refused before any work. ``run.json`` holds the command line or the
@@ -10,7 +10,7 @@ paper can be traced back to the command that drew it.
 
 Usage::
 
-    folder = new_folder("results", cache)                 # results/<cache name>/<time>/
+    folder = new_folder("results", "PACS", "mini")        # results/PACS/mini/<time>/
     claim(folder, record, ["results.csv", "report.md"])   # refuses another run's folder or a user's file
 """
 from __future__ import annotations
