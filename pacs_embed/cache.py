@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import threading
 import warnings
@@ -67,6 +68,15 @@ def default_cache(folder="data/embeddings") -> Path:
         raise CacheError(f"no cache under {folder}/ and PACS_EMBED_CACHE is not set: make one with `pacs-embed extract "
                          f"--data DATASET --model MODEL` (it writes {folder}/<dataset>/<model>.h5), or name one")
     return found[-1]
+
+
+def default_cache_reason(folder="data/embeddings") -> str:
+    """Why ``default_cache`` chose the cache it chose, for the console."""
+    if os.environ.get("PACS_EMBED_CACHE"):
+        return "named by $PACS_EMBED_CACHE"
+    found = list(Path(folder).glob("**/*.h5"))
+    return (f"the newest of {len(found)} cache(s) under {folder}/, as no cache was named; name one to choose"
+            if len(found) > 1 else f"the one cache under {folder}/, as no cache was named")
 
 
 @contextlib.contextmanager
@@ -274,8 +284,11 @@ class Cache(os.PathLike):
         with self._lock:
             if self._prompts is None:
                 self._prompts = {}
+                self._templates = self._stored_templates()
                 self._take(*self._h().prompts(), "/prompts")
             for record in self._log.read_new():   # only what was committed since the last look
+                if self._ours(record) and record.templates is not None:
+                    self._templates = record.templates
                 if self._ours(record):
                     if record.vectors.shape[1] != self.dim:
                         raise CacheError(f"{str(self._log.path)!r} holds {record.vectors.shape[1]}-dimensional prompt "
@@ -283,6 +296,23 @@ class Cache(os.PathLike):
                                          f"encoded again when needed).")
                     self._take(record.texts, record.vectors, str(self._log.path))
             return self._prompts
+
+    def _stored_templates(self) -> dict | None:
+        text = self.attrs.get("prompt_templates")
+        if text in (None, NOT_RECORDED, ""):
+            return None
+        try:
+            templates = json.loads(text)
+        except ValueError:
+            raise CacheError(f"{str(self.path)!r} is damaged or inconsistent: its prompt_templates attribute is not "
+                             f"JSON. {hdf5.REBUILD}.") from None
+        return templates if isinstance(templates, dict) else None
+
+    def templates(self) -> dict | None:
+        """The prompt set chosen for this cache at extraction (``extract --prompts FILE``: recorded in the file, or,
+        given to an up-to-date cache, in its log), or None: the dataset's own (the registry's, else generic)."""
+        self._refresh()
+        return self._templates
 
     @property
     def prompts(self) -> dict[str, np.ndarray]:
@@ -337,9 +367,10 @@ class Cache(os.PathLike):
                              f"them again.")
         return out
 
-    def append_prompts(self, texts, vectors: np.ndarray, model: dict) -> int:
+    def append_prompts(self, texts, vectors: np.ndarray, model: dict, templates: dict | None = None) -> int:
         """Add prompt vectors to the log (those not held yet; returns how many); refuses vectors from another model,
-        revision or tokenizer, or of another dimension. One record, fsynced: a crash leaves the old prompts or all."""
+        revision or tokenizer, or of another dimension. One record, fsynced: a crash leaves the old prompts or all.
+        ``templates``: the prompt set chosen for the cache from now on (recorded even when no prompt is new)."""
         vectors = np.asarray(vectors, np.float32)
         if vectors.shape != (len(texts), self.dim):
             raise ValueError(f"{str(self.path)!r}: {len(texts)} prompts need a ({len(texts)}, {self.dim}) matrix of "
@@ -351,12 +382,15 @@ class Cache(os.PathLike):
             self.check_current("add prompts")
             have = self._refresh()
             keep = [i for i, t in enumerate(texts) if t not in have]
-            if keep:
+            if templates is not None and templates == self._templates:
+                templates = None   # recorded already
+            if keep or templates is not None:
                 stale = [r for r in _all_records(self._log) if not self._ours(r)]
                 if stale:   # left by a cache this one replaced: dropped, the rest kept (an atomic rewrite)
                     self._log.rewrite([r for r in _all_records(self._log) if self._ours(r)])
                     self._prompts = None
-                self._log.append([texts[i] for i in keep], vectors[keep], model)
+                self._log.append([texts[i] for i in keep], vectors[keep].reshape(len(keep), self.dim), model,
+                                 templates)
                 self._refresh()
             return len(keep)
 

@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     r.add_argument("--no-head-cache", action="store_true",
                    help="refit every head (default: reuse heads cached in <cache>.heads/ whose training data is unchanged)")
+    r.add_argument("--prompts", metavar="FILE",
+                   help="a prompt set (JSON, as extract --prompts) for this report instead of the cache's (the one "
+                        "chosen at extraction, else the dataset's)")
     r.add_argument("--solver", choices=["auto", "fast", "torch", "sklearn"], default="auto",
                    help="how heads are fitted: numpy (fast), torch on a device (torch), scikit-learn (sklearn); auto: "
                         "torch when a CUDA device is present, else fast")
@@ -92,6 +95,17 @@ def _parser() -> argparse.ArgumentParser:
                                    "weights (default: the model the cache records)")
     t.add_argument("--device")
     return p
+
+
+def _closing(paths: dict) -> str:
+    """What a report ends with on the console: the answer's paragraph (a study: its table), not only file paths."""
+    import re
+    if "study_markdown" in paths:
+        text = Path(paths["study_markdown"]).read_text()
+        return text[text.index("| "):].rstrip() if "| " in text else text
+    text = Path(paths["markdown"]).read_text()
+    after = text.split("## The answer", 1)[-1].strip().split("\n\n", 1)[0]
+    return re.sub(r"\*\*|`", "", after)
 
 
 def parse_domain_prompts(items: list[str]) -> dict[str, list[str]]:
@@ -139,16 +153,18 @@ def _run(args) -> int:
         options = dict(seeds=range(args.seeds), descriptions=args.descriptions,
                        domain_prompts=parse_domain_prompts(args.domain_prompt), methods=args.methods, sources=args.sources,
                        n_nouns=args.n_nouns, n_boot=args.bootstrap, head_cache=not args.no_head_cache, solver=args.solver,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, prompts=args.prompts)
         if not args.cache:
-            from .cache import default_cache
+            from .cache import default_cache, default_cache_reason
             args.cache = [default_cache()]
-            print(f"cache: {args.cache[0]}")
+            print(f"cache: {args.cache[0]} ({default_cache_reason()})")
         if len(args.cache) == 1:
             paths = report(args.cache[0], args.out, args.figures, **options)
         else:
             paths = study(args.cache, args.out, args.figures, **options)
         print("\n".join(f"{name:22s} {path}" for name, path in paths.items()))
+        print()
+        print(_closing(paths))
     elif args.command == "prompts":
         from .cache import Cache, CacheError
         from .text_encoder import TextEncoder

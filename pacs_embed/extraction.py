@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import datetime as _dt
 import hashlib
 import os
@@ -170,6 +171,8 @@ class Rank0State:
     up_to_date: bool = False
     model: object = None
     embed_seconds: float = 0.0
+    recorded_templates: dict | None = None   # the prompt set the cache records: a --prompts file's, or the old cache's
+    from_file: bool = False                  # a --prompts file was given to this run
 
 
 def extract(data="data/PACS", model: str = DEFAULT_MODEL, out=None, *, revision: str | None = None,
@@ -275,8 +278,15 @@ def _plan(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor, 
     settings = {"model_id": spec.model_id, "revision": spec.revision, "tokenizer_sha256": spec.tokenizer,
                 "dtype": dtype_name(dt), "processor": kind, "processor_class": type(image_processor).__name__,
                 "manifest_sha256": ds.manifest_sha256(), "n_images": len(ds.records)}
-    state = Rank0State(t0, ds, templates or templates_for(ds.domains, ds.classes), image_processor, settings,
-                       Journal(out), dict(cache.attrs) if cache else None, cache)
+    recorded = templates
+    if recorded is None and cache is not None:   # the prompt set an earlier `extract --prompts FILE` chose stays
+        try:
+            recorded = cache.templates()
+        except _cache.CacheError:
+            recorded = None
+    state = Rank0State(t0, ds, recorded or templates_for(ds.domains, ds.classes), image_processor, settings,
+                       Journal(out), dict(cache.attrs) if cache else None, cache, recorded_templates=recorded,
+                       from_file=templates is not None)
     plan = Plan(spec, out, ds.root, [r.path for r in ds.records], dtype_name(dt), kind, 0, {}, [], state)
     meta = _unfinished_run(state, spec)
     if state.old and _compare_with_old(plan, known, force):
@@ -373,11 +383,14 @@ def _encode_new_prompts(plan: Plan, dev) -> Summary:
     state, out = plan.rank0, plan.out
     ds = state.ds
     new = [p for p in default_prompts(ds.domains, ds.classes, state.templates) if p not in state.carried_prompts]
-    if new:  # e.g. a new --prompts file: text only, images stay as they are
-        state.cache.append_prompts(new, encode_text(load_text_tower(plan.spec, dev), new),
-                                  {"model_id": plan.spec.model_id, "revision": plan.spec.revision,
-                                   "tokenizer_sha256": plan.spec.tokenizer})
-        print(f"{out}: encoded {len(new)} new prompts")
+    chosen = state.templates if state.from_file else None   # a --prompts file: the cache's prompt set from now on
+    if new or (chosen is not None and chosen != state.cache.templates()):
+        # e.g. a new --prompts file: text only, images stay as they are
+        vectors = encode_text(load_text_tower(plan.spec, dev), new) if new else np.zeros((0, state.cache.dim))
+        state.cache.append_prompts(new, vectors, {"model_id": plan.spec.model_id, "revision": plan.spec.revision,
+                                                  "tokenizer_sha256": plan.spec.tokenizer}, templates=chosen)
+        print(f"{out}: encoded {len(new)} new prompts" + ("; the prompt file is the cache's prompt set from now on"
+                                                          if chosen is not None else ""))
     return Summary(out, len(ds.records), int(len(ds.records) - state.old.get("n_failed", 0)),
                    device=state.old["device"], dtype=state.old["dtype"], up_to_date=True,
                    processor=state.old.get("processor", ""))
@@ -563,6 +576,8 @@ def _assemble(plan: Plan, dev, strict: bool, ranks: Ranks) -> Summary:
              "transformers_version": transformers.__version__,
              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
              "dataset_root": str(ds.root.resolve()), "dataset_name": ds.name, "n_failed": len(failures)}
+    if state.recorded_templates is not None:   # a --prompts file's (or the old cache's): what later reports use
+        attrs["prompt_templates"] = json.dumps(state.recorded_templates, ensure_ascii=False)
     if state.cache is not None:
         state.cache.close()   # the file it replaces (on Windows an open file cannot be replaced)
     _cache.write(plan.out, attrs, ds.domains, ds.classes, ds.records, embedding, ok, failures,

@@ -52,12 +52,15 @@ class Record:
     texts: list[str]
     vectors: np.ndarray     # (len(texts), dim) float32
     model: dict             # MODEL_KEYS -> str (or None): which text tower encoded them
+    templates: dict | None = None   # the prompt set a later `extract --prompts FILE` chose for the cache, if any
 
 
-def encode(texts, vectors: np.ndarray, model: dict) -> bytes:
+def encode(texts, vectors: np.ndarray, model: dict, templates: dict | None = None) -> bytes:
     vectors = np.ascontiguousarray(vectors, dtype="<f4")
-    header = json.dumps({"texts": list(texts), "dim": int(vectors.shape[1]),
-                         **{k: model.get(k) for k in MODEL_KEYS}}, ensure_ascii=False).encode()
+    fields = {"texts": list(texts), "dim": int(vectors.shape[1]), **{k: model.get(k) for k in MODEL_KEYS}}
+    if templates is not None:
+        fields["templates"] = templates
+    header = json.dumps(fields, ensure_ascii=False).encode()
     body = header + vectors.tobytes()
     return MAGIC + struct.pack("<Q", len(header)) + body + hashlib.sha256(body).digest()
 
@@ -80,14 +83,16 @@ def _record_at(data: bytes, at: int):
     except (ValueError, KeyError, TypeError):
         return None, "damaged"
     end = at + 16 + h + 4 * n * dim
-    if len(texts) != n or n <= 0 or dim <= 0:
+    templates = header.get("templates")
+    if len(texts) != n or (n <= 0 and not isinstance(templates, dict)) or dim <= 0 or not (
+            templates is None or isinstance(templates, dict)):
         return None, "damaged"
     if len(data) < end + 32:
         return None, "torn"
     if hashlib.sha256(data[at + 16:end]).digest() != data[end:end + 32]:
         return None, "damaged"
     vectors = np.frombuffer(data[at + 16 + h:end], "<f4").reshape(n, dim).astype(np.float32)
-    return Record(texts, vectors, {k: header.get(k) for k in MODEL_KEYS}), end + 32
+    return Record(texts, vectors, {k: header.get(k) for k in MODEL_KEYS}, templates), end + 32
 
 
 @dataclass
@@ -198,17 +203,18 @@ class PromptLog:
                           f"{self.path.name}.damaged-<time>) and keeps every whole record.", PromptLogWarning,
                           stacklevel=3)
 
-    def append(self, texts, vectors: np.ndarray, model: dict) -> None:
+    def append(self, texts, vectors: np.ndarray, model: dict, templates: dict | None = None) -> None:
         """Add one record at the end (the caller holds the cache's lock). A torn tail left by a crash is cut off
         first; a log with damage elsewhere is first set aside whole (``<log>.damaged-<time>``) and rewritten with
         every whole record, so no valid record is ever lost. A full disk leaves the log as it was."""
-        record = encode(texts, vectors, model)
+        record = encode(texts, vectors, model, templates)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _open(self.path, write=True) as f:
             found = scan(f.read())
             if found.damaged:
                 kept = self._set_aside(f, found)
-                self.rewrite(found.records + [Record(list(texts), np.asarray(vectors, np.float32), dict(model))])
+                self.rewrite(found.records + [Record(list(texts), np.asarray(vectors, np.float32), dict(model),
+                                                     templates)])
                 warnings.warn(f"the prompt log {self.path} was damaged: set aside as {kept.name}; the "
                               f"{len(found.records)} whole record(s) and the new one are in {self.path.name}",
                               PromptLogWarning, stacklevel=3)
@@ -250,7 +256,8 @@ class PromptLog:
         if not records:
             self.path.unlink(missing_ok=True)
         else:
-            atomic_write(self.path, b"".join(encode(r.texts, r.vectors, r.model) for r in records), durable=True)
+            atomic_write(self.path, b"".join(encode(r.texts, r.vectors, r.model, r.templates) for r in records),
+                         durable=True)
         self.offset, self._identity = 0, None
 
     def remove(self) -> None:

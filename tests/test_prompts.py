@@ -343,3 +343,58 @@ def test_a_text_side_pickles_with_its_vectors_and_still_encodes_new_prompts(cach
             np.testing.assert_array_equal(mine.class_vectors, theirs.class_vectors)
     assert back.encode(["a prompt sent along"]).shape == (1, 16)
     assert "a prompt sent along" in read_prompts(cache_copy)
+
+
+OWN = {"photo": "real_photos", "sketch": "line_drawings", "cartoon": "comics", "art_painting": "paintings"}
+OWN_PROMPTS = {"domains": {"real_photos": "a real photo", "line_drawings": "a line drawing", "comics": "a comic strip",
+                           "paintings": "an oil painting"}}
+
+
+def _own_dataset(small_dataset):
+    for old, new in OWN.items():
+        (small_dataset / old).rename(small_dataset / new)
+    return small_dataset
+
+
+def _paper_prompts(cache) -> list[str]:
+    from pacs_embed import analysis as pa
+    text = pa.text_side(pa.load(cache, check=False), ("paper",))
+    return [d.prompts[0] for d in text.descriptions["paper"]]
+
+
+def test_the_prompt_set_given_at_extraction_is_what_every_later_report_uses(small_dataset, tiny_clip, tmp_path):
+    """A user's own dataset and prompt file: the report describes the domains with the file's prompts, never the
+    folder names ("a line drawings"); `report --prompts` overrides it for one report."""
+    import json
+    from pacs_embed import extract
+    from pacs_embed.cli import main
+    data, file = _own_dataset(small_dataset), tmp_path / "prompts.json"
+    file.write_text(json.dumps(OWN_PROMPTS))
+    out = tmp_path / "own.h5"
+    extract(data, str(tiny_clip), out, dtype="float32", workers=0, prompts_file=file, progress=False)
+    assert sorted(_paper_prompts(out)) == sorted(OWN_PROMPTS["domains"].values())
+    assert main(["report", str(out), "--out", str(tmp_path / "r"), "--seeds", "1", "--descriptions", "paper",
+                 "--methods", "none", "translate", "--bootstrap", "20", "--no-progress"]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "a line drawing" in md and "a line drawings" not in md
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"domains": {"line_drawings": "a pencil sketch"}}))
+    assert main(["report", str(out), "--out", str(tmp_path / "r2"), "--seeds", "1", "--descriptions", "paper",
+                 "--methods", "none", "translate", "--bootstrap", "20", "--no-progress", "--prompts", str(other)]) == 0
+    assert "a pencil sketch" in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_a_prompt_file_given_to_an_up_to_date_cache_becomes_its_prompt_set(small_dataset, tiny_clip, tmp_path):
+    import json
+    from pacs_embed import extract
+    data, file = _own_dataset(small_dataset), tmp_path / "prompts.json"
+    out = tmp_path / "own.h5"
+    extract(data, str(tiny_clip), out, dtype="float32", workers=0, progress=False)
+    assert "a line drawings" in _paper_prompts(out)                    # the folder names' generic prompts
+    file.write_text(json.dumps(OWN_PROMPTS))
+    s = extract(data, str(tiny_clip), out, dtype="float32", workers=0, prompts_file=file, progress=False)
+    assert s.up_to_date and sorted(_paper_prompts(out)) == sorted(OWN_PROMPTS["domains"].values())
+    s = extract(data, str(tiny_clip), out, dtype="float32", workers=0, progress=False)   # no file: kept
+    assert s.up_to_date and "a line drawing" in _paper_prompts(out)
+    extract(data, str(tiny_clip), out, dtype="float32", workers=0, force=True, progress=False)   # rebuilt: kept
+    assert "a line drawing" in _paper_prompts(out)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..cache import Cache
+from ..templates import load_templates
 from ..files import atomic_write
 from . import runs
 from .arguments import names, output_folder, positive, seed_list
@@ -55,8 +56,11 @@ FIGURES = tuple(f"{name}.{ext}" for name in ("table1", "accuracy_grid", "gains",
 
 def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS,
            domain_prompts: dict | None = None, methods=None, n_nouns: int | None = None, n_boot: int = 1000,
-           head_cache=True, progress: bool = True, sources=None, solver: str = "auto") -> dict[str, Path]:
+           head_cache=True, progress: bool = True, sources=None, solver: str = "auto",
+           prompts=None) -> dict[str, Path]:
     """Evaluate every method on ``cache`` and write tables (CSV + Markdown) and figures (PNG + PDF).
+    ``prompts``: a prompt set file (JSON, as ``extract --prompts``) that replaces the cache's for this report (default:
+    the prompt set chosen at extraction, else the dataset's).
     ``sources`` limits the source domains (default: all); every domain is scored as a target. ``solver``: how
     heads are fitted (``evaluate``'s; "auto": on a CUDA device when present). ``out``: the folder
     of the tables (default: a new ``results/<dataset>/<cache name>/<time>/``, pointed at by ``latest``); ``figures``: of the
@@ -72,10 +76,11 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
         "seeds": list(seeds), "descriptions": list(descriptions), "domain_prompts": domain_prompts or {},
         "methods": methods, "sources": sources, "n_nouns": n_nouns, "n_boot": n_boot,
         "head_cache": head_cache if isinstance(head_cache, bool) else str(head_cache),
-        "solver": resolve_solver(solver)})
+        "solver": resolve_solver(solver), "prompts": str(prompts) if prompts else None})
+    templates = load_templates(prompts) if prompts else None   # a bad file fails before any work
     with runs.Staging(this, [(out, TABLES), (figures, FIGURES)]) as stage:
         paths = _write(cache, stage.path(out), stage.path(figures), seeds, descriptions, domain_prompts, methods,
-                       n_nouns, n_boot, head_cache, progress, sources, solver)
+                       n_nouns, n_boot, head_cache, progress, sources, solver, templates)
         stage.publish()
         paths = {k: stage.final(p) for k, p in paths.items()}
     if fresh:
@@ -84,11 +89,11 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
 
 
 def _write(cache, out, figures, seeds, descriptions, domain_prompts, methods, n_nouns, n_boot, head_cache, progress,
-           sources, solver) -> dict[str, Path]:
+           sources, solver, templates) -> dict[str, Path]:
     """The report's work, its tables written to ``out`` and its figures to ``figures`` (the staged folders)."""
     emb = load(cache)
-    t1 = table1(emb, domain_prompts)
-    text = text_side(emb, tuple(descriptions), domain_prompts, n_nouns)
+    t1 = table1(emb, domain_prompts, templates)
+    text = text_side(emb, tuple(descriptions), domain_prompts, n_nouns, templates=templates)
     repeats = repeated(text.descriptions)   # e.g. `ensemble` on a dataset with no ensembles: `paper` again
     descriptions = [d for d in descriptions if d not in repeats]
     res = evaluate(emb, methods, seeds=seeds, text=text, descriptions=descriptions, head_cache=head_cache,
@@ -108,8 +113,8 @@ def _write(cache, out, figures, seeds, descriptions, domain_prompts, methods, n_
     paths["latex"] = out / "methods.tex"
     atomic_write(paths["latex"], latex(means).encode())
     paths["headline"] = out / "headline.json"
-    atomic_write(paths["headline"], json.dumps(headline(emb, means, descriptions[0], domain_prompts), indent=1,
-                                               default=float).encode())
+    atomic_write(paths["headline"], json.dumps(headline(emb, means, descriptions[0], domain_prompts, templates),
+                                               indent=1, default=float).encode())
     paths.update(_figures(figures, emb, text, descriptions[0], res, t1, gain, means))
     return paths
 
@@ -256,10 +261,11 @@ def answer(table: pd.DataFrame, description: str = "paper") -> str:
             f"Every other method, per pair, follows below.")
 
 
-def headline(emb, means: pd.DataFrame, description: str = "paper", domain_prompts: dict | None = None) -> dict:
+def headline(emb, means: pd.DataFrame, description: str = "paper", domain_prompts: dict | None = None,
+             templates: dict | None = None) -> dict:
     """One model's result in a few numbers: Table 1's diagonal, zero-shot, `none`, the paper's `translate` and the
     best other method (mean cross-domain accuracy with its 95% seed interval); ``study`` tabulates them."""
-    text = text_side(emb, ("paper",), domain_prompts)
+    text = text_side(emb, ("paper",), domain_prompts, templates=templates)
     sims = similarity_matrix(text.vectors("paper"), emb.x, emb.domain, len(emb.domains))   # description x images
     order = domain_order(emb.domains)
     idx = [emb.domains.index(d) for d in order]

@@ -328,10 +328,13 @@ class Encoder:
 
 
 def cache_templates(emb: Embeddings) -> dict:
-    """The prompt templates for ``emb``: its dataset's (``templates.templates_for``). A cache of a registered dataset
+    """The prompt templates for ``emb``: the prompt set chosen at extraction (``extract --prompts FILE``, recorded in
+    the cache), else its dataset's (``templates.templates_for``). A cache of a registered dataset
     made before the registry holds the former defaults ("a infograph", "a photo of a Alarm Clock"): when it lacks
     the registry's prompts and its model cannot be loaded here to encode them, those stored forms are used, with a
     warning (a prompt default is part of the cache format)."""
+    if emb.cache is not None and (chosen := emb.cache.templates()) is not None:
+        return chosen   # the prompt set chosen at extraction (`extract --prompts FILE`)
     templates = templates_for(emb.domains, emb.classes)
     entry = match(emb.domains, emb.classes)
     if entry is None or entry.name == "PACS" or emb.cache is None:
