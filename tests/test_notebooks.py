@@ -86,13 +86,35 @@ def test_study_notebook_over_three_datasets_and_two_models(tmp_path):
                        figures=str(tmp_path / "figures"), record_to=str(tmp_path / "rec.json"), seeds=2,
                        descriptions=["paper"])
     rows = rec["study"]
-    assert [(r["dataset"], r["model"]) for r in rows] == [
-        (d, f"model-{m}") for d in ("PACS", "VLCS", "TerraIncognita", "average") for m in (0, 1)]
+    model = "synthetic/random@seed-{}"   # models by their identity; subsets say how many images they hold
+    assert [(r["dataset"].split(" (")[0], r["model"]) for r in rows] == [
+        (d, model.format(m)) for d in ("PACS", "VLCS", "TerraIncognita", "average") for m in (0, 1)]
+    assert rows[0]["dataset"].startswith("PACS (") and "of 9,991 images)" in rows[0]["dataset"]
     for r in rows[:6]:
         assert 0 <= r["none"] <= 1 and r["none_ci_low"] <= r["none"] <= r["none_ci_high"] and r["best_method"]
     for m in (0, 1):   # DomainBed's Avg: the plain mean over datasets
-        mine = [r["translate"] for r in rows[:6] if r["model"] == f"model-{m}"]
+        mine = [r["translate"] for r in rows[:6] if r["model"] == model.format(m)]
         assert np.isclose(rows[6 + m]["translate"], np.mean(mine))
-    for f in ("study.csv", "study.md", "study.tex", "VLCS/model-0/report.md"):
+    for f in ("study.csv", "study.md", "study.tex", "VLCS/synthetic__random@seed-0/report.md"):
         assert (tmp_path / "study" / f).is_file()
     assert (tmp_path / "figures" / "study.png").is_file()
+
+
+def test_every_notebook_re_runs_with_changed_parameters_into_a_new_run_folder(cache_copy, tmp_path):
+    """As a researcher edits a parameter and runs again: the default folders are new each run, never refused."""
+    from pacs_embed.synthetic import make_cache
+    work = tmp_path / "notebooks"
+    work.mkdir()
+    caches = [str(make_cache(tmp_path / "c" / f"m{m}.h5", "PACS", scale=0.004, dim=16, seed=m, prompts="report",
+                             descriptions=("paper",))) for m in (0, 1)]
+    for seeds in (1, 2):
+        rec = tmp_path / f"rec-{seeds}.json"
+        run_notebook("05_study.ipynb", work, caches=caches, record_to=str(rec), seeds=seeds, descriptions=["paper"])
+        run_notebook("01_table1.ipynb", work, cache=str(cache_copy), record_to=str(rec))
+        run_notebook("02_logistic_heads.ipynb", work, cache=str(cache_copy), record_to=str(rec), seeds=seeds)
+    studies = [p for p in (tmp_path / "results" / "study").iterdir() if p.name != "latest"]
+    assert len(studies) == 2 and all((p / "study.csv").is_file() for p in studies)
+    runs = [p for p in (tmp_path / "results" / "02_logistic_heads").iterdir() if p.name != "latest"]
+    assert len(runs) == 2
+    record = json.loads((runs[0] / "run.json").read_text())
+    assert record["parameters"]["seeds"] in (1, 2) and "ipykernel" not in record["command"]

@@ -283,6 +283,7 @@ def notebook_run(name: str, cache=None, figures=None, base="../results", embeddi
     fresh = figures is None
     folder = new_folder(base, name) if fresh else Path(figures)
     this = record(f"notebook {name}", cache, attrs, parameters)
+    this["command"] = f"notebooks/{name}.ipynb, parameters as recorded here"   # not the kernel's command line
     claim(folder, this, [])
     write(folder, this)
     if fresh:

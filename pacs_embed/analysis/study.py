@@ -54,14 +54,14 @@ def _check(caches) -> list[tuple[str, str, str, Path]]:
     return out
 
 
-def study(caches, out=None, figures=None, **kwargs) -> dict[str, Path]:
+def study(caches, out=None, figures=None, base="results", **kwargs) -> dict[str, Path]:
     """``report`` for each cache (into ``out/<dataset>/<model>/`` and ``figures/<dataset>/<model>/``), then
     ``study.csv``/``study.md``/``study.tex`` and ``figures/study.png``; rows are labelled, and averaged per model, by
-    the model's identity (id @ revision). ``out`` defaults to a new ``results/study/<time>/``, ``figures`` to ``out/figures``. ``kwargs`` go to ``report``."""
+    the model's identity (id @ revision). ``out`` defaults to a new ``<base>/study/<time>/``, ``figures`` to ``out/figures``. ``kwargs`` go to ``report``."""
     from . import plots
     checked = _check(caches)
     fresh = out is None
-    out = runs.new_folder("results", "study") if fresh else output_folder(out, "results folder")
+    out = runs.new_folder(base, "study") if fresh else output_folder(out, "results folder")
     figures = out / "figures" if figures is None else output_folder(figures, "figures folder")
     this = runs.record("study", None, {}, {"caches": [c for c, _, _, _ in checked], **kwargs})
     runs.claim(out, this, ("study.csv", "study.md", "study.tex"))
