@@ -17,7 +17,7 @@ EXTRACT_ARGS ?=
 LOCK ?= $(shell v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); grep -qs "; Python $$v\." constraints.txt && echo constraints.txt)
 BIN = $(VENV)/bin
 
-.PHONY: setup lock extract test test-kernels report notebooks
+.PHONY: setup lock extract test test-kernels report notebooks run-notebooks
 
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,3 +53,8 @@ report: setup
 
 notebooks: setup
 	$(BIN)/jupyter lab notebooks/
+
+# every notebook run top to bottom without a browser (each writes its own run folder under results/)
+run-notebooks: setup
+	cd notebooks && for nb in *.ipynb; do echo "== $$nb"; ../$(BIN)/jupyter nbconvert --to notebook --execute "$$nb" \
+	    --output-dir ../results/notebooks --ExecutePreprocessor.timeout=3600 || exit 1; done

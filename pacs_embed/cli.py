@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--domain-prompt", action="append", default=[], metavar='DOMAIN="PROMPT"',
                    help='describe DOMAIN by PROMPT in every experiment, e.g. --domain-prompt cartoon="a comic strip"; '
                         "repeat it (also for one domain: its prompts are averaged)")
-    r.add_argument("--methods", nargs="+", help="methods to run (default: every default method)")
+    r.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help=f"methods to run (default: every default method): {', '.join(_method_names())}")
     r.add_argument("--sources", nargs="+", metavar="DOMAIN",
                    help="source domains to train heads on (default: every domain; all are scored as targets)")
     r.add_argument("--n-nouns", type=int, default=None,
@@ -95,6 +96,27 @@ def _parser() -> argparse.ArgumentParser:
                                    "weights (default: the model the cache records)")
     t.add_argument("--device")
     return p
+
+
+def _method_names() -> list[str]:
+    """The registered methods' names, read from the registry without importing the analysis (no numpy or torch
+    for `--help`)."""
+    import ast
+    names = []
+    for module in ("methods.py", "lads.py"):
+        source = (Path(__file__).parent / "analysis" / module).read_text()
+        names += _registered(ast.parse(source))
+    return names
+
+
+def _registered(tree) -> list[str]:
+    import ast
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register" and node.args and \
+                isinstance(node.args[0], ast.Constant):
+            names.append(node.args[0].value)
+    return names
 
 
 def _closing(paths: dict) -> str:
@@ -128,6 +150,8 @@ def _run(args) -> int:
             dest = download_pacs(args.dest, check_counts=not args.no_check)
         print(f"PACS is in {dest}")
     elif args.command == "extract":
+        from .datasets import check_layout
+        check_layout(args.data)   # a wrong --data fails in a second, before torch is imported
         from .extraction import extract
         summary = extract(args.data, args.model, args.out, revision=args.revision, device=args.device,
                           dtype=args.dtype, batch_size=args.batch_size, workers=args.workers, processor=args.processor,

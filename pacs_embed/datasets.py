@@ -119,6 +119,12 @@ def scan(root, known: dict[str, Record] | None = None, progress: bool = True) ->
     return Dataset(root, domains, classes, _hashed(root, found, known or {}, progress), ignored)
 
 
+def check_layout(root) -> None:
+    """The quick part of ``scan``: ``root`` is a folder of <domain>/<class>/ folders (no file is read) — an error saying
+    what is wrong otherwise. The command line runs it before it loads torch, so a wrong --data fails at once."""
+    _layout(_check_root(Path(root)), [])
+
+
 def _check_root(root: Path) -> Path:
     """``root`` when it is a folder; else an error saying how to get one."""
     if root.exists() and not root.is_dir():

@@ -95,3 +95,19 @@ def test_download_converts_local_parquet_files(tmp_path):
     r = run("download", "--parquet", str(tmp_path / "x.parquet"), "--dest", str(tmp_path / "P"), "--no-check")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "P" / "sketch" / "guitar" / "s.png").read_bytes() == buf.getvalue()
+
+
+def test_a_wrong_data_folder_fails_before_torch_is_imported_and_methods_are_listed_in_help(tmp_path):
+    import subprocess
+    import sys
+    from pacs_embed.analysis.methods import METHODS
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.jpg").write_bytes(b"x")
+    code = ("import sys; from pacs_embed.cli import main\n"
+            "rc = main(['extract', '--data', sys.argv[1], '--model', 'x'])\n"
+            "print(rc, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "flat")], capture_output=True, text=True)
+    assert r.stdout.split() == ["2", "False"] and "no domain sub-folders" in r.stderr
+    helped = subprocess.run([sys.executable, "-m", "pacs_embed", "report", "--help"], capture_output=True,
+                            text=True).stdout
+    assert all(name in " ".join(helped.split()) for name in METHODS if not name.startswith("_"))

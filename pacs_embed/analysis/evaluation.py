@@ -338,7 +338,8 @@ class _Evaluation:
         with single_threaded_blas(), ThreadPoolExecutor(max(1, workers)) as pool, \
                 tqdm(total=0, desc="fitting heads", unit="head", disable=not progress) as bar:
             self.fit_split_free(pool)
-            for s in order:
+            for i, s in enumerate(order, 1):   # each source's heads are known once its methods are fitted: said so
+                bar.set_description(f"fitting heads (source {i} of {len(order)}: {s})")
                 done.update(self.run_source(s, pool, bar))
         rows, correct, fitted, heads = [], {}, {}, {}
         for job in ((s, seed) for s in self.sources for seed in self.seeds):   # in job order, whatever order they ran
