@@ -24,7 +24,9 @@ def test_report_writes_the_table_and_every_figure(cache_copy, tmp_path, capsys):
     for name in ["summary", "gains", "methods", "table1"]:
         assert (out / f"{name}.csv").is_file()
     tex = (out / "methods.tex").read_text()                       # the headline as a LaTeX table
-    assert r"\begin{tabular}" in tex and r"\bottomrule" in tex and "translate" in tex and "project\\_out" in tex
+    assert r"\begin{tabular}" in tex and r"\bottomrule" in tex and "Translate (paper)" in tex and "Project out" in tex
+    assert r"\caption{" in tex and r"\label{tab:" in tex and r"\resizebox{\columnwidth}" in tex   # pastes into a paper
+    assert "-0.000" not in tex and r"$\pm$" in (out / "methods_pm.tex").read_text()
     methods = pd.read_csv(out / "methods.csv")
     assert {"gain", "gain_ci_low", "gain_ci_high"} <= set(methods.columns) and methods.gain.notna().sum() > 5
 
@@ -158,3 +160,9 @@ def test_a_report_run_twice_gives_byte_identical_tables_whatever_the_blas_thread
         outs.append(out)
     for name in ("results.csv", "gains.csv", "summary.csv", "methods.csv"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_latex_escapes_every_special_character_and_never_prints_minus_zero():
+    from pacs_embed.analysis.reporting import number, tex
+    assert tex(r"a_b\c{d}~^&%#$") == (r"a\_b\textbackslash{}c\{d\}\textasciitilde{}\textasciicircum{}\&\%\#\$")
+    assert number(-0.0001) == "0.000" and number(-0.0001, sign=True) == "+0.000" and number(-0.0006) == "-0.001"

@@ -49,7 +49,7 @@ def record(path, **values) -> None:
 
 
 TABLES = ("results.csv", "summary.csv", "gains.csv", "methods.csv", "table1.csv", "table1_difference.csv",
-          "report.md", "methods.tex", "headline.json")
+          "report.md", "methods.tex", "methods_pm.tex", "headline.json")
 FIGURES = tuple(f"{name}.{ext}" for name in ("table1", "accuracy_grid", "gains", "gains_pairs", "projection")
                 for ext in ("png", "pdf"))
 
@@ -112,6 +112,8 @@ def _write(cache, out, figures, seeds, descriptions, domain_prompts, methods, n_
                                               means).encode())
     paths["latex"] = out / "methods.tex"
     atomic_write(paths["latex"], latex(means).encode())
+    paths["latex_compact"] = out / "methods_pm.tex"   # the same table, each interval as mean ± half-width
+    atomic_write(paths["latex_compact"], latex(means, "pm").encode())
     paths["headline"] = out / "headline.json"
     atomic_write(paths["headline"], json.dumps(headline(emb, means, descriptions[0], domain_prompts, templates),
                                                indent=1, default=float).encode())
@@ -196,29 +198,66 @@ def _figures(folder: Path, emb, text, description: str, res, t1, gain, means) ->
     return paths
 
 
+TEX = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#",
+       "$": r"\$", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+TITLES = {"none": "None (source head)", "zeroshot": "Zero-shot", "zeroshot_domain": "Zero-shot, domain prompt",
+          "translate": "Translate (paper)", "translate_renorm": "Translate, renormalised",
+          "interpolate": "Interpolate", "translate_calibrated": "Translate, calibrated step", "gap_shift": "Gap shift",
+          "project_out": "Project out", "project_pair": "Project pair", "augment": "Augment", "lads": "LADS",
+          "in_domain": "In-domain"}
+LATEX_STYLES = ("interval", "pm")
+
+
 def tex(s: str) -> str:
-    """``s`` with LaTeX's special characters escaped."""
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("$", r"\$")):
-        s = s.replace(a, b)
-    return s
+    """``s`` with every LaTeX special character escaped (\\ { } _ & % # $ ~ ^)."""
+    return "".join(TEX.get(ch, ch) for ch in str(s))
 
 
-def latex(means: pd.DataFrame) -> str:
-    """The report's headline as a booktabs table (``\\usepackage{booktabs}``): per method and description, mean
-    cross-domain accuracy and its gain over `none`, each with its 95% interval over seeds."""
-    def cell(m, lo, hi, sign=""):
-        if not np.isfinite(m):
-            return "--"
-        return f"{m:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]" if np.isfinite(lo) else f"{m:{sign}.3f}"
-    lines = [r"% pacs_embed report: mean cross-domain accuracy and gain over `none` [95% interval over seeds];",
-             r"% zero-shot methods do not depend on the split (no accuracy interval). Needs \usepackage{booktabs}.",
-             r"\begin{tabular}{llcc}", r"\toprule", r"Method & Description & Accuracy & Gain over none \\", r"\midrule"]
+def number(x: float, sign: bool = False, digits: int = 3) -> str:
+    """``x`` rounded, never "-0.000" (a value that rounds to zero is written as zero, with the sign asked for)."""
+    text = f"{x:{'+' if sign else ''}.{digits}f}"
+    if float(text) == 0:
+        text = f"{0.0:{'+' if sign else ''}.{digits}f}"
+    return text
+
+
+def cell(m, lo, hi, sign: bool = False, style: str = "interval") -> str:
+    """A mean with its interval: "0.512 [0.498, 0.526]" or, compact, "0.512 ± 0.014" (the half-width; the
+    interval cut to the possible range is shown as is when it is not symmetric)."""
+    if not np.isfinite(m):
+        return "--"
+    if not np.isfinite(lo):
+        return number(m, sign)
+    if style == "pm":
+        return f"{number(m, sign)} $\\pm$ {number(max(hi - m, m - lo))}"
+    return f"{number(m, sign)} [{number(lo, sign)}, {number(hi, sign)}]"
+
+
+def table_env(tabular: list[str], caption: str, label: str) -> list[str]:
+    """A floating ``table`` with caption and label, the tabular scaled to one column's width (two-column papers)."""
+    return [r"\begin{table}[t]", r"\centering", f"\\caption{{{caption}}}", f"\\label{{{label}}}",
+            r"\resizebox{\columnwidth}{!}{%", *tabular, "}", r"\end{table}", ""]
+
+
+def latex(means: pd.DataFrame, style: str = "interval", label: str = "tab:pacs-embed-methods") -> str:
+    """The report's headline as a LaTeX table (``\\usepackage{booktabs,graphicx}``): per method and description,
+    mean cross-domain accuracy and its gain over `none` with their 95% intervals over seeds (``style="pm"``: mean ±
+    half-width), readable method names, in a ``table`` with caption and label that fits one column."""
+    if style not in LATEX_STYLES:
+        raise ValueError(f"latex style {style!r}: choose one of {LATEX_STYLES}")
+    tabular = [r"\begin{tabular}{llcc}", r"\toprule", r"Method & Description & Accuracy & Gain over none \\",
+               r"\midrule"]
     for r in means.itertuples():
-        acc = cell(r.mean, r.ci_low, r.ci_high) if seeded(r.method) else f"{r.mean:.3f}"
-        lines.append(" & ".join([tex(r.method), tex(r.description), acc,
-                                 cell(r.gain, r.gain_ci_low, r.gain_ci_high, "+")]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
-    return "\n".join(lines)
+        acc = cell(r.mean, r.ci_low, r.ci_high, style=style) if seeded(r.method) else number(r.mean)
+        tabular.append(" & ".join([tex(TITLES.get(r.method, r.method)), tex(r.description), acc,
+                                   cell(r.gain, r.gain_ci_low, r.gain_ci_high, True, style)]) + r" \\")
+    tabular += [r"\bottomrule", r"\end{tabular}"]
+    caption = ("Mean cross-domain accuracy and gain over the source head applied as is (None), with "
+               + ("95\\% intervals over seeds" if style == "interval" else "the half-width of the 95\\% interval over "
+                                                                       "seeds")
+               + "; zero-shot methods do not depend on the split.")
+    return "\n".join([r"% pacs_embed report. Needs \usepackage{booktabs} and \usepackage{graphicx}.",
+                      *table_env(tabular, caption, label)])
 
 
 def comparisons(gain: pd.DataFrame, means: pd.DataFrame) -> str:
