@@ -65,3 +65,17 @@ def test_setup_installs_from_pinned_constraints_that_cover_every_dependency_but_
     assert wanted - {"torch"} <= set(pins) and "torch" not in pins      # torch: per machine (TORCH=, CUDA or CPU)
     make = (ROOT / "Makefile").read_text()
     assert "-c $(LOCK)" in make and re.search(r"^lock:", make, flags=re.M)
+
+
+def test_the_version_is_one_across_package_pyproject_and_changelog():
+    from pacs_embed import __version__
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["version"] == __version__
+    assert f"## {__version__}" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_the_readme_is_short_and_every_doc_it_links_exists():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 160
+    links = re.findall(r"\]\(([^)#]+\.md)\)", readme)
+    assert len(links) >= 9 and all((ROOT / link).is_file() for link in links)
