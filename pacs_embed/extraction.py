@@ -332,7 +332,9 @@ def _compare_with_old(plan: Plan, known: dict, force: bool) -> bool:
     (``state.kept``) and which prompts carried over (same model and tokenizer)."""
     state, spec = plan.rank0, plan.spec
     old, cache, settings = state.old, state.cache, state.settings
-    if not force and (old.get("model_id"), old.get("revision")) != (spec.model_id, spec.revision):
+    # the weights' identity: a hub commit, or the hash of a local folder's weights (a moved folder is the same model)
+    if not force and (old.get("revision") != spec.revision if old.get("revision") not in (None, "", "not recorded")
+                      else old.get("model_id") != spec.model_id):
         raise ExtractionError(f"{plan.out} holds the embeddings of another model ({old.get('model_id')} @ "
                               f"{str(old.get('revision'))[:19]}; this is {spec.model_id} @ {spec.revision[:19]}). "
                               f"Refusing to replace them: choose another --out (or leave it out: each model gets its "

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, CLIPModel
 
+from conftest import resign
 from pacs_embed import extract
 from pacs_embed.cache import CacheError, check_dataset, read_attrs, read_failures, read_images, read_prompts
 from pacs_embed.cli import main
@@ -157,6 +158,7 @@ def test_a_non_finite_image_vector_is_a_recorded_failure_and_a_cache_holding_one
     assert np.isfinite(emb.x).all() and emb.n_failed == batches
     with h5py.File(tmp_path / "c.h5", "r+") as f:
         f["images/ok"][...] = True
+        resign(f)                                                 # a cache that says so, not a damaged one
     with pytest.raises(CacheError, match="not finite"):
         pa.load(tmp_path / "c.h5")
     monkeypatch.setattr(extraction, "embed_images", real)      # as the error says: run extract again

@@ -98,7 +98,7 @@ def _write(cache, out, figures, seeds, descriptions, domain_prompts, methods, n_
     descriptions = [d for d in descriptions if d not in repeats]
     res = evaluate(emb, methods, seeds=seeds, text=text, descriptions=descriptions, head_cache=head_cache,
                    progress=progress, sources=sources, solver=solver)
-    summ, gain, means = summary(res.table), gains(res, n_boot=n_boot), method_means(res.table)
+    summ, gain, means = summary(res.table), gains(res, n_boot=n_boot), method_means(res.table, hits=res.correct)
     order = {d: i for i, d in enumerate(domain_order(emb.domains))}
     gain = gain.sort_values(["source", "target"], key=lambda c: c.map(order), kind="stable", ignore_index=True)
     paths = {"run": out / runs.RECORD}
@@ -141,11 +141,13 @@ HOW_TO_READ = (
     "means the method helps. In-domain accuracy is measured on the 20% source hold-out that also chose C, "
     "so it is slightly optimistic.")
 INTERVALS = (
-    "**Intervals.** `[low, high]` and `ci_low`/`ci_high` are 95% Student-t intervals over seeds (each seed "
-    "a new random 80/20 split of the source; cut to the possible range, [0, 1] for an accuracy and [−1, 1] "
-    "for a gain, which few seeds can overshoot): they say whether a result would survive another split, for "
-    "these target images. `image_ci_low`/`image_ci_high` are the paired bootstrap over target images given "
-    "these splits; they ignore split variation and are too narrow to compare methods with. "
+    "**Intervals.** A gain's `[low, high]` (`gains.csv`: `ci_low`/`ci_high`, `p`, `holm_excludes_0`; "
+    "`methods.csv`: `gain_ci_low`/`gain_ci_high`) is a 95% Student-t interval that covers both the source split "
+    "(each seed a new random 80/20 split) and the sampling of target images: it says whether the gain would hold "
+    "for another split *and* other images of the target domains, which is what \"helps\" and \"hurts\" claim. An "
+    "accuracy's `[low, high]` and a gain's `seed_ci_low`/`seed_ci_high` cover the split only, for these target "
+    "images (the DomainBed-style comparison); `image_ci_low`/`image_ci_high` are the paired bootstrap over target "
+    "images given these splits. Intervals are cut to the possible range ([0, 1], [−1, 1]). "
     "'—' marks methods that do not depend on the split (zero-shot).")
 ONE_SEED = (
     " **This report ran one seed, so there is no interval over seeds** (`ci_low`/`ci_high` are nan, "
@@ -160,7 +162,7 @@ def _markdown(cache, emb, text, seeds, descriptions, repeats, res, t1, summ, gai
                 f"`{same}` (no separate `{description}` phrasings are held for these domains, or your domain prompts "
                 f"replace them)." for description, same in repeats.items()]
     comparable, compared = paper_comparison(emb)
-    md = ["# pacs_embed report", "", "## The answer", "", answer(res.table, descriptions[0]), "",
+    md = ["# pacs_embed report", "", "## The answer", "", answer(res.table, descriptions[0], res.correct), "",
           f"Cache `{cache}`: {attrs['model_id']} @ {attrs['revision']}, {len(emb.x)} images "
           f"({emb.n_failed} unreadable left out), {attrs['dtype']} on {attrs['device']}. "
           f"Seeds: {list(seeds)}; heads: logistic regression, C chosen on a 20% hold-out of the source domain. "
@@ -270,16 +272,21 @@ def comparisons(gain: pd.DataFrame, means: pd.DataFrame) -> str:
     raw = int(((gain.ci_low > 0) | (gain.ci_high < 0)).sum())
     held = int(gain["holm_excludes_0"].sum())
     candidates = int((~means.method.isin(BASELINES)).sum())
-    return (f"**{n} comparisons** (method × description × pair). {raw} of their 95% intervals exclude 0 "
-            f"uncorrected — if every true gain were 0, about {0.05 * n:.0f} would by chance; {held} still do after "
-            f"Holm's correction over all {n} (family-wise error 5%; column `holm_excludes_0`, p-values in `p`). No "
-            f"interval is narrower than one target image's worth (1/n). The best method in the summaries is the best "
-            f"of {candidates} candidates on these same results: its advantage is optimistic.")
+    smallest = float(np.nanmin(gain["p"])) if gain["p"].notna().any() else float("nan")
+    reach = (f" Holm's first step needs a p-value below {0.05 / n:.1e}; the smallest here is {smallest:.1e}, so "
+             f"nothing can pass it with these seeds and images." if held == 0 and smallest >= 0.05 / n else "")
+    return (f"**{n} comparisons** (method × description × pair). {raw} of their 95% intervals — over the source "
+            f"split and the target images — exclude 0 uncorrected; if every true gain were 0, about {0.05 * n:.0f} "
+            f"would by chance; {held} still do after Holm's correction over all {n} (family-wise error 5%; column "
+            f"`holm_excludes_0`, p-values in `p`; the interval over seeds alone, for these images, is "
+            f"`seed_ci_low`/`seed_ci_high`).{reach} The best method in the summaries is the best of {candidates} "
+            f"candidates on these same results: its advantage is optimistic.")
 
 
-def answer(table: pd.DataFrame, description: str = "paper") -> str:
-    """The report's first paragraph: does the paper's translation beat `none`, by how much, with which interval."""
-    from .stats import seed_interval
+def answer(table: pd.DataFrame, description: str = "paper", hits: dict | None = None) -> str:
+    """The report's first paragraph: does the paper's translation beat `none`, by how much, with which interval —
+    with ``hits`` (``res.correct``) the interval over splits and target images, as the tables (``gain_interval``)."""
+    from .stats import _pair_diffs, gain_interval, seed_interval
     cross = table[table.source != table.target]
 
     def per_seed(method, description):
@@ -290,9 +297,16 @@ def answer(table: pd.DataFrame, description: str = "paper") -> str:
         return "This report ran without `none` or `translate`, so it does not answer the paper's question."
     seeds = sorted(set(none.index) & set(trans.index))
     (n, nlo, nhi), (t, tlo, thi) = (seed_interval(none[seeds].values), seed_interval(trans[seeds].values))
-    g, glo, ghi = seed_interval((trans[seeds] - none[seeds]).values)
-    verdict = ("helps" if glo > 0 else "hurts" if ghi < 0 else "makes no difference that these seeds can tell")
-    interval = (f" (95% interval over {len(seeds)} seeds [{glo:+.3f}, {ghi:+.3f}])" if np.isfinite(glo)
+    diffs = _pair_diffs(hits, "translate", description, "none") if hits is not None else []
+    if diffs:
+        g, glo, ghi, _ = gain_interval(diffs)
+        over = f"{len(seeds)} seeds and the target images"
+    else:
+        g, glo, ghi = seed_interval((trans[seeds] - none[seeds]).values)
+        over = f"{len(seeds)} seeds, for these target images"
+    verdict = ("helps" if glo > 0 else "hurts" if ghi < 0 else "makes no difference that these seeds and images "
+               "can tell")
+    interval = (f" (95% interval over {over} [{glo:+.3f}, {ghi:+.3f}])" if np.isfinite(glo)
                 else f" ({len(seeds)} seed: no interval)")
     return (f"**Does the paper's translation C(x + Δ) beat the source head on target images as they are?** Mean "
             f"cross-domain accuracy: `translate` ({description}) {t:.3f}, `none` {n:.3f}; the gain is {g:+.3f}"

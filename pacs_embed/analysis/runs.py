@@ -15,6 +15,7 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as _dt
 import json
@@ -237,7 +238,7 @@ class Staging:
         """Move every staged folder's files into their targets, each target under its lock and claimed again (a
         run that took the folder meanwhile is not mixed with: this run's files are kept beside it, and said)."""
         for outer, stage in self.stages.items():
-            with locked(outer, what="publishing a run into"):
+            with _publishing(outer):
                 try:
                     for folder, files in self.targets:
                         if self._outer(folder) == outer:
@@ -255,6 +256,18 @@ class Staging:
                     dest = outer / src.relative_to(stage)
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(src, dest)
+
+
+def _publishing(folder: Path):
+    """The folder's lock while a run publishes into it; none where the platform has no file locks."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        try:
+            import msvcrt  # noqa: F401
+        except ImportError:
+            return contextlib.nullcontext()
+    return locked(folder, what="publishing a run into")
 
 
 class NotebookRun:

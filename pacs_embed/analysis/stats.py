@@ -1,15 +1,16 @@
 """Accuracy and gains with intervals that say what they cover.
 
-Two intervals answer two questions (both 95%):
+Three intervals answer three questions (all 95%):
 
-- **over seeds** (``ci_low``/``ci_high``, the headline): would the result hold for another random
-  80/20 split of the source domain? Seeds are the unit: per seed, the gain (or accuracy) averaged
-  over the target images; a Student-t interval of their mean, cut to the possible range ([0, 1] for an
-  accuracy, [−1, 1] for a gain: with few seeds t is wide). It covers split and seed variation, for these
-  target images.
-- **over target images** (``image_ci_low``/``image_ci_high``): the paired bootstrap — given these
-  source splits (seed-averaged per image), how much does the result depend on which target images
-  were drawn? It ignores split variation, so it is too narrow for comparing methods across splits.
+- **a gain, over splits and target images** (``gains``: ``ci_low``/``ci_high``, ``p``, ``holm_excludes_0``;
+  ``method_means(..., hits=res.correct)``: ``gain_ci_*``; the report's words): would the gain hold for another
+  80/20 split of the source *and* other images of the target domains? Its variance adds the seed part and the
+  image part (``gain_interval``). An effect on a few fixed images, the same on every seed, is not significant.
+- **over seeds** (``seed_ci_low``/``seed_ci_high``; an accuracy's ``ci_low``/``ci_high``): would the result hold for
+  another split, for these target images? Per seed, the gain (or accuracy) averaged over the target images; a
+  Student-t interval of their mean, cut to the possible range. The DomainBed-style comparison.
+- **over target images** (``image_ci_low``/``image_ci_high``): the paired bootstrap — given these source
+  splits, how much does the result depend on which target images were drawn? It ignores split variation.
 
 Methods that do not depend on the split (zero-shot) have no seed variation: "—" instead of "± 0.000".
 
@@ -48,6 +49,37 @@ def seed_interval(per_seed: np.ndarray, level: float = LEVEL, floor: float = 0.0
     se = max(float(v.std(ddof=1) / np.sqrt(len(v))), floor)
     half = float(stdtrit(len(v) - 1, 0.5 + level / 2)) * se
     return m, m - half, m + half
+
+
+def gain_interval(diffs, level: float = LEVEL) -> tuple[float, float, float, float]:
+    """A gain, its interval covering both the source split **and** the sampling of target images, and its p-value.
+
+    ``diffs``: one (seeds, images) array of per-image differences (hits − baseline hits) per pair; the gain is their
+    mean over pairs of the mean over seeds and images. Its variance is the sum of two parts: over seeds (per seed, the
+    gain over every pair and image; their variance / seeds) and over target images (per pair, the seed-averaged
+    per-image differences; their variance / images, averaged over pairs as the gain is). The second part counts the
+    split noise left in a seed-averaged image once more: the interval is, if anything, conservative. Student-t with
+    Welch–Satterthwaite degrees of freedom. Returns (gain, low, high, p); NaN bounds and p for < 2 seeds.
+    An effect that lives on a few fixed images (the same on every seed) is not called significant because the
+    seeds agree: it must hold over the images too."""
+    diffs = [np.asarray(d, float) for d in diffs]
+    P = len(diffs)
+    seeds = diffs[0].shape[0]
+    per_seed = np.mean([d.mean(1) for d in diffs], axis=0)           # (seeds,)
+    m = float(per_seed.mean())
+    if seeds < 2:
+        return m, float("nan"), float("nan"), float("nan")
+    a = float(per_seed.var(ddof=1)) / seeds
+    parts = [(float(d.mean(0).var(ddof=1)) / d.shape[1] if d.shape[1] > 1 else 0.0, d.shape[1]) for d in diffs]
+    b = sum(v for v, _ in parts) / P ** 2
+    var = a + b
+    if var <= 0:
+        return m, m, m, float(m == 0)
+    den = a * a / (seeds - 1) + sum((v / P ** 2) ** 2 / max(n - 1, 1) for v, n in parts)
+    df = var * var / den if den > 0 else float(seeds - 1)
+    se = var ** 0.5
+    half = float(stdtrit(df, 0.5 + level / 2)) * se
+    return m, m - half, m + half, float(2 * stdtr(df, -abs(m) / se))
 
 
 def p_value(m: float, lo: float, hi: float, k: int, level: float = LEVEL) -> float:
@@ -89,10 +121,13 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def method_means(table: pd.DataFrame, level: float = LEVEL, baseline: str = "none") -> pd.DataFrame:
+def method_means(table: pd.DataFrame, level: float = LEVEL, baseline: str = "none", hits: dict | None = None
+                 ) -> pd.DataFrame:
     """Cross-domain accuracy per method and description, averaged over pairs, with its interval over seeds; and its
-    gain over ``baseline`` averaged over the same pairs and seeds (``gain``, ``gain_ci_low``/``gain_ci_high``: per
-    seed, the mean over pairs of the accuracy difference; no interval narrower than one target image of them all)."""
+    gain over ``baseline`` averaged over the same pairs and seeds (``gain``, ``gain_ci_low``/``gain_ci_high``).
+    With ``hits`` (``res.correct``) the gain's interval covers the split and the sampling of target images
+    (``gain_interval``; ``gain_p`` its p-value), as the report words it; without, it covers the split only (per
+    seed, the mean over pairs of the accuracy difference; no narrower than one target image of them all)."""
     table = results_table(table, "method_means")
     cross = table[table["source"] != table["target"]]
     per_seed = cross.groupby(["method", "description", "seed"])["accuracy"].mean()
@@ -102,16 +137,34 @@ def method_means(table: pd.DataFrame, level: float = LEVEL, baseline: str = "non
     for (method, description), v in per_seed.groupby(level=["method", "description"]):
         m, lo, hi = seed_interval(v.values, level)
         lo, hi = max(lo, 0.0), min(hi, 1.0)          # an accuracy lies in [0, 1]
-        g = glo = ghi = np.nan
+        g = glo = ghi = gp = np.nan
         seeds = v.index.get_level_values("seed")
         if base is not None and method != baseline and set(seeds) <= set(base.index):
-            n = int(images[(method, description)].max()) if (method, description) in images else 0
-            g, glo, ghi = seed_interval(v.values - base[seeds].values, level, floor=1 / max(n, 1))
+            diffs = _pair_diffs(hits, method, description, baseline) if hits is not None else None
+            if diffs:
+                g, glo, ghi, gp = gain_interval(diffs, level)
+            else:
+                n = int(images[(method, description)].max()) if (method, description) in images else 0
+                g, glo, ghi = seed_interval(v.values - base[seeds].values, level, floor=1 / max(n, 1))
+                gp = p_value(g, glo, ghi, len(v), level)
             glo, ghi = max(glo, -1.0), min(ghi, 1.0)
-        rows.append((method, description, m, lo, hi, len(v), _fmt(m, lo, hi, seeded(method)), g, glo, ghi))
+        rows.append((method, description, m, lo, hi, len(v), _fmt(m, lo, hi, seeded(method)), g, glo, ghi, gp))
     out = pd.DataFrame(rows, columns=["method", "description", "mean", "ci_low", "ci_high", "seeds", "accuracy",
-                                      "gain", "gain_ci_low", "gain_ci_high"])
+                                      "gain", "gain_ci_low", "gain_ci_high", "gain_p"])
     return out.sort_values("mean", ascending=False, ignore_index=True)
+
+
+def _pair_diffs(hits: dict, method: str, description: str, baseline: str) -> list[np.ndarray]:
+    """Per cross-domain pair, the (seeds, images) hits of ``method`` minus those of ``baseline`` (under the same
+    description where the baseline has one)."""
+    out = []
+    for (s, t, name, d), h in hits.items():
+        if name != method or d != description or s == t:
+            continue
+        base = hits.get((s, t, baseline, description), hits.get((s, t, baseline, NO_DESCRIPTION)))
+        if base is not None and base.shape == h.shape:
+            out.append(np.asarray(h, float) - np.asarray(base, float))
+    return out
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = LEVEL):
@@ -132,8 +185,10 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int
 
 
 def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
-    """Per pair and method: gain over ``baseline`` on the same images and seeds, with the interval over
-    seeds (``ci_low``, ``ci_high``) and the paired bootstrap over target images (``image_ci_*``)."""
+    """Per pair and method: gain over ``baseline`` on the same images and seeds, with the interval that covers the
+    source split and the sampling of target images (``ci_low``, ``ci_high``; ``p`` its p-value, Holm over them in
+    ``holm_excludes_0``), the interval over seeds only (``seed_ci_*``, for these target images, as DomainBed-style
+    comparisons use) and the paired bootstrap over target images given these splits (``image_ci_*``)."""
     results, n_boot = arguments.results(results, "gains"), positive(n_boot, "n_boot")
     ran = sorted({key[2] for key in results.correct})
     if baseline not in ran:
@@ -147,14 +202,16 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
         if hits.shape != base.shape:
             raise ValueError(f"{method} and {baseline} were scored on different images for {s} -> {t}")
         n_images = hits.shape[1]
-        # a standard error of at least one image's worth: seeds that agree on every image do not make a gain exact
-        g, lo, hi = seed_interval(hits.mean(1) - base.mean(1), level, floor=1 / max(n_images, 1))
-        p = p_value(g, lo, hi, len(hits), level)
+        # the claim's interval: over the split and the target images (gain_interval)
+        g, lo, hi, p = gain_interval([np.asarray(hits, float) - np.asarray(base, float)], level)
         lo, hi = max(lo, -1.0), min(hi, 1.0)             # a gain lies in [-1, 1] (few seeds: t is wide)
+        # over seeds only, as DomainBed compares methods (no narrower than one image's worth), for these images
+        _, slo, shi = seed_interval(hits.mean(1) - base.mean(1), level, floor=1 / max(n_images, 1))
+        slo, shi = max(slo, -1.0), min(shi, 1.0)
         _, ilo, ihi = paired_bootstrap(hits, base, n_boot, seed, level)
-        rows.append((s, t, method, description, g, lo, hi, ilo, ihi, len(hits), p))
+        rows.append((s, t, method, description, g, lo, hi, slo, shi, ilo, ihi, len(hits), p))
     out = pd.DataFrame(rows, columns=["source", "target", "method", "description", "gain", "ci_low", "ci_high",
-                                      "image_ci_low", "image_ci_high", "seeds", "p"])
+                                      "seed_ci_low", "seed_ci_high", "image_ci_low", "image_ci_high", "seeds", "p"])
     out["holm_excludes_0"] = holm(out["p"].to_numpy(), 1 - level) if len(out) else []
     return out
 
