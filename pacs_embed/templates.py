@@ -16,7 +16,8 @@ Usage::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -71,14 +72,39 @@ def registry() -> dict[str, DatasetEntry]:
     return out
 
 
+def spelling(name: str) -> str:
+    """A folder name as matched against the registry: letters and digits only, lower case — so that the common
+    spellings of one folder ("Real World", "Real_World", "RealWorld", "real_world") are one name."""
+    return re.sub(r"[^0-9a-z]", "", str(name).lower())
+
+
 def match(domains, classes) -> DatasetEntry | None:
-    """The registry entry of a cache with these domain and class folders: the one that has every one of them
-    (a sample such as pacs-mini, or a cache of some of a dataset's domains, is still that dataset), else None."""
-    domains, classes = set(domains), set(classes)
+    """The registry entry of a cache with these domain and class folders: the one that has every one of them, in any
+    of their common spellings (``spelling``) — a sample such as pacs-mini, or a cache of some of a dataset's domains,
+    is still that dataset — else None. The entry is returned in the cache's own spellings (its domain and class
+    names, prompt and ensemble keys renamed), so that everything downstream speaks the cache's names."""
+    domains, classes = list(domains), list(classes)
+    if not domains or not classes:
+        return None
     for entry in registry().values():
-        if domains and classes and domains <= set(entry.domains) and classes <= set(entry.classes):
-            return entry
+        dkeys = {spelling(d): d for d in entry.domains}
+        ckeys = {spelling(c): c for c in entry.classes}
+        if all(spelling(d) in dkeys for d in domains) and all(spelling(c) in ckeys for c in classes):
+            renamed = {dkeys[spelling(d)]: d for d in domains} | {ckeys[spelling(c)]: c for c in classes}
+            return entry if all(k == v for k, v in renamed.items()) else _renamed(entry, renamed)
     return None
+
+
+def _renamed(entry: DatasetEntry, names: dict) -> DatasetEntry:
+    """``entry`` with its folder names spelled as ``names`` maps them (the cache's own spellings)."""
+    def keys(d: dict) -> dict:
+        return {names.get(k, k): v for k, v in d.items()}
+    templates = dict(entry.templates)
+    for key in ("domains", "ensembles", "readable"):
+        if isinstance(templates.get(key), dict):
+            templates[key] = keys(templates[key])
+    return replace(entry, domains=keys(entry.domains), classes=[names.get(c, c) for c in entry.classes],
+                   templates=templates, domain_names=keys(entry.domain_names), synonyms=keys(entry.synonyms))
 
 
 GENERIC = {"class_template": "a photo of a {class}", "domain_class_template": "{domain} of a {class}",

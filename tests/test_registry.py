@@ -97,3 +97,16 @@ def test_a_registered_datasets_cache_with_the_former_default_prompts_and_no_mode
         rows = pa.table1(emb)["reproduced"].index.tolist()
     assert rows == ["a Art", "a Clipart", "a Product", "a Real World"]
     assert any("former defaults" in str(w.message) for w in said)
+
+
+@pytest.mark.parametrize("real_world", ["Real World", "Real_World", "RealWorld", "real_world"])
+def test_a_dataset_s_common_folder_spellings_are_recognised_and_spoken_back_in_the_cache_s_own(real_world):
+    from pacs_embed.templates import domain_prompt, match, templates_for
+    domains = ["Art", "Clipart", "Product", real_world]
+    classes = ["Alarm_Clock", "Backpack"] if real_world != "real_world" else ["alarm_clock", "backpack"]
+    entry = match(domains, classes)
+    assert entry is not None and entry.name == "OfficeHome"
+    assert list(entry.domains)[-1] == real_world and entry.order(domains)[-1] == real_world
+    t = templates_for(domains, classes)
+    assert domain_prompt(real_world, t) == domain_prompt("Real World", registry()["OfficeHome"].templates)
+    assert match(["Art", "Clipart", "Product", "Real Worlds"], classes) is None      # not a spelling: another name
