@@ -269,3 +269,13 @@ def test_figures_say_what_their_colours_mean_and_colour_method_families_alike():
     assert rgb["augment"][1] > rgb["augment"][0] and rgb["translate"] != rgb["interpolate"]
     summary = plots.gains_summary(pa.method_means(res.table), "paper")
     assert summary.get_figwidth() <= 5
+
+
+def test_a_method_has_one_colour_in_every_figure_whatever_is_drawn_beside_it():
+    from pacs_embed.analysis.plots import method_colours
+    alone = method_colours(["gap_shift"])["gap_shift"]
+    beside = method_colours(["translate", "gap_shift", "project_out", "augment"])["gap_shift"]
+    reordered = method_colours(["project_pair", "project_out", "gap_shift"])["gap_shift"]
+    assert alone == beside == reordered
+    colours = method_colours(["translate", "translate_renorm", "interpolate"])
+    assert len(set(colours.values())) == 3

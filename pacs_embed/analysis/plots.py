@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.patheffects
+import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -94,12 +96,14 @@ def table1_heatmap(tables: dict[str, pd.DataFrame]):
     return fig
 
 
-def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None):
+def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None, chance: float | None = None):
     """Source x target mean accuracy per method on one colour scale set by the data (colour bar beside it).
 
     Off the diagonal: accuracy on the target domain. The diagonal is a method's own accuracy on the source only
     where no head was trained on the source's images (zero-shot); elsewhere it is left blank, and each source's
-    in-domain accuracy (the plain head on the source hold-out) is written beside its name."""
+    in-domain accuracy (the plain head on the source hold-out) is written beside its name. A method that does not
+    depend on the source (zero-shot) scores every target the same from every source: one row. ``chance`` (1/K) is
+    marked on the colour bar."""
     table = results_table(table, "accuracy_grid")
     t = _under(table, description, "accuracy_grid")
     absent = [m for m in methods or [] if m not in set(t.method)]
@@ -118,6 +122,10 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
         for d in sources:
             if d in targets and not own:
                 grid.loc[d, d] = np.nan
+        if not seeded(m):   # the same from every source: shown once, in the first row
+            row = mine.groupby("target").accuracy.mean().reindex(targets)
+            grid.iloc[:, :] = np.nan
+            grid.iloc[0] = row.values
         grids[m] = (grid.values.astype(float), own)
     values = np.concatenate([g.ravel() for g, _ in grids.values()]) if grids else np.array([])
     values = values[np.isfinite(values)]
@@ -141,7 +149,7 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
     for ax, m in zip(axes.flat, methods):
         grid, own = grids[m]
         image = _annotated_grid(ax, grid, sources, targets, lo, hi, values_in=cell >= 0.25)
-        ax.set_title(m + ("\n(diagonal: source)" if own else ""), fontsize=7)
+        ax.set_title(m + ("\n(no source: one row)" if not seeded(m) else ""), fontsize=7)
     labels = [f"{d} ({head_diag[d]:.2f})" if d in head_diag else d for d in sources]
     for k, ax in enumerate(axes.flat[:len(methods)]):
         if k % cols == 0:
@@ -156,8 +164,13 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None)
     if image is not None:
         top, bottom = 1 - 0.95 / total, 0.95 / total
         bar = fig.colorbar(image, cax=fig.add_axes([1 - 0.5 / width, bottom, 0.12 / width, top - bottom]))
-        bar.set_label(f"accuracy (mean over seeds; scale {lo:.2f}–{hi:.2f}, from the data)", fontsize=8)
+        bar.set_label(f"accuracy (mean over seeds; scale {lo:.2f}–{hi:.2f}, from the data)"
+                      + (f"; chance 1/K = {chance:.2f}" if chance else ""), fontsize=8)
         bar.ax.tick_params(labelsize=7)
+        if chance and lo <= chance <= hi:
+            bar.ax.axhline(chance, color="red", lw=1.5)
+            bar.ax.text(-0.3, chance, "chance", color="red", fontsize=6, ha="right", va="center",
+                        transform=bar.ax.get_yaxis_transform())
     fig.suptitle(f"cross-domain accuracy, domain descriptions: {description}\nblank diagonal: the head trained there; "
                  f"in-domain (hold-out) accuracy beside each source", fontsize=9,
                  y=1 - 0.1 / total)
@@ -191,18 +204,25 @@ def family(method: str) -> str:
 
 
 def method_colours(methods) -> dict[str, tuple]:
-    """One colour per method: shades of its family's colour map, so that a family reads as one."""
-    from .methods import FAMILIES
-    by_family: dict[str, list] = {}
-    for m in dict.fromkeys(methods):
-        by_family.setdefault(family(m) if family(m) in FAMILY_COLOURS else "other", []).append(m)
+    """One colour per method, the same in every figure and notebook whatever else is drawn beside it: a shade of
+    its family's colour map (so that a family reads as one) set by its place among every registered method of that
+    family (registry order; methods the registry does not know come after, in the order given)."""
+    from .methods import FAMILIES, METHODS
+    given = list(dict.fromkeys(methods))
     out = {}
     for fam in FAMILIES:
-        members = by_family.get(fam, [])
+        members = [m for m in METHODS if _family_of(m) == fam] + [m for m in given if m not in METHODS and
+                                                                   _family_of(m) == fam]
         cmap = matplotlib.colormaps[FAMILY_COLOURS[fam]]
         for i, m in enumerate(members):
-            out[m] = cmap(0.9 - 0.4 * i / max(len(members) - 1, 1) if len(members) > 1 else 0.7)
+            if m in given:
+                out[m] = cmap(0.9 - 0.45 * i / max(len(members) - 1, 1) if len(members) > 1 else 0.7)
     return out
+
+
+def _family_of(method: str) -> str:
+    fam = family(method)
+    return fam if fam in FAMILY_COLOURS else "other"
 
 
 def _label(method: str, description: str) -> str:
@@ -232,7 +252,7 @@ def gains_summary(means: pd.DataFrame, description: str | None = None, baseline:
     ax.tick_params(axis="x", labelsize=7)
     seeds = int(m.seeds.max()) if len(m) else 0
     ax.set_xlabel(f"gain over '{baseline}', mean over every source → target pair\n(95% interval over {seeds} seeds of "
-                  f"the source split)", fontsize=8)
+                  f"the source split and the target images)", fontsize=8)
     handles = [matplotlib.patches.Patch(color=matplotlib.colormaps[FAMILY_COLOURS[f]](0.7), label=f)
                for f in FAMILIES if f in set(m.family)]
     if handles:
@@ -264,6 +284,14 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
     fig, axes = plt.subplots(max(1, len(families)), 1, figsize=(width, 0.9 + 1.55 * max(1, len(families)) + 0.9),
                              sharex=True, sharey=True, squeeze=False)
     colours = method_colours(g.method)
+    # the axis fits the gains and most intervals: a few very wide ones (2 seeds: t has 1 degree of freedom) are cut
+    # at its edge rather than flattening every other
+    lows, highs = g.ci_low.to_numpy(float), g.ci_high.to_numpy(float)
+    inner = [np.nanpercentile(lows, 5) if np.isfinite(lows).any() else 0, np.nanpercentile(highs, 95)
+             if np.isfinite(highs).any() else 0, np.nanmin(g.gain) if len(g) else 0, np.nanmax(g.gain) if len(g) else 0, 0]
+    pad = 0.08 * (max(inner) - min(inner) or 0.1)
+    limits = (min(inner) - pad, max(inner) + pad)
+    cut = int(((lows < limits[0]) | (highs > limits[1])).sum())
     for ax, fam in zip(axes[:, 0], families):
         part = g[g.family == fam]
         labels = list(dict.fromkeys(part.label))
@@ -276,6 +304,7 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
                         color=colours[sub.method.dropna().iloc[0]] if sub.method.notna().any() else "gray")
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_title(fam, fontsize=8, loc="left")
+        ax.set_ylim(*limits)
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
         ax.tick_params(labelsize=7)
     if not families:   # only 'none' was run: say so rather than draw an empty plot
@@ -284,7 +313,8 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
     last = axes[-1, 0]
     last.set_xticks(np.arange(len(pairs)), pairs, rotation=60, ha="right", fontsize=6 if len(pairs) > 14 else 7)
     seeds = int(g.seeds.max()) if "seeds" in g and len(g) else 0
-    fig.supylabel(f"gain over 'none' (95% interval over {seeds} seeds)", fontsize=8)
+    fig.supylabel(f"gain over 'none' (95% interval over {seeds} seeds and the target images)"
+                  + (f"\n{cut} interval(s) reach past the axis" if cut else ""), fontsize=8)
     fig.suptitle("gain per source → target pair; above 0: better than the source head on target images as they are",
                  fontsize=8)
     fig.tight_layout()
@@ -333,34 +363,72 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     a2 /= np.linalg.norm(a2)
     centre = (image_mean + T.mean(0)) / 2
     plane = lambda v: (np.atleast_2d(v) - centre) @ np.stack([a1, a2]).T  # noqa: E731
-    p_img, p_txt = plane(x[pick].astype(np.float64)), plane(T)
+    axes2 = np.stack([a1, a2]).T                                        # (D, 2)
+    every = (x @ axes2.astype(np.float32)).astype(np.float64) - centre @ axes2   # every image in the plane: (n, 2)
+    p_img, p_txt = every[pick], plane(T)
     colors = dict(zip(order, palette("colorblind", len(order))))
-    fig, ax = plt.subplots(figsize=(7, 5.0))
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(9.0, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
     s = emb.domains.index(source)
     names = np.array(emb.domains)[emb.domain[pick]]
-    ax.scatter(*p_img.T, s=5, alpha=0.45, c=[colors[n] for n in names], linewidths=0)   # interleaved: none on top
+    outline = [matplotlib.patheffects.withStroke(linewidth=3.2, foreground="white")]
+    # per domain: its images' mean and spread in the plane (1 and 2 standard deviations), from every image: legible
+    # at any number of images (a scatter of 10,000 points is one streak); a thin sample of points beneath
+    spread = {}
+    for name in order:
+        d = emb.domains.index(name)
+        rows = emb.domain == d
+        if not rows.any():
+            continue
+        P = every[rows]
+        spread[name] = (P.mean(0), np.cov(P.T) if len(P) > 2 else np.eye(2) * 1e-6)
+    for panel in (ax, zoom):
+        thin = max(1, len(p_img) // 600) if panel is zoom else 1
+        panel.scatter(*p_img[::thin].T, s=4, alpha=0.25 if panel is zoom else 0.45,
+                      c=[colors[n] for n in names[::thin]], linewidths=0)   # interleaved: none on top
+        for name, (mu, cov) in spread.items():
+            w, V = np.linalg.eigh(cov)
+            angle = np.degrees(np.arctan2(V[1, -1], V[0, -1]))
+            for k, style in ((1, "-"), (2, ":")):
+                panel.add_patch(matplotlib.patches.Ellipse(mu, *(2 * k * np.sqrt(np.maximum(w[::-1], 0))), angle=angle,
+                                                           fill=False, lw=1.6 if k == 1 else 1, ls=style,
+                                                           color=colors[name], zorder=3))
     deltas = []
     for name in order:
         d = emb.domains.index(name)
-        ax.scatter([], [], s=12, color=colors[name], label=f"{name} images")
+        ax.scatter([], [], s=12, color=colors[name], label=f"{name} images (ellipses: 1 and 2 s.d.)")
         ax.scatter(*p_txt[d], marker="*", s=260, color=colors[name], edgecolor="black", label=f"{name} text", zorder=3)
         if d != s:
             deltas.append(f"{name} {np.linalg.norm(T[s] - T[d]):.3f}")
             centroid = centroids[d]
             c, step = plane(centroid)[0], plane(centroid + T[s] - T[d])[0]
             head = dict(arrowstyle="-|>", mutation_scale=14, color=colors[name], shrinkA=0, shrinkB=0)
-            ax.annotate("", xy=step, xytext=c, arrowprops=dict(head, lw=1.8), zorder=4, annotation_clip=False)
+            for panel in (ax, zoom):   # arrows on top of every cloud, outlined so that none disappears
+                arrow = panel.annotate("", xy=step, xytext=c, arrowprops=dict(head, lw=2), zorder=6,
+                                       annotation_clip=False)
+                arrow.arrow_patch.set_path_effects(outline)
+                if panel is zoom:          # enlarged: the arrow's start and direction; it may leave the frame
+                    arrow.arrow_patch.set_clip_on(True)
+                    arrow.arrow_patch.set_clip_box(zoom.bbox)
             ax.annotate("", xy=p_txt[s], xytext=p_txt[d], arrowprops=dict(head, lw=1, ls="--"), zorder=4,
                         annotation_clip=False)
             ax.update_datalim([c, step])   # the whole arrow in view (annotations do not scale the axes)
-    ax.set_xlabel(f"along the modality gap g = mean(images) − {gap_of}", fontsize=8)
-    ax.set_ylabel("along the domain texts' main spread (⊥ g)")
+    ax.set_xlabel(f"along the modality gap g = mean(images) −\n{gap_of}", fontsize=8)
+    ax.set_ylabel("along the domain texts' main spread (⊥ g)", fontsize=8)
     ax.autoscale_view()
     ax.set_aspect("equal", adjustable="datalim")
-    ax.set_title(f"|g| = {np.linalg.norm(gap):.3f}; |Δ| toward {source} from " + ", ".join(deltas)
-                 + "\n(axes in embedding units, the gap shown whole; arrows: Δ from each target's images (solid) "
-                 "and text (dashed))", fontsize=8)
-    ax.legend(fontsize=7, markerscale=0.8, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside, never on the data
+    ax.set_title("the whole picture, true lengths (equal axes)", fontsize=8)
+    corners = [mu + sgn * 2 * np.sqrt(np.diag(cov)) for mu, cov in spread.values() for sgn in (-1, 1)]
+    if corners:
+        zoom.update_datalim(np.array(corners))
+    zoom.autoscale_view()
+    zoom.set_title("the image clouds, enlarged (axes not to the same scale)", fontsize=8)
+    zoom.set_xlabel("along g", fontsize=8)
+    zoom.set_ylabel("⊥ g", fontsize=8)
+    for panel in (ax, zoom):
+        panel.tick_params(labelsize=7)
+    fig.suptitle(f"|g| = {np.linalg.norm(gap):.3f}; |Δ| toward {source} from " + ", ".join(deltas)
+                 + "\narrows: Δ from each target's image centroid (solid) and text (dashed, left)", fontsize=8)
+    ax.legend(fontsize=6.5, markerscale=0.8, loc="upper center", bbox_to_anchor=(1.1, -0.24), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 

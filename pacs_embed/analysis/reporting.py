@@ -187,7 +187,7 @@ def _figures(folder: Path, emb, text, description: str, res, t1, gain, means) ->
     plots.use_headless_backend()
     import matplotlib.pyplot as plt
     figs = {"table1": lambda: plots.table1_heatmap(t1),
-            "accuracy_grid": lambda: plots.accuracy_grid(res.table, description),
+            "accuracy_grid": lambda: plots.accuracy_grid(res.table, description, chance=1 / len(emb.classes)),
             "gains": lambda: plots.gains_summary(means, description),
             "gains_pairs": lambda: plots.gains_plot(gain, description),
             # Δ toward the first domain in display order; g as gap_shift takes it
@@ -306,11 +306,15 @@ def answer(table: pd.DataFrame, description: str = "paper", hits: dict | None = 
         over = f"{len(seeds)} seeds, for these target images"
     verdict = ("helps" if glo > 0 else "hurts" if ghi < 0 else "makes no difference that these seeds and images "
                "can tell")
-    interval = (f" (95% interval over {over} [{glo:+.3f}, {ghi:+.3f}])" if np.isfinite(glo)
+    if verdict in ("helps", "hurts") and abs(g) < 0.005:
+        verdict += ", if only by a tiny margin (under half a point of accuracy)"
+    digits = 3 if max(abs(g), abs(glo) if np.isfinite(glo) else 0) >= 0.01 else 4
+    interval = (f" (95% interval over {over} [{glo:+.{digits}f}, {ghi:+.{digits}f}])" if np.isfinite(glo)
                 else f" ({len(seeds)} seed: no interval)")
     return (f"**Does the paper's translation C(x + Δ) beat the source head on target images as they are?** Mean "
-            f"cross-domain accuracy: `translate` ({description}) {t:.3f}, `none` {n:.3f}; the gain is {g:+.3f}"
-            f"{interval}: translation {verdict if np.isfinite(glo) else 'cannot be judged with one seed'}. "
+            f"cross-domain accuracy: `translate` ({description}) {t:.3f}, `none` {n:.3f}; the gain is "
+            f"{number(g, True, digits)}{interval}: translation "
+            f"{verdict if np.isfinite(glo) else 'cannot be judged with one seed'}. "
             f"Every other method, per pair, follows below.")
 
 

@@ -59,7 +59,8 @@ def gain_interval(diffs, level: float = LEVEL) -> tuple[float, float, float, flo
     gain over every pair and image; their variance / seeds) and over target images (per pair, the seed-averaged
     per-image differences; their variance / images, averaged over pairs as the gain is). The second part counts the
     split noise left in a seed-averaged image once more: the interval is, if anything, conservative. Student-t with
-    Welch–Satterthwaite degrees of freedom. Returns (gain, low, high, p); NaN bounds and p for < 2 seeds.
+    Welch–Satterthwaite degrees of freedom; the standard error is never below one target image's worth of the mean.
+    Returns (gain, low, high, p); NaN bounds and p for < 2 seeds.
     An effect that lives on a few fixed images (the same on every seed) is not called significant because the
     seeds agree: it must hold over the images too."""
     diffs = [np.asarray(d, float) for d in diffs]
@@ -73,11 +74,11 @@ def gain_interval(diffs, level: float = LEVEL) -> tuple[float, float, float, flo
     parts = [(float(d.mean(0).var(ddof=1)) / d.shape[1] if d.shape[1] > 1 else 0.0, d.shape[1]) for d in diffs]
     b = sum(v for v, _ in parts) / P ** 2
     var = a + b
-    if var <= 0:
-        return m, m, m, float(m == 0)
     den = a * a / (seeds - 1) + sum((v / P ** 2) ** 2 / max(n - 1, 1) for v, n in parts)
     df = var * var / den if den > 0 else float(seeds - 1)
-    se = var ** 0.5
+    # never narrower than one target image's worth of the mean (seeds and images that all agree do not make a gain
+    # exact: another image could differ)
+    se = max(var ** 0.5, 1.0 / sum(n for _, n in parts))
     half = float(stdtrit(df, 0.5 + level / 2)) * se
     return m, m - half, m + half, float(2 * stdtr(df, -abs(m) / se))
 
