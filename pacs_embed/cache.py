@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ArgumentError, ArgumentTypeError
 from . import hdf5
 from .datasets import Changes, Record, compare, scan
 from .errors import CacheError, PacsEmbedError  # noqa: F401  (CacheError: the cache's errors, importable from here)
@@ -324,16 +325,16 @@ class Cache(os.PathLike):
         vectors, with a ``model`` dict saying which text tower it runs) and appended to the log; without one they
         are a CacheError naming them."""
         if isinstance(prompts, (str, bytes)):
-            raise TypeError(f"prompts must be a list of strings, not one string ({prompts!r}); write [{prompts!r}]")
+            raise ArgumentTypeError(f"prompts must be a list of strings, not one string ({prompts!r}); write [{prompts!r}]")
         prompts = list(prompts)
         if any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise ValueError("prompts must be non-empty strings")
+            raise ArgumentError("prompts must be non-empty strings")
         for p in prompts:
             try:
                 p.encode("utf-8")
             except UnicodeEncodeError:   # e.g. bytes of another encoding on the command line (surrogate escapes)
                 shown = p.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                raise ValueError(f"the prompt {shown!r} (for {self.path}) is not valid UTF-8 text; write it in "
+                raise ArgumentError(f"the prompt {shown!r} (for {self.path}) is not valid UTF-8 text; write it in "
                                  f"UTF-8") from None
         if not prompts:
             return np.zeros((0, self.dim), np.float32)
@@ -373,7 +374,7 @@ class Cache(os.PathLike):
         ``templates``: the prompt set chosen for the cache from now on (recorded even when no prompt is new)."""
         vectors = np.asarray(vectors, np.float32)
         if vectors.shape != (len(texts), self.dim):
-            raise ValueError(f"{str(self.path)!r}: {len(texts)} prompts need a ({len(texts)}, {self.dim}) matrix of "
+            raise ArgumentError(f"{str(self.path)!r}: {len(texts)} prompts need a ({len(texts)}, {self.dim}) matrix of "
                              f"vectors (the images' dimension); got {vectors.shape}")
         why = model_mismatch(self.attrs, model["model_id"], model["revision"], model.get("tokenizer_sha256"))
         if why:

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from . import DEFAULT_MODEL, __version__
-from .errors import AlreadySaid, PacsEmbedError
+from .errors import AlreadySaid, ArgumentError, PacsEmbedError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,85 +136,101 @@ def parse_domain_prompts(items: list[str]) -> dict[str, list[str]]:
     for item in items:
         domain, sep, prompt = item.partition("=")
         if not sep or not domain.strip() or not prompt.strip():
-            raise ValueError(f'--domain-prompt {item!r}: write DOMAIN="PROMPT", e.g. --domain-prompt cartoon="a comic strip"')
+            raise ArgumentError(f'--domain-prompt {item!r}: write DOMAIN="PROMPT", e.g. --domain-prompt cartoon="a comic strip"')
         out.setdefault(domain.strip(), []).append(prompt.strip())
     return out
 
 
-def _run(args) -> int:
-    if args.command == "download":
-        from .download import PACS_COUNTS, convert_parquet, download_pacs
-        if args.parquet:
-            dest = convert_parquet(args.parquet, args.dest, expected=None if args.no_check else PACS_COUNTS)
-        else:
-            dest = download_pacs(args.dest, check_counts=not args.no_check)
-        print(f"PACS is in {dest}")
-    elif args.command == "extract":
-        from .datasets import check_layout
-        check_layout(args.data)   # a wrong --data fails in a second, before torch is imported
-        from .extraction import extract
-        summary = extract(args.data, args.model, args.out, revision=args.revision, device=args.device,
-                          dtype=args.dtype, batch_size=args.batch_size, workers=args.workers, processor=args.processor,
-                          strict=args.strict,
-                          force=args.force, restart=args.restart, prompts_file=args.prompts,
-                          progress=not args.no_progress)
-        print(summary)
-    elif args.command == "info":
-        from .cache import Cache
-        cache = Cache.open(args.cache)
-        print(cache.summary())
-        try:
-            changes = cache.changes(args.data)
-        except Exception as e:  # the images need not be on this machine
-            print(f"dataset    not checked: {e}")
-        else:
-            print("dataset    unchanged" if not changes else f"dataset    CHANGED since extraction:\n{changes.summary()}")
-    elif args.command == "report":
-        from .analysis import report, study
-        for flag, n in [("--seeds", args.seeds), ("--n-nouns", args.n_nouns), ("--bootstrap", args.bootstrap)]:
-            if n is not None and n < 1:
-                raise ValueError(f"{flag} {n}: give a whole number, 1 or more")
-        options = dict(seeds=range(args.seeds), descriptions=args.descriptions,
-                       domain_prompts=parse_domain_prompts(args.domain_prompt), methods=args.methods, sources=args.sources,
-                       n_nouns=args.n_nouns, n_boot=args.bootstrap, head_cache=not args.no_head_cache, solver=args.solver,
-                       progress=not args.no_progress, prompts=args.prompts)
-        if not args.cache:
-            from .cache import default_cache, default_cache_reason
-            args.cache = [default_cache()]
-            print(f"cache: {args.cache[0]} ({default_cache_reason()})")
-        if len(args.cache) == 1:
-            paths = report(args.cache[0], args.out, args.figures, **options)
-        else:
-            paths = study(args.cache, args.out, args.figures, **options)
-        print("\n".join(f"{name:22s} {path}" for name, path in paths.items()))
-        print()
-        print(_closing(paths))
-    elif args.command == "prompts":
-        from .cache import Cache, CacheError
-        from .text_encoder import TextEncoder
-        cache = Cache.open(args.cache)
-        if args.repair:
-            dropped, kept = cache.repair_prompts()
-            print(f"{args.cache}: {dropped} contradicting prompt record(s) set aside"
-                  + (f" (the log's old bytes: {kept})" if kept else "; the log was consistent"))
-            if not args.prompt and not args.list:
-                return 0
-        if args.list:
-            print("\n".join(cache.prompts))
-            print(f"{len(cache.prompts)} prompts in {args.cache}", file=sys.stderr)
-            if not args.prompt:
-                return 0
-        if not args.prompt:
-            raise ValueError("name the prompts to encode (pacs-embed prompts CACHE \"a watercolor\" ...), or --list")
-        before = set(cache.prompts)
-        vectors = cache.prompt_vectors(args.prompt, TextEncoder(cache, args.model, args.device))
-        if unsaved := set(args.prompt) & cache.unsaved:   # what this command is for: prompts kept on disk
-            raise CacheError(f"{len(unsaved)} prompt(s) were encoded but could not be saved beside {args.cache} (see the "
-                             f"warning above); nothing was added")
-        new = len(set(args.prompt) - before)
-        print(f"{len(args.prompt)} prompts in {args.cache} (dim {vectors.shape[1]}): {new} new, "
-              f"{len(set(args.prompt)) - new} already cached")
+def _download(args) -> int:
+    from .download import PACS_COUNTS, convert_parquet, download_pacs
+    if args.parquet:
+        dest = convert_parquet(args.parquet, args.dest, expected=None if args.no_check else PACS_COUNTS)
+    else:
+        dest = download_pacs(args.dest, check_counts=not args.no_check)
+    print(f"PACS is in {dest}")
     return 0
+
+
+def _extract(args) -> int:
+    from .datasets import check_layout
+    check_layout(args.data)   # a wrong --data fails in a second, before torch is imported
+    from .extraction import extract
+    summary = extract(args.data, args.model, args.out, revision=args.revision, device=args.device, dtype=args.dtype,
+                      batch_size=args.batch_size, workers=args.workers, processor=args.processor, strict=args.strict,
+                      force=args.force, restart=args.restart, prompts_file=args.prompts, progress=not args.no_progress)
+    print(summary)
+    return 0
+
+
+def _info(args) -> int:
+    from .cache import Cache
+    cache = Cache.open(args.cache)
+    print(cache.summary())
+    try:
+        changes = cache.changes(args.data)
+    except Exception as e:  # noqa: BLE001 - the images need not be on this machine
+        print(f"dataset    not checked: {e}")
+    else:
+        print("dataset    unchanged" if not changes else f"dataset    CHANGED since extraction:\n{changes.summary()}")
+    return 0
+
+
+def _report(args) -> int:
+    from .analysis import report, study
+    for flag, n in [("--seeds", args.seeds), ("--n-nouns", args.n_nouns), ("--bootstrap", args.bootstrap)]:
+        if n is not None and n < 1:
+            raise ArgumentError(f"{flag} {n}: give a whole number, 1 or more")
+    options = dict(seeds=range(args.seeds), descriptions=args.descriptions,
+                   domain_prompts=parse_domain_prompts(args.domain_prompt), methods=args.methods, sources=args.sources,
+                   n_nouns=args.n_nouns, n_boot=args.bootstrap, head_cache=not args.no_head_cache, solver=args.solver,
+                   progress=not args.no_progress, prompts=args.prompts)
+    if not args.cache:
+        from .cache import default_cache, default_cache_reason
+        args.cache = [default_cache()]
+        print(f"cache: {args.cache[0]} ({default_cache_reason()})")
+    if len(args.cache) == 1:
+        paths = report(args.cache[0], args.out, args.figures, **options)
+    else:
+        paths = study(args.cache, args.out, args.figures, **options)
+    print("\n".join(f"{name:22s} {path}" for name, path in paths.items()))
+    print()
+    print(_closing(paths))
+    return 0
+
+
+def _prompts(args) -> int:
+    from .cache import Cache, CacheError
+    from .text_encoder import TextEncoder
+    cache = Cache.open(args.cache)
+    if args.repair:
+        dropped, kept = cache.repair_prompts()
+        print(f"{args.cache}: {dropped} contradicting prompt record(s) set aside"
+              + (f" (the log's old bytes: {kept})" if kept else "; the log was consistent"))
+        if not args.prompt and not args.list:
+            return 0
+    if args.list:
+        print("\n".join(cache.prompts))
+        print(f"{len(cache.prompts)} prompts in {args.cache}", file=sys.stderr)
+        if not args.prompt:
+            return 0
+    if not args.prompt:
+        raise ArgumentError("name the prompts to encode (pacs-embed prompts CACHE \"a watercolor\" ...), or --list")
+    before = set(cache.prompts)
+    vectors = cache.prompt_vectors(args.prompt, TextEncoder(cache, args.model, args.device))
+    if unsaved := set(args.prompt) & cache.unsaved:   # what this command is for: prompts kept on disk
+        raise CacheError(f"{len(unsaved)} prompt(s) were encoded but could not be saved beside {args.cache} (see the "
+                         f"warning above); nothing was added")
+    new = len(set(args.prompt) - before)
+    print(f"{len(args.prompt)} prompts in {args.cache} (dim {vectors.shape[1]}): {new} new, "
+          f"{len(set(args.prompt)) - new} already cached")
+    return 0
+
+
+COMMANDS = {"download": _download, "extract": _extract, "info": _info, "report": _report, "prompts": _prompts}
+
+
+def _run(args) -> int:
+    return COMMANDS[args.command](args)
 
 
 def main(argv=None) -> int:
@@ -257,7 +273,7 @@ def _guarded(args) -> int:
         return 141
     except AlreadySaid:
         return 2
-    except (PacsEmbedError, ValueError, KeyError, TypeError) as e:
+    except PacsEmbedError as e:   # something the user can fix: one line
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         notes = "".join(f" {n}" for n in getattr(e, "__notes__", []))   # e.g. which method was being fitted
         print(f"pacs-embed {args.command}: error: {message}{notes}", file=sys.stderr)
@@ -272,3 +288,11 @@ def _guarded(args) -> int:
         print(f"pacs-embed {args.command}: error: no space left ({e.strerror}: {e.filename or ''}). Files already "
               f"complete are kept; free some space and run the same command again.", file=sys.stderr)
         return 2
+    except Exception:   # not an error this package names: a bug (ours, a library's, or a registered method's)
+        import traceback
+        traceback.print_exc()
+        notes = getattr(sys.exc_info()[1], "__notes__", [])
+        print(f"pacs-embed {args.command}: the error above is not one pacs_embed knows how to explain"
+              + (f" ({' '.join(notes)})" if notes else "") + ": probably a bug. Please report it with the traceback "
+              "and the command (`pacs-embed --version` says which version).", file=sys.stderr)
+        return 1

@@ -20,3 +20,18 @@ class AlreadySaid(PacsEmbedError, RuntimeError):
 
 class CacheError(PacsEmbedError, RuntimeError):
     """An embedding cache that is missing, damaged, inconsistent, or of another model; the message names the file."""
+
+
+class ArgumentError(PacsEmbedError, ValueError):
+    """An argument or input value the user can fix (a ValueError, so code that catches ValueError still does)."""
+
+
+class ArgumentTypeError(PacsEmbedError, TypeError):
+    """An argument of the wrong kind (a TypeError, so code that catches TypeError still does)."""
+
+
+class UnknownName(PacsEmbedError, KeyError):
+    """A name (method, domain, description, prompt) that is not known here; the message says which are."""
+
+    def __str__(self) -> str:   # KeyError's own str() quotes the message
+        return str(self.args[0]) if self.args else ""

@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import CacheError
+from .errors import ArgumentError, CacheError
 from .files import atomic_write
 
 FORMAT_VERSION = 1
@@ -63,13 +63,13 @@ def write(path, attrs: dict, domains, classes, records, embeddings: np.ndarray, 
     embeddings, prompt_embeddings = np.asarray(embeddings), np.asarray(prompt_embeddings)
     n = len(records)
     if embeddings.ndim != 2 or len(embeddings) != n or len(ok) != n:
-        raise ValueError(f"{str(path)!r}: {n} records need an (n, D) embedding matrix and n ok flags; got "
+        raise ArgumentError(f"{str(path)!r}: {n} records need an (n, D) embedding matrix and n ok flags; got "
                          f"{embeddings.shape} and {len(ok)}")
     if prompt_embeddings.shape != (len(prompts), embeddings.shape[1]):
-        raise ValueError(f"{str(path)!r}: {len(prompts)} prompts need a ({len(prompts)}, {embeddings.shape[1]}) "
+        raise ArgumentError(f"{str(path)!r}: {len(prompts)} prompts need a ({len(prompts)}, {embeddings.shape[1]}) "
                          f"matrix of vectors (the images' dimension); got {prompt_embeddings.shape}")
     if any(not 0 <= r.domain < len(domains) or not 0 <= r.label < len(classes) for r in records):
-        raise ValueError(f"{str(path)!r}: a record's domain or label index is outside the {len(domains)} domains "
+        raise ArgumentError(f"{str(path)!r}: a record's domain or label index is outside the {len(domains)} domains "
                          f"and {len(classes)} classes")
     buffer = io.BytesIO()
     # the newest object-header format: HDF5 checksums the file's metadata itself (headers, attributes, indices)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from .errors import ArgumentError
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -61,7 +62,7 @@ def read_rgb(path) -> Image.Image:
             a = np.clip(a >> (bits - 8), 0, 255).astype(np.uint8)
             return Image.fromarray(a, "L").convert("RGB")
         if im.mode == "F":
-            raise ValueError("floating-point images are not supported")
+            raise ArgumentError("floating-point images are not supported")
         im.load()
         return im.convert("RGB")
 

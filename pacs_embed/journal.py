@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ArgumentError
 from .files import atomic_write
 
 
@@ -40,7 +41,7 @@ class Journal:
             try:
                 with np.load(p, allow_pickle=False) as f:
                     if len(f["embedding"]) != len(f["ok"]) or len(f["reasons"]) != len(f["ok"]):
-                        raise ValueError("arrays of different lengths")
+                        raise ArgumentError("arrays of different lengths")
                 out[int(p.stem.split("_")[1])] = p
             except Exception as e:  # noqa: BLE001 - truncated, empty, not a zip, ...
                 print(f"note: journal shard {p} is damaged ({type(e).__name__}: {e}); its batch will be embedded again")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from . import DEFAULT_MODEL  # noqa: F401 (re-exported)
-from .errors import PacsEmbedError
+from .errors import ArgumentError, ArgumentTypeError, PacsEmbedError
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -145,7 +145,7 @@ def choose_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     """Explicit ``dtype`` if given; else CUDA -> bf16 (fp16 without bf16), CPU -> bf16 if fast, else fp32."""
     if dtype:
         if dtype not in DTYPES:
-            raise ValueError(f"--dtype {dtype!r}: choose one of {sorted(set(DTYPES))}")
+            raise ArgumentError(f"--dtype {dtype!r}: choose one of {sorted(set(DTYPES))}")
         return DTYPES[dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -309,7 +309,7 @@ def features(output) -> torch.Tensor:
         value = getattr(output, name, None)
         if value is not None:
             return value
-    raise TypeError(f"cannot find embeddings in {type(output).__name__}")
+    raise ArgumentTypeError(f"cannot find embeddings in {type(output).__name__}")
 
 
 @torch.inference_mode()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from .errors import ArgumentError
 
 RESAMPLE = {2: "bilinear", 3: "bicubic"}   # PIL's codes: the two the checkpoint processors use
 
@@ -50,10 +51,10 @@ class BatchTransform:
         elif size.get("height") and size.get("width"):
             spec = ("exact", int(size["height"]), int(size["width"]))
         else:
-            raise ValueError(f"--processor device cannot reproduce the resize {size}; use --processor pil")
+            raise ArgumentError(f"--processor device cannot reproduce the resize {size}; use --processor pil")
         resample = int(s.get("resample", 3))
         if spec and resample not in RESAMPLE:
-            raise ValueError(f"--processor device cannot reproduce resampling filter {resample}; use --processor pil")
+            raise ArgumentError(f"--processor device cannot reproduce resampling filter {resample}; use --processor pil")
         crop = s.get("crop_size") or {}
         normalise = s.get("do_normalize", True)
         return cls(spec, (int(crop["height"]), int(crop["width"])) if s.get("do_center_crop", True) and crop else None,

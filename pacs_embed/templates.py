@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from .errors import ArgumentError
 
 LAYOUT = "see the templates of any entry in pacs_embed/data/datasets.json for the layout"
 
@@ -130,10 +131,10 @@ def load_templates(file=None) -> dict:
     try:
         templates = json.loads(Path(file).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"prompt file {str(file)!r}: {e}") from e
+        raise ArgumentError(f"prompt file {str(file)!r}: {e}") from e
     problem = _template_problem(templates)
     if problem:
-        raise ValueError(f"prompt file {str(file)!r}: {problem} ({LAYOUT})")
+        raise ArgumentError(f"prompt file {str(file)!r}: {problem} ({LAYOUT})")
     return templates
 
 

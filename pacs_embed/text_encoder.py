@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from .cache import Cache, CacheError, model_mismatch, read_attrs
-from .errors import PacsEmbedError
+from .errors import ArgumentTypeError, PacsEmbedError
 
 _tower_lock = threading.Lock()   # one load at a time: a call that needs the tower waits for a preload under way
 
@@ -165,6 +165,6 @@ def prompt_embeddings(path, prompts, model: str | None = None, device: str | Non
     Returns a (len(prompts), D) float32 array.
     """
     if isinstance(prompts, (str, bytes)):
-        raise TypeError(f"prompts must be a list of strings, not one string ({prompts!r}); write [{prompts!r}]")
+        raise ArgumentTypeError(f"prompts must be a list of strings, not one string ({prompts!r}); write [{prompts!r}]")
     cache = Cache.open(path)
     return cache.prompt_vectors(prompts, TextEncoder(cache, model, device))

@@ -111,3 +111,18 @@ def test_a_wrong_data_folder_fails_before_torch_is_imported_and_methods_are_list
     helped = subprocess.run([sys.executable, "-m", "pacs_embed", "report", "--help"], capture_output=True,
                             text=True).stdout
     assert all(name in " ".join(helped.split()) for name in METHODS if not name.startswith("_"))
+
+
+def test_only_errors_the_package_names_are_one_line_anything_else_is_a_bug_with_its_traceback(monkeypatch, capsys):
+    from pacs_embed import cli
+    from pacs_embed.errors import ArgumentError
+    monkeypatch.setitem(cli.COMMANDS, "info", lambda args: 1 / 0)
+    assert cli.main(["info", "x.h5"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err and "probably a bug" in err
+    def refuse(args):
+        raise ArgumentError("the cache x.h5 is not one")
+    monkeypatch.setitem(cli.COMMANDS, "info", refuse)
+    assert cli.main(["info", "x.h5"]) == 2
+    err = capsys.readouterr().err
+    assert err == "pacs-embed info: error: the cache x.h5 is not one\n"

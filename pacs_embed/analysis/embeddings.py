@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ArgumentError, ArgumentTypeError, UnknownName
 from ..cache import NOT_RECORDED, Cache, CacheError
 from ..templates import match
 
@@ -58,17 +59,17 @@ class Embeddings:
         """Arrays that agree (one label, domain and path — or no paths — per row; indices within domains and classes)."""
         x, n = np.asarray(self.x), len(self.x)
         if x.ndim != 2 or np.shape(self.label) != (n,) or np.shape(self.domain) != (n,) or len(self.paths) not in (0, n):
-            raise ValueError(f"Embeddings: x must be (n, D) with one label, domain and path per row; got x {x.shape}, "
+            raise ArgumentError(f"Embeddings: x must be (n, D) with one label, domain and path per row; got x {x.shape}, "
                              f"label {np.shape(self.label)}, domain {np.shape(self.domain)}, {len(self.paths)} paths")
         for what, idx, names in (("domain", self.domain, self.domains), ("label", self.label, self.classes)):
             if n and (np.min(idx) < 0 or np.max(idx) >= len(names)):
-                raise ValueError(f"Embeddings: {what} indices must lie in [0, {len(names)}) ({len(names)} names); "
+                raise ArgumentError(f"Embeddings: {what} indices must lie in [0, {len(names)}) ({len(names)} names); "
                                  f"they run from {np.min(idx)} to {np.max(idx)}")
 
     def in_domain(self, name: str) -> np.ndarray:
         """Row indices of the images of domain ``name``."""
         if name not in self.domains:
-            raise KeyError(f"domain {name!r} is not in {self.domains}")
+            raise UnknownName(f"domain {name!r} is not in {self.domains}")
         return np.flatnonzero(self.domain == self.domains.index(name))
 
 
@@ -118,7 +119,7 @@ def load(cache, normalize: bool = True, check: bool = True) -> Embeddings:
     exactly what changed.
     """
     if isinstance(cache, Embeddings):
-        raise TypeError(f"these embeddings are already loaded: load and report take the cache path "
+        raise ArgumentTypeError(f"these embeddings are already loaded: load and report take the cache path "
                         f"({str(cache.cache)!r}); the analysis functions take the loaded embeddings")
     cache = Cache.open(cache)   # checked once; every later read goes through it
     try:

@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm.std import tqdm   # text bars: an executed notebook keeps the finished bar, not a frozen widget
 
 from ..cache import heads_folder
-from ..errors import PacsEmbedError, add_note
+from ..errors import ArgumentError, ArgumentTypeError, PacsEmbedError, UnknownName, add_note
 from .arguments import c_grid, did_you_mean, embeddings, names, seed_list
 from .embeddings import Embeddings
 from .heads import (C_GRID, HeadBatch, HeadCache, PendingHead, resolve_solver, resolved, shared_products,
@@ -50,14 +50,14 @@ def class_indices(predicted, n: int, n_classes: int, what: str) -> np.ndarray:
     p = np.asarray(predicted)
     fix = "predict must return one class index per image (e.g. scores.argmax(1))"
     if p.shape != (n,):
-        raise ValueError(f"{what}: predict returned {'None' if predicted is None else f'shape {p.shape}'} for {n} "
+        raise ArgumentError(f"{what}: predict returned {'None' if predicted is None else f'shape {p.shape}'} for {n} "
                          f"images; {fix}")
     if p.dtype.kind == "f" and np.isfinite(p).all() and (p == np.round(p)).all():
         p = p.astype(np.int64)
     if p.dtype.kind not in "iu":
-        raise ValueError(f"{what}: predict returned {p.dtype} values (e.g. {p[:1].tolist()}), not class indices; {fix}")
+        raise ArgumentError(f"{what}: predict returned {p.dtype} values (e.g. {p[:1].tolist()}), not class indices; {fix}")
     if n and (p.min() < 0 or p.max() >= n_classes):
-        raise ValueError(f"{what}: predict returned class index {int(p.max() if p.max() >= n_classes else p.min())}; "
+        raise ArgumentError(f"{what}: predict returned class index {int(p.max() if p.max() >= n_classes else p.min())}; "
                          f"the cache has {n_classes} classes (0..{n_classes - 1}); {fix}")
     return p
 
@@ -173,12 +173,12 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     if text is None:
         text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)
     elif domain_prompts:
-        raise ValueError("give domain_prompts or a ready text side, not both")
+        raise ArgumentError("give domain_prompts or a ready text side, not both")
     text = text_for(emb, text, "evaluate")
     descriptions = list(descriptions or text.descriptions)
     missing = [d for d in descriptions if d not in text.descriptions]
     if missing:
-        raise KeyError(f"the text side has no description(s) {missing}; it has {list(text.descriptions)}")
+        raise UnknownName(f"the text side has no description(s) {missing}; it has {list(text.descriptions)}")
     methods = methods or default_methods()
     for m in methods:
         make(m)  # unknown names fail before any work
@@ -186,10 +186,10 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
         return _by_source(emb, methods, seeds, text, descriptions, sources or list(emb.domains), head_cache, Cs, solver)
     unknown = [s for s in (sources or []) if s not in emb.domains]
     if unknown:
-        raise KeyError(f"unknown source domain(s) {unknown}{did_you_mean(unknown[0], emb.domains)}; the cache's "
+        raise UnknownName(f"unknown source domain(s) {unknown}{did_you_mean(unknown[0], emb.domains)}; the cache's "
                        f"domains are {emb.domains}")
     if len(emb.domains) < 2:
-        raise ValueError(f"{emb.cache}: cross-domain evaluation needs at least two domains; this cache has "
+        raise ArgumentError(f"{emb.cache}: cross-domain evaluation needs at least two domains; this cache has "
                          f"{emb.domains}")
     run = _Evaluation(emb, text, methods, seeds, descriptions, sources or list(emb.domains),
                       head_cache_for(emb, head_cache), Cs, solver)
@@ -243,7 +243,7 @@ class _Evaluation:
                         f"{_leave_out(e)})")
             raise
         if not callable(getattr(fitted, "predict", None)):
-            raise TypeError(f"method {name!r}: fit returned {type(fitted).__name__}, not the fitted method; "
+            raise ArgumentTypeError(f"method {name!r}: fit returned {type(fitted).__name__}, not the fitted method; "
                             f"fit must end with `return self`")
         return fitted
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import sys
 import threading
 import warnings
@@ -55,6 +54,7 @@ import numpy as np
 import scipy.linalg
 from threadpoolctl import threadpool_limits
 
+from ..errors import ArgumentError
 from ..files import atomic_write
 from .arguments import c_grid
 
@@ -113,7 +113,7 @@ class Head:
         affine operators — from x·W and vectors·W: (n x K) work beside the shared product, no copy of x.
         ``vectors`` (m, D); ``coef`` (n, m) or None (every row adds every vector once); ``scale`` (n,) or None."""
         if np.ndim(x) != 2 or np.shape(x)[1] != len(self.W):
-            raise ValueError(f"the head was trained on {len(self.W)}-dimensional features; it was given an array of "
+            raise ArgumentError(f"the head was trained on {len(self.W)}-dimensional features; it was given an array of "
                              f"shape {np.shape(x)}")
         with np.errstate(invalid="ignore", over="ignore"):   # said below, in words
             shared = self.product(x)                         # may be shared with other methods: never written to
@@ -136,7 +136,7 @@ class Head:
         best = scores.argmax(1)   # a row with NaN takes a NaN (argmax prefers it), one with +inf the inf: checked below
         if not np.isfinite(scores[np.arange(len(best)), best]).all():
             bad = np.flatnonzero(~np.isfinite(scores).all(1))
-            raise ValueError(f"the head was given features with NaN or inf values in {len(bad)} of {len(scores)} "
+            raise ArgumentError(f"the head was given features with NaN or inf values in {len(bad)} of {len(scores)} "
                              f"rows (e.g. row {bad[0]}): made by a method's transform of the images, or passed in")
         return self.classes[best]
 
@@ -161,20 +161,20 @@ class Head:
         classes (``dim``-dimensional features, ``classes`` present in training); else ValueError saying why."""
         with np.load(path, allow_pickle=False) as f:
             if str(f["key"]) != key:
-                raise ValueError(f"it was stored for another key ({str(f['key'])[:12]}...)")
+                raise ArgumentError(f"it was stored for another key ({str(f['key'])[:12]}...)")
             head = cls(f["W"], f["b"], f["classes"], float(f["C"]), float(f["holdout_accuracy"]),
                        dict(zip(f["grid"].tolist(), f["scores"].tolist())), 0, key)
             stored = str(f["digest"])
         K = len(classes)
         if head.W.shape != (dim, K) or head.b.shape != (K,) or head.W.dtype.kind != "f" or head.b.dtype.kind != "f":
-            raise ValueError(f"its arrays have shapes W {head.W.shape}, b {head.b.shape}; a head of {dim}-dimensional "
+            raise ArgumentError(f"its arrays have shapes W {head.W.shape}, b {head.b.shape}; a head of {dim}-dimensional "
                              f"features and {K} classes needs ({dim}, {K}) and ({K},)")
         if head.classes.shape != (K,) or not np.array_equal(head.classes, classes):
-            raise ValueError(f"its classes {head.classes.tolist()[:8]} are not the training classes {list(classes)[:8]}")
+            raise ArgumentError(f"its classes {head.classes.tolist()[:8]} are not the training classes {list(classes)[:8]}")
         if not (np.isfinite(head.W).all() and np.isfinite(head.b).all() and 0 <= head.holdout_accuracy <= 1):
-            raise ValueError("it holds NaN or inf values")
+            raise ArgumentError("it holds NaN or inf values")
         if head.digest() != stored:
-            raise ValueError("its arrays do not match the digest stored with them")
+            raise ArgumentError("its arrays do not match the digest stored with them")
         return head
 
 
@@ -565,14 +565,14 @@ def _classes(y, train) -> np.ndarray:
     """The classes present in the training rows; at least two, or a clear error."""
     classes = np.unique(y[train])
     if len(classes) < 2:
-        raise ValueError(f"cannot train a classifier: the training images hold only class(es) {classes.tolist()}")
+        raise ArgumentError(f"cannot train a classifier: the training images hold only class(es) {classes.tolist()}")
     return classes
 
 
 def check_solver(solver: str) -> str:
     """``solver`` when it is one of SOLVERS, else an error naming them."""
     if solver not in SOLVERS:
-        raise ValueError(f"solver {solver!r}: choose one of {SOLVERS}")
+        raise ArgumentError(f"solver {solver!r}: choose one of {SOLVERS}")
     return solver
 
 
@@ -593,16 +593,16 @@ def resolve_solver(solver: str) -> str:
 def _check_rows(x, y, splits) -> None:
     """Features and labels that match, are finite, and splits that index them (each part non-empty)."""
     if x.ndim != 2 or y.shape != (len(x),):
-        raise ValueError(f"x must be (n, d) features with one label per row in y; got x {x.shape}, y {y.shape}")
+        raise ArgumentError(f"x must be (n, d) features with one label per row in y; got x {x.shape}, y {y.shape}")
     if not np.isfinite(x).all():
-        raise ValueError(f"the features hold NaN or inf in {int((~np.isfinite(x).all(1)).sum())} of {len(x)} rows")
+        raise ArgumentError(f"the features hold NaN or inf in {int((~np.isfinite(x).all(1)).sum())} of {len(x)} rows")
     for train, holdout in splits:
         for what, idx in (("train", train), ("holdout", holdout)):
             idx = np.asarray(idx)
             if not len(idx):
-                raise ValueError(f"the {what} split is empty: a head needs rows to train on and rows to choose C on")
+                raise ArgumentError(f"the {what} split is empty: a head needs rows to train on and rows to choose C on")
             if idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= len(x):
-                raise ValueError(f"the {what} split must be row indices in [0, {len(x)}); it holds "
+                raise ArgumentError(f"the {what} split must be row indices in [0, {len(x)}); it holds "
                                  f"{idx.dtype} values from {idx.min()} to {idx.max()}")
 
 

@@ -54,6 +54,7 @@ from .arguments import did_you_mean
 from .embeddings import group_means, l2_normalize
 from .heads import C_GRID, Head, HeadBatch, HeadCache, PendingHead, fit_head
 from .text import Description, OnFirstUse
+from ..errors import ArgumentError, ArgumentTypeError, UnknownName
 
 METHODS: dict[str, Callable[[], "Method"]] = {}
 FAMILIES = ("baseline", "zero-shot", "test-time operator", "modality gap and projection", "train-time augmentation",
@@ -89,7 +90,7 @@ class Source:
         ``evaluate`` the head is a ``PendingHead``: fitted with its batch when first used."""
         features = np.asarray(features, np.float32)
         if len(features) != len(self.y):
-            raise ValueError(f"fit_head wants one row per source image ({len(self.y)}), got {len(features)}")
+            raise ArgumentError(f"fit_head wants one row per source image ({len(self.y)}), got {len(features)}")
         self._check_inputs(features, extra, extra_from, shifts)
         train, y = self.train, self.y
         if extra is not None:
@@ -102,7 +103,7 @@ class Source:
                 return self.batch.ask(features, y, train, self.holdout, shifts)
             return fit_head(features, y, train, self.holdout, self.Cs, self.heads, self.solver, shifts)
         except ValueError as e:
-            raise ValueError(f"source domain {self.domain!r}: {e}. Leave it out as a source (`pacs-embed report "
+            raise ArgumentError(f"source domain {self.domain!r}: {e}. Leave it out as a source (`pacs-embed report "
                              f"--sources ...`, evaluate(..., sources=[...])); it is still scored as a target") from None
 
     def _check_inputs(self, features, extra, extra_from, shifts) -> None:
@@ -112,22 +113,22 @@ class Source:
         if extra is not None:
             extra = np.asarray(extra)
             if extra_from is None:
-                raise ValueError("fit_head: extra rows need extra_from, the source row each was made from")
+                raise ArgumentError("fit_head: extra rows need extra_from, the source row each was made from")
             extra_from = np.asarray(extra_from)
             if extra.ndim != 2 or extra.shape[1] != width or extra_from.shape != (len(extra),):
-                raise ValueError(f"fit_head: extra must be (m, {width}) rows with one source row index each in "
+                raise ArgumentError(f"fit_head: extra must be (m, {width}) rows with one source row index each in "
                                  f"extra_from; got extra {extra.shape}, extra_from {extra_from.shape}")
             if len(extra_from) and (extra_from.dtype.kind not in "iu" or extra_from.min() < 0
                                     or extra_from.max() >= len(self.y)):
-                raise ValueError(f"fit_head: extra_from must index the {len(self.y)} source images; it holds "
+                raise ArgumentError(f"fit_head: extra_from must index the {len(self.y)} source images; it holds "
                                  f"{extra_from.dtype} values from {extra_from.min()} to {extra_from.max()}")
         if shifts is not None and np.size(shifts) and np.shape(shifts)[-1] != width:
-            raise ValueError(f"fit_head: shifts must be {width}-dimensional, as the features are; got shape "
+            raise ArgumentError(f"fit_head: shifts must be {width}-dimensional, as the features are; got shape "
                              f"{np.shape(shifts)}")
         for what, a in (("features", features), ("extra rows", extra), ("shifts", shifts)):
             if a is not None and a is not self.x and not np.isfinite(a).all():   # x: checked by load
                 bad = np.flatnonzero(~np.isfinite(np.asarray(a, np.float64).reshape(len(a), -1)).all(1))
-                raise ValueError(f"source domain {self.domain!r}: the {what} given to fit_head hold NaN or inf in "
+                raise ArgumentError(f"source domain {self.domain!r}: the {what} given to fit_head hold NaN or inf in "
                                  f"{len(bad)} of {len(a)} rows (e.g. row {bad[0]}); the method's transform made them")
 
 
@@ -177,10 +178,10 @@ def register(name: str):
         elif callable(obj):
             n_args = len(inspect.signature(obj).parameters)
             if n_args != 3:
-                raise TypeError(f"operator {name!r} must take (x, t_src, t_tgt); it takes {n_args} arguments")
+                raise ArgumentTypeError(f"operator {name!r} must take (x, t_src, t_tgt); it takes {n_args} arguments")
             METHODS[name] = lambda: Operator(obj)
         else:
-            raise TypeError(f"register({name!r}) takes a Method subclass or a function op(x, t_src, t_tgt)")
+            raise ArgumentTypeError(f"register({name!r}) takes a Method subclass or a function op(x, t_src, t_tgt)")
         return obj
     return add
 
@@ -188,7 +189,7 @@ def register(name: str):
 def make(name: str) -> Method:
     """A fresh, unfitted instance of the method registered as ``name``."""
     if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}{did_you_mean(name, METHODS)}; registered: {list(METHODS)}")
+        raise UnknownName(f"unknown method {name!r}{did_you_mean(name, METHODS)}; registered: {list(METHODS)}")
     return METHODS[name]()
 
 

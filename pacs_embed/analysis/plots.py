@@ -22,6 +22,7 @@ from .arguments import embeddings, results_table
 from .embeddings import Embeddings, domain_order, group_means, table_domains
 from .stats import seeded
 from .text import NO_DESCRIPTION, TextSide
+from ..errors import ArgumentError, ArgumentTypeError
 
 
 # seaborn's "colorblind" palette, as data: seaborn (and the scipy.stats it imports, ~0.8 s) is loaded only for
@@ -54,7 +55,7 @@ def _under(df: pd.DataFrame, description: str, what: str, rows: str = "results")
     rows do not hold is an error (the plot would show the description-free methods alone under its name)."""
     described = sorted(set(df.description) - {NO_DESCRIPTION})
     if described and description not in described:
-        raise ValueError(f"{what}: no {rows} under description {description!r}; these hold {described}")
+        raise ArgumentError(f"{what}: no {rows} under description {description!r}; these hold {described}")
     return df[df.description.isin([description, NO_DESCRIPTION])]
 
 
@@ -62,7 +63,7 @@ def table1_heatmap(tables: dict[str, pd.DataFrame]):
     """Reproduced Table 1 beside the paper's on one shared colour scale; their difference on a diverging
     scale centred at 0."""
     if not isinstance(tables, dict) or "reproduced" not in tables:
-        raise TypeError(f"table1_heatmap takes the tables of pa.table1(emb) (got {type(tables).__name__})")
+        raise ArgumentTypeError(f"table1_heatmap takes the tables of pa.table1(emb) (got {type(tables).__name__})")
     names = [n for n in ("reproduced", "paper", "difference") if n in tables and not tables[n].empty]
     shared = [tables[n] for n in ("reproduced", "paper") if n in names]
     lo = min(float(np.nanmin(t.values)) for t in shared)
@@ -108,7 +109,7 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None,
     t = _under(table, description, "accuracy_grid")
     absent = [m for m in methods or [] if m not in set(t.method)]
     if absent:
-        raise ValueError(f"accuracy_grid: method(s) {absent} are not in the table under {description!r}; it holds "
+        raise ArgumentError(f"accuracy_grid: method(s) {absent} are not in the table under {description!r}; it holds "
                          f"{sorted(set(t.method) - {'in_domain'})}")
     methods = methods or [m for m in dict.fromkeys(t.method) if m != "in_domain"]
     sources = table_domains(table, "source")   # rows; columns: every target (all domains, also when only some
@@ -234,7 +235,7 @@ def gains_summary(means: pd.DataFrame, description: str | None = None, baseline:
     ``gain`` columns of ``method_means``), with its 95% interval over seeds, families coloured alike. Fits a
     column. ``description``: only that description's rows (and the description-free methods)."""
     if not isinstance(means, pd.DataFrame) or "gain" not in means:
-        raise TypeError(f"gains_summary takes pa.method_means(res.table) (got {type(means).__name__})")
+        raise ArgumentTypeError(f"gains_summary takes pa.method_means(res.table) (got {type(means).__name__})")
     m = means if description is None else _under(means, description, "gains_summary", "method means")
     m = m[m.gain.notna() & ~m.method.isin([baseline, "in_domain"])]
     from .methods import FAMILIES
@@ -271,7 +272,7 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
     family's colour); error bars: 95% t-interval over seeds (wide with few seeds: t has seeds − 1 degrees of
     freedom). Page width; the compact summary is ``gains_summary``."""
     if not isinstance(gains, pd.DataFrame) or not {"gain", "ci_low", "ci_high"} <= set(gains.columns):
-        raise TypeError(f"gains_plot takes the gains table, pa.gains(res) (got {type(gains).__name__}"
+        raise ArgumentTypeError(f"gains_plot takes the gains table, pa.gains(res) (got {type(gains).__name__}"
                         + (f" with columns {list(gains.columns)})" if isinstance(gains, pd.DataFrame) else ")"))
     g = gains if description is None else _under(gains, description, "gains_plot", "gains")
     g = g.assign(pair=g.source + " → " + g.target, label=[_label(m, d) for m, d in zip(g.method, g.description)],
@@ -336,12 +337,12 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     order = domain_order(embeddings(emb, "projection").domains)
     source = source or order[0]
     if source not in order:
-        raise ValueError(f"projection: source {source!r} is not a domain of this cache; its domains are {order}")
+        raise ArgumentError(f"projection: source {source!r} is not a domain of this cache; its domains are {order}")
     if isinstance(domain_text, TextSide):
-        raise TypeError("projection takes the domains' unit text vectors, e.g. text.vectors('paper'), not the text side")
+        raise ArgumentTypeError("projection takes the domains' unit text vectors, e.g. text.vectors('paper'), not the text side")
     T = np.asarray(domain_text, np.float64)
     if T.shape != (len(emb.domains), emb.x.shape[1]):
-        raise ValueError(f"projection: domain_text must hold one {emb.x.shape[1]}-dimensional vector per domain "
+        raise ArgumentError(f"projection: domain_text must hold one {emb.x.shape[1]}-dimensional vector per domain "
                          f"({len(emb.domains)}, in the cache's order: text.vectors(...)); got shape {T.shape}")
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(emb.x))[:max_points]
@@ -351,7 +352,7 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     if class_text is not None:
         E = np.asarray(class_text, np.float64)
         if E.ndim != 2 or E.shape[1] != emb.x.shape[1]:
-            raise ValueError(f"projection: class_text must be (classes, {emb.x.shape[1]}) unit vectors "
+            raise ArgumentError(f"projection: class_text must be (classes, {emb.x.shape[1]}) unit vectors "
                              f"(text.class_vectors); got shape {E.shape}")
         gap, gap_of = image_mean - E.mean(0), "mean(class prompts), the gap gap_shift removes"
     else:

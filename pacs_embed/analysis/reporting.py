@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import ArgumentError
 from ..cache import Cache
 from ..templates import load_templates
 from ..files import atomic_write
@@ -70,7 +71,7 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     names(methods, "methods", "every default method")   # checked before any work; evaluate uses them
     names(sources, "sources", "every domain")
     if not descriptions:
-        raise ValueError(f"descriptions is empty: name at least one of {DEFAULT_DESCRIPTIONS}")
+        raise ArgumentError(f"descriptions is empty: name at least one of {DEFAULT_DESCRIPTIONS}")
     cache = Cache.open(cache)   # a missing or damaged cache fails here, before any folder is made
     out, figures, this, fresh = _folders(cache, out, figures, {
         "seeds": list(seeds), "descriptions": list(descriptions), "domain_prompts": domain_prompts or {},
@@ -246,7 +247,7 @@ def latex(means: pd.DataFrame, style: str = "interval", label: str = "tab:pacs-e
     mean cross-domain accuracy and its gain over `none` with their 95% intervals over seeds (``style="pm"``: mean ±
     half-width), readable method names, in a ``table`` with caption and label that fits one column."""
     if style not in LATEX_STYLES:
-        raise ValueError(f"latex style {style!r}: choose one of {LATEX_STYLES}")
+        raise ArgumentError(f"latex style {style!r}: choose one of {LATEX_STYLES}")
     tabular = [r"\begin{tabular}{llcc}", r"\toprule", r"Method & Description & Accuracy & Gain over none \\",
                r"\midrule"]
     for r in means.itertuples():

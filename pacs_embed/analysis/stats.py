@@ -29,6 +29,7 @@ from . import arguments
 from .arguments import positive, results_table
 from .methods import METHODS
 from .text import NO_DESCRIPTION
+from ..errors import ArgumentError
 
 KEYS = ["source", "target", "method", "description"]
 LEVEL = 0.95
@@ -193,7 +194,7 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
     results, n_boot = arguments.results(results, "gains"), positive(n_boot, "n_boot")
     ran = sorted({key[2] for key in results.correct})
     if baseline not in ran:
-        raise ValueError(f"gains: baseline {baseline!r} is not in these results; they hold {ran}")
+        raise ArgumentError(f"gains: baseline {baseline!r} is not in these results; they hold {ran}")
     rows = []
     for (s, t, method, description), hits in results.correct.items():
         # the baseline under the same description (a baseline that uses one), else its description-free results
@@ -201,7 +202,7 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
         if method == baseline or base is None:
             continue
         if hits.shape != base.shape:
-            raise ValueError(f"{method} and {baseline} were scored on different images for {s} -> {t}")
+            raise ArgumentError(f"{method} and {baseline} were scored on different images for {s} -> {t}")
         n_images = hits.shape[1]
         # the claim's interval: over the split and the target images (gain_interval)
         g, lo, hi, p = gain_interval([np.asarray(hits, float) - np.asarray(base, float)], level)
@@ -224,13 +225,13 @@ def grid(table: pd.DataFrame, method: str, description: str | None = None) -> pd
     table = results_table(table, "grid")
     ran = list(dict.fromkeys(table.loc[table.method == method, "description"]))
     if not ran:
-        raise ValueError(f"grid: method {method!r} is not in the table; it holds {sorted(set(table.method))}")
+        raise ArgumentError(f"grid: method {method!r} is not in the table; it holds {sorted(set(table.method))}")
     if description is None and len(ran) > 1:
-        raise ValueError(f"grid: method {method!r} ran under descriptions {ran}; name one, e.g. "
+        raise ArgumentError(f"grid: method {method!r} ran under descriptions {ran}; name one, e.g. "
                          f"grid(table, {method!r}, {ran[0]!r})")
     description = ran[0] if description is None else description
     if description not in ran:
-        raise ValueError(f"grid: method {method!r} did not run under description {description!r}; it ran under {ran}")
+        raise ArgumentError(f"grid: method {method!r} did not run under description {description!r}; it ran under {ran}")
     s = summary(table)
     keep = ((s.method == method) & (s.description == description)) | (s.method == "in_domain")
     g = s[keep & ((s.method != "in_domain") | (s.source == s.target))]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import ArgumentError
 from ..cache import Cache
 from ..files import atomic_write, component
 from . import runs
@@ -35,11 +36,11 @@ def _check(caches) -> list[tuple[str, str, str, Path]]:
     once, before any work; two caches of one model on one dataset are refused (their rows would be one)."""
     caches = [str(c) for c in ([caches] if isinstance(caches, (str, Path)) else caches)]
     if not caches:
-        raise ValueError("study needs at least one cache")
+        raise ArgumentError("study needs at least one cache")
     seen = {}
     for c in caches:
         if Path(c).resolve() in seen:
-            raise ValueError(f"the cache {c} is named twice: one report per cache, name each once")
+            raise ArgumentError(f"the cache {c} is named twice: one report per cache, name each once")
         seen[Path(c).resolve()] = c
     out, labels = [], {}
     for c in caches:
@@ -47,7 +48,7 @@ def _check(caches) -> list[tuple[str, str, str, Path]]:
             dataset, model = cache.dataset_label(), cache.model_label()
             folder = Path(component(cache.dataset_name())) / cache.model_folder()
         if (dataset, model) in labels:
-            raise ValueError(f"{labels[(dataset, model)]} and {c} are both {model} on {dataset}: their rows would be "
+            raise ArgumentError(f"{labels[(dataset, model)]} and {c} are both {model} on {dataset}: their rows would be "
                              f"one. Give each model and dataset once.")
         labels[(dataset, model)] = c
         out.append((c, dataset, model, folder))

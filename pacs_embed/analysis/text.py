@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..cache import Cache
-from ..errors import PacsEmbedError, add_note
+from ..errors import ArgumentError, ArgumentTypeError, PacsEmbedError, UnknownName, add_note
 from ..templates import class_prompts, domain_class_prompts, domain_prompt, legacy_templates, match, templates_for
 from ..text_encoder import TextEncoder
 from ..text_encoder import preload_text_tower as _preload_text_tower
@@ -131,12 +131,12 @@ def user_prompts(domain_prompts: dict | None, domains) -> dict[str, list[str]]:
     out = {}
     for d, value in prompt_dict(domain_prompts).items():
         if d not in domains:
-            raise KeyError(f"domain_prompts names domain {d!r}{did_you_mean(d, domains)}, which this cache does not have; its domains are "
+            raise UnknownName(f"domain_prompts names domain {d!r}{did_you_mean(d, domains)}, which this cache does not have; its domains are "
                            f"{list(domains)}")
         given = value
         value = list(value) if isinstance(value, (list, tuple)) else [value]
         if not value or any(not isinstance(p, str) or not p.strip() for p in value):
-            raise ValueError(f"domain_prompts[{d!r}] must be a prompt or a non-empty list of prompts, not {given!r}")
+            raise ArgumentError(f"domain_prompts[{d!r}] must be a prompt or a non-empty list of prompts, not {given!r}")
         out[d] = value
     return out
 
@@ -145,7 +145,7 @@ def describe(domain: str, description: str, templates: dict, domain_prompts: dic
              n_nouns: int | None = None) -> Description:
     """The (not yet encoded) description of ``domain`` by the strategy ``description`` in DESCRIPTIONS."""
     if description not in DESCRIPTIONS:
-        raise KeyError(f"unknown description {description!r}{did_you_mean(description, DESCRIPTIONS)}; choose from {sorted(DESCRIPTIONS)}")
+        raise UnknownName(f"unknown description {description!r}{did_you_mean(description, DESCRIPTIONS)}; choose from {sorted(DESCRIPTIONS)}")
     mine = (domain_prompts or {}).get(domain)
     base = mine or [domain_prompt(domain, templates)]
     ensemble = mine or templates.get("ensembles", {}).get(domain) or base
@@ -170,18 +170,18 @@ class TextSide:
         ``domains``) are given ``emb``'s names (methods tell the source's description from the others by name)."""
         dim, n_classes = emb.x.shape[1], len(emb.classes)
         if computed(self, "class_vectors") and np.shape(self.class_vectors) != (n_classes, dim):
-            raise ValueError(f"{what}: the text side's class vectors have shape {np.shape(self.class_vectors)}; the "
+            raise ArgumentError(f"{what}: the text side's class vectors have shape {np.shape(self.class_vectors)}; the "
                              f"cache has {n_classes} classes of dimension {dim}")
         for description, described in self.descriptions.items():
             names = [d.domain for d in described]
             unnamed = names == [f"domain {i}" for i in range(len(names))]
             if len(names) != len(emb.domains) or not (unnamed or names == list(emb.domains)):
-                raise ValueError(f"{what}: the text side's {description!r} description describes domains {names}; the cache's "
+                raise ArgumentError(f"{what}: the text side's {description!r} description describes domains {names}; the cache's "
                                  f"are {list(emb.domains)} (one description per domain, in that order)")
             bad = [d.domain for d in described if np.shape(d.vector) != (dim,)
                    or computed(d, "class_vectors") and np.shape(d.class_vectors) != (n_classes, dim)]
             if bad:
-                raise ValueError(f"{what}: the text side's {description!r} vectors of {bad} are not {dim}-dimensional "
+                raise ArgumentError(f"{what}: the text side's {description!r} vectors of {bad} are not {dim}-dimensional "
                                  f"(with {n_classes} class vectors each), as the cache's images are")
         if all([d.domain for d in ds] == list(emb.domains) for ds in self.descriptions.values()):
             return self
@@ -208,7 +208,7 @@ class TextSide:
 def text_for(emb: Embeddings, text, what: str) -> TextSide:
     """``text`` checked to be a text side that describes ``emb`` (``TextSide.fits``), or an error naming ``what``."""
     if not isinstance(text, TextSide):
-        raise TypeError(f"{what} takes a text side (text = pa.text_side(emb, ...)), not a {type(text).__name__}")
+        raise ArgumentTypeError(f"{what} takes a text side (text = pa.text_side(emb, ...)), not a {type(text).__name__}")
     return text.fits(emb, what)
 
 
@@ -247,7 +247,7 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
     held = len(templates.get("nouns", []))
     for description in descs:
         if _uses_nouns(description) and not held:
-            raise ValueError(f"the {description!r} description averages over generic nouns, and the prompt templates hold "
+            raise ArgumentError(f"the {description!r} description averages over generic nouns, and the prompt templates hold "
                              f"none; add a \"nouns\" list to the templates file or leave {description!r} out")
         if _uses_nouns(description) and n_nouns is not None and n_nouns > held:
             warnings.warn(f"n_nouns={n_nouns}, but the prompt templates hold {held} nouns: the {description!r} description "
