@@ -64,7 +64,7 @@ class Summary:
     up_to_date: bool = False
     resumed: int = 0           # images found already done in the journal
     kept: int = 0              # unchanged images whose stored embeddings were kept (not embedded again)
-    processor: str = ""        # "pil" or "fast"
+    processor: str = ""        # "pil", "fast" or "device"
     ranks: int = 1             # torchrun processes that embedded
     rank: int = 0              # this process's rank (> 0: it embedded its share; rank 0 wrote the file)
     embed_seconds: float = 0.0  # decoding + preprocessing + the image tower, after the model was loaded
@@ -141,7 +141,7 @@ class Plan:
     root: Path
     paths: list[str]                    # every image of the dataset, in cache order
     dtype: str
-    processor: str                      # "pil" or "fast"
+    processor: str                      # "pil", "fast" or "device"
     batch_size: int
     batches: dict[int, list[int]]       # first image -> rows, every batch this run needs (resumed ones too)
     pending: list[int]                  # first images of the batches still to embed

@@ -101,9 +101,6 @@ class Head:
             _SHARED.last = (self, x, out)   # holds x: its identity stays valid
         return out
 
-    def decision(self, x: np.ndarray) -> np.ndarray:
-        return self.product(x) + self.b.astype(np.float32)
-
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class labels of the rows of ``x``; rows with NaN or inf values are an error, not class 0."""
         return self.predict_affine(x)
