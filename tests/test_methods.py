@@ -261,3 +261,27 @@ def test_lads_loss_gradient_matches_finite_differences_and_the_kept_epoch_has_th
                            (1 / np.bincount(y[:30], minlength=K) / (1 / np.bincount(y[:30], minlength=K)).max()
                             ).astype(np.float32), grad=False)[0]
     assert len(losses) == 8 and best == pytest.approx(min(losses), rel=1e-5) and min(losses) < losses[-1]
+
+
+def test_lads_takes_the_settings_lads_s_own_config_gives_the_dataset():
+    """DomainNet and OfficeHome have LADS configs (a linear augmenter, their own lr and weight decay); other datasets
+    take configs/base.yaml's; the linear augmenter's gradient is checked against finite differences."""
+    from pacs_embed.analysis import lads
+    assert lads.settings("DomainNet")["layers"] == 1 and lads.settings("DomainNet")["lr"] == 1e-4
+    assert lads.settings("OfficeHome")["lr"] == 1e-3 and lads.settings("PACS") == lads.SETTINGS["base"]
+    assert all("@" in s["source"] for s in lads.SETTINGS.values())          # each cited at a pinned commit
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 6)).astype(np.float64)
+    y = rng.integers(0, 3, 12)
+    targets, classes = rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
+    params = [rng.standard_normal((6, 6)) * 0.3, rng.standard_normal(6) * 0.1]
+    loss, grads = lads._loss_grad(params, x, y, targets, classes, np.ones(3))
+    eps = 1e-6
+    for k in range(2):
+        i = (1, 2) if k == 0 else (3,)
+        bumped = [p.copy() for p in params]
+        bumped[k][i] += eps
+        up = lads._loss_grad(bumped, x, y, targets, classes, np.ones(3), grad=False)[0]
+        bumped[k][i] -= 2 * eps
+        down = lads._loss_grad(bumped, x, y, targets, classes, np.ones(3), grad=False)[0]
+        assert grads[k][i] == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-8)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm.std import tqdm   # text bars: an executed notebook keeps the finished bar, not a frozen widget
 
+from ..templates import match
 from ..cache import heads_folder
 from ..errors import ArgumentError, ArgumentTypeError, PacsEmbedError, UnknownName, add_note
 from .arguments import c_grid, did_you_mean, embeddings, names, seed_list
@@ -212,6 +213,8 @@ class _Evaluation:
         self.splits = {}        # (source, seed) -> those rows with the seed's split
         self.split_free = {}    # (source, method, description) -> a method that ignores the split, fitted once
         self.split_free_hits = {}
+        entry = match(emb.domains, emb.classes)
+        self.dataset = entry.name if entry is not None else ""   # what a method may tune per dataset (lads)
 
     def under(self, description: str) -> list:
         """Every domain's ``Description`` under a description strategy (a description-free method: the first)."""
@@ -233,7 +236,7 @@ class _Evaluation:
         domains = self.under(description)
         return Source(*self.splits[(s, seed)], s, seed, domains[self.domains.index(s)], domains,
                       lambda: self.text.class_vectors, len(self.emb.classes), self.text.encode, self.cache, self.Cs,
-                      self.solver, self.batch)
+                      self.solver, self.batch, self.dataset)
 
     def fit(self, s: str, seed: int, name: str, description: str):
         try:

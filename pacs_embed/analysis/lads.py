@@ -15,11 +15,18 @@ lisadunlap/LADS (its configs, not only the paper) and re-implemented here in num
   "a photo of a {class}" vectors c_k (``get_class_logits``; ``CrossEntropyLoss(weight=class_weights)``), class
   weights (1/count_k) / max_k(1/count_k) (``clip_transformations.py``, ``EmbeddingDataset.get_counts``).
 - **Optimiser** (``train_network``): ``transformers.AdamW`` semantics (bias-corrected Adam, eps 1e-6, decoupled
-  weight decay after the step), lr 0.005, weight decay 0.05 (``configs/base.yaml`` ``AUGMENTATION.MODEL``; the
-  DomainNet config uses 1e-4 / 0.005), batches of 256 shuffled each epoch (``DATA.BATCH_SIZE``), 50 epochs
-  (``AUGMENTATION.EPOCHS``); the epoch with the lowest validation loss is kept (``train_network`` / ``eval_loop``).
-  The validation set here is the source's 20% hold-out (source data only); its loss is taken over the whole set
-  at once (LADS averages per-batch means: the same but for the last batch's weight).
+  weight decay after the step), batches of 256 shuffled each epoch (``DATA.BATCH_SIZE``), 50 epochs
+  (``AUGMENTATION.EPOCHS``); the epoch with the lowest validation loss is kept. **Per dataset, as LADS's configs
+  set the augmenter** (``SETTINGS``, each config read at the commit named there): DomainNet lr 1e-4, weight decay
+  0.005, one linear layer (``configs/DomainNet/lads.yaml``); OfficeHome lr 1e-3, weight decay 0.005, one linear layer
+  (``configs/OfficeHome/lads.yaml``); every other dataset (LADS has no config for PACS, VLCS or TerraIncognita)
+  ``configs/base.yaml``'s lr 5e-3, weight decay 0.05, two layers with hidden width 384. The method records which
+  (``settings``). The validation set here is the source's 20% hold-out (source data only) — the same hold-out then
+  chooses the head's C, so it chooses both the augmenter's epoch and C; its loss is taken over the whole set at once
+  (LADS averages per-batch means: the same but for the last batch's weight).
+- **Not yet as LADS runs it** (stated, not hidden): with several source prompts (an ensemble) LADS picks per image the
+  most similar one; here a description's prompts are averaged. The function names cited above were read from an
+  earlier state of the repository; only the config files are cited at pinned commits.
 - **Augmented training set** (``Directional.augment_single``; ``INCLUDE_ORIG_TRAINING: True``): every training
   image plus normalise(f_d(normalise(x))) for each other domain d.
 
@@ -45,6 +52,22 @@ from .embeddings import l2_normalize
 from .methods import Method, register
 
 HIDDEN, EPOCHS, BATCH, LR, WEIGHT_DECAY, ALPHA, EPS = 384, 50, 256, 5e-3, 0.05, 0.5, 1e-6
+LADS_REPO = "lisadunlap/LADS"
+# The augmenter's settings per dataset, as LADS's own configs set them (each read at the pinned commit named);
+# datasets LADS has no config for (PACS, VLCS, TerraIncognita, your own) take configs/base.yaml's.
+SETTINGS = {
+    "base": dict(lr=LR, weight_decay=WEIGHT_DECAY, layers=2,
+                 source="configs/base.yaml @ 08e812ead34b28c2a067b08ec65c75a42fbe8da0 (AUGMENTATION.MODEL)"),
+    "DomainNet": dict(lr=1e-4, weight_decay=0.005, layers=1,
+                      source="configs/DomainNet/lads.yaml @ 08e812ead34b28c2a067b08ec65c75a42fbe8da0"),
+    "OfficeHome": dict(lr=1e-3, weight_decay=0.005, layers=1,
+                       source="configs/OfficeHome/lads.yaml @ 111020810c41c5c581ad57b30a45b5e20b6067b4"),
+}
+
+
+def settings(dataset: str | None) -> dict:
+    """The augmenter's lr, weight decay and layers for a registered dataset's name (``SETTINGS``; base otherwise)."""
+    return SETTINGS.get(dataset or "", SETTINGS["base"])
 
 
 def _linear(rng, fan_in, fan_out) -> tuple[np.ndarray, np.ndarray]:
@@ -55,17 +78,26 @@ def _linear(rng, fan_in, fan_out) -> tuple[np.ndarray, np.ndarray]:
 
 
 def forward(x, params) -> np.ndarray:
-    """f(x) = W₂·relu(W₁x + b₁) + b₂ for the rows of ``x``."""
+    """f(x) = W₂·relu(W₁x + b₁) + b₂ (two layers) or W·x + b (one) for the rows of ``x``."""
+    if len(params) == 2:
+        W, b = params
+        return x @ W + b
     W1, b1, W2, b2 = params
     return np.maximum(x @ W1 + b1, 0) @ W2 + b2
 
 
 def _loss_grad(params, x, y, targets, class_vectors, weights, grad=True):
     """LADS's loss on the rows (x, y) and, with ``grad``, its gradient with respect to ``params``."""
-    W1, b1, W2, b2 = params
-    pre = x @ W1 + b1
-    h = np.maximum(pre, 0)
-    f = h @ W2 + b2
+    linear = len(params) == 2
+    if linear:
+        W2, b2 = params
+        h = x
+        f = h @ W2 + b2
+    else:
+        W1, b1, W2, b2 = params
+        pre = x @ W1 + b1
+        h = np.maximum(pre, 0)
+        f = h @ W2 + b2
     n = len(x)
     # directional: 1 − cos(f − x, δ_y)
     r = f - x
@@ -90,20 +122,26 @@ def _loss_grad(params, x, y, targets, class_vectors, weights, grad=True):
     G *= (w / w.sum())[:, None] * (1 - ALPHA)
     g_fn = G @ class_vectors
     g_f = g_r + (g_fn - (g_fn * fn).sum(1, keepdims=True) * fn) / fn_norm
+    if linear:
+        return loss, [h.T @ g_f, g_f.sum(0)]
     dh = (g_f @ W2.T) * (pre > 0)
     return loss, [x.T @ dh, dh.sum(0), h.T @ g_f, g_f.sum(0)]
 
 
-def train_augmenter(x, y, holdout_x, holdout_y, targets, class_vectors, rng) -> list[np.ndarray]:
+def train_augmenter(x, y, holdout_x, holdout_y, targets, class_vectors, rng, lr: float | None = None,
+                    weight_decay: float | None = None, layers: int = 2) -> list[np.ndarray]:
     """One LADS augmenter toward one domain: ``targets`` (K, D) are the per-class directions δ_k, ``class_vectors``
-    (K, D) the unit "a photo of a {class}" vectors; returns the parameters of the epoch with the lowest hold-out loss."""
+    (K, D) the unit "a photo of a {class}" vectors; ``layers`` 2 (an MLP, hidden 384) or 1 (linear); returns the
+    parameters of the epoch with the lowest hold-out loss."""
     x, holdout_x = np.asarray(x, np.float32), np.asarray(holdout_x, np.float32)
     targets, class_vectors = np.asarray(targets, np.float32), np.asarray(class_vectors, np.float32)
     d = x.shape[1]
     counts = np.bincount(y, minlength=len(class_vectors)).astype(np.float64)
     inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
     weights = (inverse / inverse.max()).astype(np.float32)
-    params = [*_linear(rng, d, HIDDEN), *_linear(rng, HIDDEN, d)]
+    lr = LR if lr is None else lr
+    weight_decay = WEIGHT_DECAY if weight_decay is None else weight_decay
+    params = [*_linear(rng, d, HIDDEN), *_linear(rng, HIDDEN, d)] if layers == 2 else [*_linear(rng, d, d)]
     m = [np.zeros_like(p) for p in params]
     v = [np.zeros_like(p) for p in params]
     best, best_loss, step = [p.copy() for p in params], np.inf, 0
@@ -116,9 +154,9 @@ def train_augmenter(x, y, holdout_x, holdout_y, targets, class_vectors, rng) -> 
             for j, (p, g) in enumerate(zip(params, grads)):   # transformers.AdamW (correct_bias=True)
                 m[j] = 0.9 * m[j] + 0.1 * g
                 v[j] = 0.999 * v[j] + 0.001 * g * g
-                size = LR * np.sqrt(1 - 0.999 ** step) / (1 - 0.9 ** step)
+                size = lr * np.sqrt(1 - 0.999 ** step) / (1 - 0.9 ** step)
                 p -= (size * m[j] / (np.sqrt(v[j]) + EPS)).astype(np.float32)
-                p -= (LR * WEIGHT_DECAY * p).astype(np.float32)
+                p -= (lr * weight_decay * p).astype(np.float32)
         if len(holdout_x):
             loss, _ = _loss_grad(params, holdout_x, holdout_y, targets, class_vectors, weights, grad=False)
         else:   # no hold-out: the last epoch
@@ -143,11 +181,13 @@ class LADS(Method):
         photo = np.asarray(src.class_vectors, np.float32)
         own = np.asarray(src.description.class_vectors, np.float64)
         extra = []
+        self.settings = settings(src.dataset)
+        knobs = {k: self.settings[k] for k in ("lr", "weight_decay", "layers")}
         for d in src.descriptions:
             if d.domain == src.domain:
                 continue
             targets = l2_normalize(np.asarray(d.class_vectors, np.float64) - own)   # δ_{d,k}
-            params = train_augmenter(xt, yt, xh, yh, targets, photo, rng)
+            params = train_augmenter(xt, yt, xh, yh, targets, photo, rng, **knobs)
             extra.append(l2_normalize(forward(xt, params)).astype(np.float32))
         self.head = src.fit_head(src.x, extra=np.concatenate(extra), extra_from=np.tile(src.train, len(extra)))
         return self

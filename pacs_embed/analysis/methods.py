@@ -79,6 +79,7 @@ class Source:
     Cs: tuple = C_GRID
     solver: str = "fast"
     batch: HeadBatch | None = None    # evaluate's: heads are fitted together with the other seeds' when first used
+    dataset: str = ""                 # the registered dataset's name ("" when the registry does not know it)
 
     def fit_head(self, features: np.ndarray, extra: np.ndarray | None = None,
                  extra_from: np.ndarray | None = None, shifts: np.ndarray | None = None) -> Head | PendingHead:
