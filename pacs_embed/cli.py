@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                    help='describe DOMAIN by PROMPT in every experiment, e.g. --domain-prompt cartoon="a comic strip"; '
                         "repeat it (also for one domain: its prompts are averaged)")
     r.add_argument("--methods", nargs="+", metavar="METHOD",
-                   help=f"methods to run (default: every default method): {', '.join(_method_names())}")
+                   help=f"methods to run (default: every default method): {', '.join(_method_names())}; with parameters: "
+                        f"interpolate:weight=0.25, translate:step=0.5; your own with --import FILE")
     r.add_argument("--sources", nargs="+", metavar="DOMAIN",
                    help="source domains to train heads on (default: every domain; all are scored as targets)")
     r.add_argument("--n-nouns", type=int, default=None,
@@ -77,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     r.add_argument("--no-head-cache", action="store_true",
                    help="refit every head (default: reuse heads cached in <cache>.heads/ whose training data is unchanged)")
+    r.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE",
+                   help="a Python file of your own methods (@pa.register(...)), loaded first so that --methods can "
+                        "name them; repeatable")
     r.add_argument("--prompts", metavar="FILE",
                    help="a prompt set (JSON, as extract --prompts) for this report instead of the cache's (the one "
                         "chosen at extraction, else the dataset's)")
@@ -177,6 +181,8 @@ def _info(args) -> int:
 
 def _report(args) -> int:
     from .analysis import report, study
+    for file in args.imports:   # the user's registered methods
+        _load_methods(file)
     for flag, n in [("--seeds", args.seeds), ("--n-nouns", args.n_nouns), ("--bootstrap", args.bootstrap)]:
         if n is not None and n < 1:
             raise ArgumentError(f"{flag} {n}: give a whole number, 1 or more")
@@ -224,6 +230,17 @@ def _prompts(args) -> int:
     print(f"{len(args.prompt)} prompts in {args.cache} (dim {vectors.shape[1]}): {new} new, "
           f"{len(set(args.prompt)) - new} already cached")
     return 0
+
+
+def _load_methods(file) -> None:
+    """Run a Python file of the user's (its ``@pa.register`` calls add methods); a missing file is a one-line error,
+    an error inside it its own traceback."""
+    import runpy
+    path = Path(file)
+    if not path.is_file():
+        raise ArgumentError(f"--import {file}: no such file; give a Python file that registers methods with "
+                            f"@pa.register(\"name\")")
+    runpy.run_path(str(path), run_name=f"pacs_embed_user_{path.stem}")
 
 
 COMMANDS = {"download": _download, "extract": _extract, "info": _info, "report": _report, "prompts": _prompts}

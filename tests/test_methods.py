@@ -285,3 +285,22 @@ def test_lads_takes_the_settings_lads_s_own_config_gives_the_dataset():
         bumped[k][i] -= 2 * eps
         down = lads._loss_grad(bumped, x, y, targets, classes, np.ones(3), grad=False)[0]
         assert grads[k][i] == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-8)
+
+
+def test_methods_hold_their_parameters_as_scikit_learn_estimators_do():
+    from pacs_embed.analysis.methods import PARAMETERS, make
+    m = make("interpolate:weight=0.25")
+    assert m.get_params() == {"weight": 0.25} and m.clone().get_params() == {"weight": 0.25}
+    assert make("interpolate").get_params() == {"weight": PARAMETERS["interpolate"]["weight"][0]}
+    assert make("translate").set_params(step=2.0).get_params() == {"step": 2.0}
+    with pytest.raises(KeyError, match="has no parameter 'wieght' \\(did you mean 'weight'\\?\\)"):
+        make("interpolate:wieght=0.3")
+
+
+def test_a_method_with_parameters_runs_under_its_own_name_and_its_defaults_change_nothing():
+    emb, text = synthetic()
+    methods = ["none", "interpolate", "interpolate:weight=0.5", "interpolate:weight=0.0", "translate:step=0.0"]
+    res = pa.evaluate(emb, methods, text=text, seeds=[0, 1], sources=["d0"], progress=False)
+    acc = res.table[res.table.source != res.table.target].groupby("method").accuracy.mean()
+    assert acc["interpolate:weight=0.5"] == acc["interpolate"]               # the default, written out
+    assert acc["interpolate:weight=0.0"] == acc["none"] == acc["translate:step=0.0"]   # no step: the plain head

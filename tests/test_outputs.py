@@ -116,3 +116,19 @@ def test_two_reports_into_one_folder_at_once_leave_one_whole_run(cache_copy, tmp
         err = next(e for rc, e in results if rc == 2)
         assert "kept in" in err and list(tmp_path.glob("r-not-published/*/results.csv"))
     assert not list(tmp_path.glob(".r.partial-*")) and not (tmp_path / "r.lock").exists()
+
+
+def test_the_command_line_runs_methods_with_parameters_and_methods_of_the_user_s_own_file(cache_copy, tmp_path):
+    import pandas as pd
+    mine = tmp_path / "mymethods.py"
+    mine.write_text("from pacs_embed import analysis as pa\n\n"
+                    "@pa.register('nudge')\n"
+                    "def nudge(x, t_src, t_tgt, *, size=0.1):\n"
+                    "    return x + size * (t_src - t_tgt)\n")
+    out = tmp_path / "r"
+    assert main(["report", str(cache_copy), "--out", str(out), "--seeds", "1", "--descriptions", "paper",
+                 "--methods", "none", "interpolate:weight=0.25", "nudge:size=0.3", "--import", str(mine),
+                 "--bootstrap", "20", "--no-progress"]) == 0
+    ran = set(pd.read_csv(out / "results.csv").method)
+    assert {"interpolate:weight=0.25", "nudge:size=0.3"} <= ran
+    assert "interpolate:weight=0.25" in (out / "report.md").read_text()      # named with its parameters

@@ -29,7 +29,7 @@ from .arguments import c_grid, did_you_mean, embeddings, names, seed_list
 from .embeddings import Embeddings
 from .heads import (C_GRID, HeadBatch, HeadCache, PendingHead, resolve_solver, resolved, shared_products,
                     single_threaded_blas, split)
-from .methods import METHODS, Source, default_methods, make
+from .methods import METHODS, Source, base_name, default_methods, make
 from .text import NO_DESCRIPTION, TextSide, text_for, text_side
 
 COLUMNS = ["source", "target", "method", "description", "seed", "accuracy", "n"]
@@ -101,7 +101,7 @@ def _by_source(emb, methods, seeds, text, descriptions, sources, head_cache, Cs,
     from joblib import Parallel, delayed
     folder = head_cache.folder if isinstance(head_cache, HeadCache) else head_cache_for(emb, head_cache).folder
     spec = str(folder) if folder else False
-    registered = {m: METHODS[m] for m in methods}
+    registered = {base_name(m): METHODS[base_name(m)] for m in methods}
     parts = Parallel()(delayed(_source_job)(emb, registered, methods, seeds, text, descriptions, s, spec, Cs, solver)
                        for s in sources)
     table = pd.concat([p.table for p in parts], ignore_index=True)

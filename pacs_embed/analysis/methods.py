@@ -134,11 +134,32 @@ class Source:
 
 
 class Method:
-    """Base class: ``fit(src) -> self`` on the source, then ``predict(x, source, target) -> labels``."""
+    """Base class: ``fit(src) -> self`` on the source, then ``predict(x, source, target) -> labels``.
+
+    Parameters follow scikit-learn's contract: each is an ``__init__`` keyword argument with a default, stored under
+    its own name; ``get_params``, ``set_params`` and ``clone`` work from the signature. A method with parameters other
+    than its defaults is named ``name:param=value`` (``make``, ``--methods interpolate:weight=0.25``)."""
     uses_text = True      # results depend on the domain descriptions (fitted and reported per description)
     seeded = True         # results depend on the source split
     default = True        # part of every evaluation unless methods are named
     family = "other"      # which kind of method it is: figures colour a family alike (FAMILIES)
+
+    def get_params(self) -> dict:
+        """{parameter: value} of this method (its ``__init__`` keyword arguments)."""
+        return {p: getattr(self, p) for p in _init_params(type(self))}
+
+    def set_params(self, **params) -> "Method":
+        known = self.get_params()
+        for key, value in params.items():
+            if key not in known:
+                raise UnknownName(f"method {type(self).__name__} has no parameter {key!r}"
+                                  f"{did_you_mean(key, known)}; its parameters: {sorted(known) or 'none'}")
+            setattr(self, key, value)
+        return self
+
+    def clone(self) -> "Method":
+        """A new, unfitted instance with the same parameters."""
+        return type(self)(**self.get_params())
 
     def fit(self, src: Source) -> "Method":
         return self
@@ -148,15 +169,32 @@ class Method:
 
 
 class Operator(Method):
-    """A test-time operator ``op(x, t_src, t_tgt) -> x'``: head trained on op(x_src, t_src, t_src)."""
+    """A test-time operator ``op(x, t_src, t_tgt, **params) -> x'``: head trained on op(x_src, t_src, t_src). Its
+    parameters are the function's keyword-only arguments (with their defaults)."""
     family = "test-time operator"
 
-    def __init__(self, op):
+    def __init__(self, op, **params):
         self.op = op
+        self.params = {**_operator_params(op), **params}
+
+    def get_params(self) -> dict:
+        return dict(self.params)
+
+    def set_params(self, **params) -> "Operator":
+        known = _operator_params(self.op)
+        for key in params:
+            if key not in known:
+                raise UnknownName(f"operator {getattr(self.op, '__name__', 'op')!r} has no parameter {key!r}"
+                                  f"{did_you_mean(key, known)}; its parameters: {sorted(known) or 'none'}")
+        self.params.update(params)
+        return self
+
+    def clone(self) -> "Operator":
+        return Operator(self.op, **self.params)
 
     def fit(self, src):
         t = src.description.vector
-        features = self.op(src.x, t, t)
+        features = self.op(src.x, t, t, **self.params)
         features = np.asarray(features)
         if features.shape == src.x.shape and float(np.abs(features - src.x).max()) <= 1e-6:
             features = src.x   # no shift, no change (up to rounding): the plain head
@@ -166,8 +204,20 @@ class Operator(Method):
     def predict(self, x, source, target):
         affine = getattr(self.op, "affine", None)   # the op's form as scale ⊙ (x + coef · vectors): no copy of x
         if affine is not None:
-            return self.head.predict_affine(x, *affine(x, source.vector, target.vector))
-        return self.head.predict(self.op(x, source.vector, target.vector))
+            return self.head.predict_affine(x, *affine(x, source.vector, target.vector, **self.params))
+        return self.head.predict(self.op(x, source.vector, target.vector, **self.params))
+
+
+def _init_params(cls) -> list[str]:
+    init = cls.__init__
+    if init is object.__init__:
+        return []
+    return [p.name for p in inspect.signature(init).parameters.values()
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _operator_params(op) -> dict:
+    return {p.name: p.default for p in inspect.signature(op).parameters.values() if p.kind == p.KEYWORD_ONLY}
 
 
 def register(name: str):
@@ -177,9 +227,12 @@ def register(name: str):
         if inspect.isclass(obj) and issubclass(obj, Method):
             METHODS[name] = obj
         elif callable(obj):
-            n_args = len(inspect.signature(obj).parameters)
-            if n_args != 3:
-                raise ArgumentTypeError(f"operator {name!r} must take (x, t_src, t_tgt); it takes {n_args} arguments")
+            sig = inspect.signature(obj).parameters.values()
+            n_args = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in sig)
+            if n_args != 3 or any(p.kind == p.KEYWORD_ONLY and p.default is p.empty for p in sig):
+                raise ArgumentTypeError(f"operator {name!r} must take (x, t_src, t_tgt) and, as parameters, keyword-only "
+                                        f"arguments with defaults (x, t_src, t_tgt, *, weight=0.5); it takes {n_args} "
+                                        f"positional arguments")
             METHODS[name] = lambda: Operator(obj)
         else:
             raise ArgumentTypeError(f"register({name!r}) takes a Method subclass or a function op(x, t_src, t_tgt)")
@@ -187,11 +240,44 @@ def register(name: str):
     return add
 
 
+def parse(spec: str) -> tuple[str, dict]:
+    """``"interpolate:weight=0.25,foo=bar"`` -> ("interpolate", {"weight": 0.25, "foo": "bar"}); values are Python
+    literals where they parse as one, else strings."""
+    import ast
+    name, _, rest = str(spec).partition(":")
+    params = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ArgumentError(f"method {spec!r}: parameters are written name:param=value[,param=value]; "
+                                f"{part!r} is not one")
+        try:
+            params[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            params[key.strip()] = value.strip()
+    return name, params
+
+
+def base_name(spec: str) -> str:
+    """The registered name of a method spec (``"interpolate:weight=0.25"`` -> ``"interpolate"``)."""
+    return str(spec).partition(":")[0]
+
+
 def make(name: str) -> Method:
-    """A fresh, unfitted instance of the method registered as ``name``."""
-    if name not in METHODS:
-        raise UnknownName(f"unknown method {name!r}{did_you_mean(name, METHODS)}; registered: {list(METHODS)}")
-    return METHODS[name]()
+    """A fresh, unfitted instance of the method registered as ``name`` — with parameters when it is written
+    ``name:param=value[,param=value]`` (an unknown parameter is an error naming the method's parameters)."""
+    base, params = parse(name)
+    if base not in METHODS:
+        raise UnknownName(f"unknown method {base!r}{did_you_mean(base, METHODS)}; registered: {list(METHODS)}")
+    method = METHODS[base]()
+    return method.set_params(**params) if params else method
+
+
+# Each method's parameters: the default and the range a sweep walks (DomainBed's hparams_registry, as data)
+PARAMETERS = {
+    "translate": {"step": (1.0, [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])},
+    "interpolate": {"weight": (0.5, [0.0, 0.25, 0.5, 0.75, 1.0])},
+}
 
 
 def default_methods() -> list[str]:
@@ -263,12 +349,13 @@ def _moved(x, step):
 
 
 @register("translate")
-def translate(x, t_src, t_tgt):
-    """x' = x + Δ, not renormalised (the paper: C(EI(x) + Δ), Δ = ET(t_src) − ET(t_tgt))."""
-    return x + delta(t_src, t_tgt)
+def translate(x, t_src, t_tgt, *, step=1.0):
+    """x' = x + step·Δ, not renormalised (the paper: C(EI(x) + Δ), Δ = ET(t_src) − ET(t_tgt); ``step`` 1 is the
+    paper's; ``translate:step=0.5`` walks half of it)."""
+    return x + step * delta(t_src, t_tgt)
 
 
-translate.affine = lambda x, t_src, t_tgt: (delta(t_src, t_tgt)[None], None, None)
+translate.affine = lambda x, t_src, t_tgt, step=1.0: ((step * delta(t_src, t_tgt))[None], None, None)
 
 
 @register("translate_renorm")
@@ -281,12 +368,12 @@ translate_renorm.affine = lambda x, t_src, t_tgt: _moved(x, delta(t_src, t_tgt))
 
 
 @register("interpolate")
-def interpolate(x, t_src, t_tgt):
-    """x' = normalise(x + Δ/2): half of the paper's step (between none and translate_renorm)."""
-    return l2_normalize(x + 0.5 * delta(t_src, t_tgt))
+def interpolate(x, t_src, t_tgt, *, weight=0.5):
+    """x' = normalise(x + weight·Δ): by default half of the paper's step (between none and translate_renorm)."""
+    return l2_normalize(x + weight * delta(t_src, t_tgt))
 
 
-interpolate.affine = lambda x, t_src, t_tgt: _moved(x, 0.5 * delta(t_src, t_tgt))
+interpolate.affine = lambda x, t_src, t_tgt, weight=0.5: _moved(x, weight * delta(t_src, t_tgt))
 
 
 @register("translate_calibrated")

@@ -201,6 +201,8 @@ FAMILY_COLOURS = {"baseline": "Greys", "zero-shot": "Purples", "test-time operat
 def family(method: str) -> str:
     """The family of a registered method (``Method.family``), "other" for anything else."""
     from .methods import METHODS
+    from .methods import base_name
+    method = base_name(method)
     return getattr(METHODS[method](), "family", "other") if method in METHODS else "other"
 
 

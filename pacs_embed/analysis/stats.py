@@ -37,7 +37,8 @@ LEVEL = 0.95
 
 def seeded(method: str) -> bool:
     """Whether a method's results depend on the source split (``in_domain`` and unknown names: yes)."""
-    return METHODS[method]().seeded if method in METHODS else True
+    from .methods import base_name
+    return METHODS[base_name(method)]().seeded if base_name(method) in METHODS else True
 
 
 def seed_interval(per_seed: np.ndarray, level: float = LEVEL, floor: float = 0.0) -> tuple[float, float, float]:
