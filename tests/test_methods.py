@@ -304,3 +304,17 @@ def test_a_method_with_parameters_runs_under_its_own_name_and_its_defaults_chang
     acc = res.table[res.table.source != res.table.target].groupby("method").accuracy.mean()
     assert acc["interpolate:weight=0.5"] == acc["interpolate"]               # the default, written out
     assert acc["interpolate:weight=0.0"] == acc["none"] == acc["translate:step=0.0"]   # no step: the plain head
+
+
+def test_the_step_sweep_agrees_with_translate_at_each_step_and_marks_the_oracle_as_such():
+    emb, text = synthetic()
+    sw = pa.sweep(emb, "translate", step=[0.0, 0.5, 1.0], seeds=[0, 1], text=text)
+    res = pa.evaluate(emb, ["none", "translate", "translate:step=0.5"], text=text, seeds=[0, 1], progress=False)
+    t = res.table[(res.table.source != res.table.target)]
+    for step, name in ((0.0, "none"), (0.5, "translate:step=0.5"), (1.0, "translate")):
+        mine = sw.table[sw.table.step == step].set_index(["source", "target", "seed"]).accuracy.sort_index()
+        theirs = t[t.method == name].set_index(["source", "target", "seed"]).accuracy.sort_index()
+        assert np.allclose(mine.values, theirs.values)
+    s = sw.summary()
+    assert (s.oracle >= s.step1).all() and set(sw.alpha) == set(emb.domains)
+    assert "oracle" in sw.sentence() and "not a method" in sw.sentence()

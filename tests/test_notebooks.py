@@ -55,7 +55,8 @@ def test_translated_inference_notebook(params, tmp_path):
     rec = run_notebook("03_translated_inference.ipynb", tmp_path, **params, seeds=2)
     assert {m["method"] for m in rec["methods"]} == {"none", "translate", "translate_renorm", "zeroshot", "zeroshot_domain"}
     assert len(rec["gains"]) == 12 * 4 and all(g["ci_low"] <= g["gain"] <= g["ci_high"] for g in rec["gains"])
-    for fig in ["translated_gains", "translated_accuracy", "projection"]:
+    assert len(rec["sweep"]) == 12 and all(r["oracle"] >= r["step1"] for r in rec["sweep"])   # how far to translate
+    for fig in ["translated_gains", "translated_accuracy", "projection", "step_sweep"]:
         assert (tmp_path / "figures" / f"{fig}.png").is_file()
 
 

@@ -15,6 +15,8 @@ from ..templates import load_templates, match, registry, templates_for
 from ..text_encoder import prompt_embeddings, provenance
 from .embeddings import Embeddings, dataset_status, l2_normalize, load
 from .evaluation import Results, evaluate
+from .methods import PARAMETERS
+from .sweep import Sweep, sweep
 from .heads import C_GRID, Head, HeadCache, fit_head, split
 from . import lads  # noqa: F401  (registers the opt-in method "lads")
 from .methods import METHODS, Method, Source, default_methods, delta, register
@@ -38,7 +40,7 @@ __all__ = [
     # methods and heads
     "METHODS", "Method", "Source", "register", "default_methods", "delta", "fit_head", "Head", "HeadCache", "split", "C_GRID",
     # evaluation, statistics, output
-    "evaluate", "Results", "summary", "method_means", "gains", "grid",
+    "evaluate", "Results", "summary", "method_means", "gains", "grid", "sweep", "Sweep", "PARAMETERS",
     "table1", "paper_table1", "paper_comparison", "prompt_similarity", "description_similarity", "similarity_matrix",
     "report", "study", "notebook_run", "record", "markdown", "plots",
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.patheffects
+import matplotlib.lines
 import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
@@ -478,3 +479,43 @@ def study_plot(table):
 
 def use_headless_backend():
     matplotlib.use("Agg")
+
+
+def step_sweep(sw):
+    """Accuracy against the step along Δ (``pa.sweep``), one panel per source, a line per target (mean over seeds):
+    the paper's step 1 (dashed), the calibrated α of that source (dotted), and on each line its oracle step — the
+    best on the target's own labels, an upper bound, never a method (open circle)."""
+    curve = sw.curve()
+    sources = domain_order(dict.fromkeys(curve.source))
+    targets = domain_order(dict.fromkeys(curve.target))
+    colors = dict(zip(targets, palette("colorblind", len(targets))))
+    cols = min(4, len(sources))
+    rows = -(-len(sources) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(7.0, 1.9 * cols + 0.6), 1.9 * rows + 1.1), sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[len(sources):]:
+        ax.set_visible(False)
+    for ax, s in zip(axes.flat, sources):
+        for t in targets:
+            c = curve[(curve.source == s) & (curve.target == t)]
+            if c.empty:
+                continue
+            ax.plot(c.step, c.accuracy, color=colors[t], lw=1.3, label=t)
+            best = c.accuracy.idxmax()
+            ax.plot(c.step[best], c.accuracy[best], "o", mfc="none", color=colors[t], ms=6)
+        ax.axvline(1.0, color="black", ls="--", lw=0.9)
+        if s in sw.alpha:
+            ax.axvline(sw.alpha[s], color="gray", ls=":", lw=1.2)
+        ax.set_title(f"source {s}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("step along Δ", fontsize=7)
+    axes[0, 0].set_ylabel("accuracy (mean over seeds)", fontsize=8)
+    handles = [matplotlib.lines.Line2D([], [], color=colors[t], lw=1.3, label=f"target {t}") for t in targets]
+    handles += [matplotlib.lines.Line2D([], [], color="black", ls="--", lw=0.9, label="the paper's step 1"),
+                matplotlib.lines.Line2D([], [], color="gray", ls=":", lw=1.2, label="calibrated α (source only)"),
+                matplotlib.lines.Line2D([], [], color="gray", marker="o", mfc="none", ls="", label="oracle step "
+                                        "(target labels: an upper bound, not a method)")]
+    fig.legend(handles=handles, fontsize=6.5, loc="lower center", ncol=3, frameon=False)
+    fig.suptitle(f"translate: x + step·Δ, domain descriptions: {sw.description}", fontsize=8)
+    fig.tight_layout(rect=(0, 0.1 + 0.04 * (len(handles) > 6), 1, 1))
+    return fig

@@ -24,6 +24,7 @@ from .evaluation import evaluate
 from .heads import resolve_solver
 from .similarity import paper_comparison, similarity_matrix, table1
 from .stats import gains, method_means, seeded, summary
+from .sweep import sweep
 from .text import repeated, text_side
 
 DEFAULT_DESCRIPTIONS = ("paper", "ensemble", "nouns")
@@ -50,8 +51,9 @@ def record(path, **values) -> None:
 
 
 TABLES = ("results.csv", "summary.csv", "gains.csv", "methods.csv", "table1.csv", "table1_difference.csv",
-          "report.md", "methods.tex", "methods_pm.tex", "headline.json")
-FIGURES = tuple(f"{name}.{ext}" for name in ("table1", "accuracy_grid", "gains", "gains_pairs", "projection")
+          "report.md", "methods.tex", "methods_pm.tex", "headline.json", "step_sweep.csv")
+FIGURES = tuple(f"{name}.{ext}" for name in ("table1", "accuracy_grid", "gains", "gains_pairs", "projection",
+                                              "step_sweep")
                 for ext in ("png", "pdf"))
 
 
@@ -100,6 +102,8 @@ def _write(cache, out, figures, seeds, descriptions, domain_prompts, methods, n_
     res = evaluate(emb, methods, seeds=seeds, text=text, descriptions=descriptions, head_cache=head_cache,
                    progress=progress, sources=sources, solver=solver)
     summ, gain, means = summary(res.table), gains(res, n_boot=n_boot), method_means(res.table, hits=res.correct)
+    step = (sweep(emb, "translate", seeds=seeds, description=descriptions[0], text=text, head_cache=head_cache)
+            if methods is None or "translate" in methods else None)   # how far to translate (its heads: cached)
     order = {d: i for i, d in enumerate(domain_order(emb.domains))}
     gain = gain.sort_values(["source", "target"], key=lambda c: c.map(order), kind="stable", ignore_index=True)
     paths = {"run": out / runs.RECORD}
@@ -110,7 +114,10 @@ def _write(cache, out, figures, seeds, descriptions, domain_prompts, methods, n_
         numeric.to_csv(paths[name], index=name.startswith("table1"))
     paths["markdown"] = out / "report.md"
     atomic_write(paths["markdown"], _markdown(cache, emb, text, seeds, descriptions, repeats, res, t1, summ, gain,
-                                              means).encode())
+                                              means, step).encode())
+    if step is not None:
+        paths["step_sweep"] = out / "step_sweep.csv"
+        step.table.to_csv(paths["step_sweep"], index=False)
     paths["latex"] = out / "methods.tex"
     atomic_write(paths["latex"], latex(means).encode())
     paths["latex_compact"] = out / "methods_pm.tex"   # the same table, each interval as mean ± half-width
@@ -118,7 +125,7 @@ def _write(cache, out, figures, seeds, descriptions, domain_prompts, methods, n_
     paths["headline"] = out / "headline.json"
     atomic_write(paths["headline"], json.dumps(headline(emb, means, descriptions[0], domain_prompts, templates),
                                                indent=1, default=float).encode())
-    paths.update(_figures(figures, emb, text, descriptions[0], res, t1, gain, means))
+    paths.update(_figures(figures, emb, text, descriptions[0], res, t1, gain, means, step))
     return paths
 
 
@@ -155,7 +162,7 @@ ONE_SEED = (
     "accuracies have no `[low, high]`): one split says nothing about the next; run `--seeds 5`.")
 
 
-def _markdown(cache, emb, text, seeds, descriptions, repeats, res, t1, summ, gain, means) -> str:
+def _markdown(cache, emb, text, seeds, descriptions, repeats, res, t1, summ, gain, means, step=None) -> str:
     """``report.md``: the answer first, what was run, how to read it, Table 1, then every table."""
     attrs = cache.attrs
     described = "; ".join(f"{d.domain}: " + " | ".join(d.prompts) for d in text.descriptions.get("paper", []))
@@ -164,6 +171,8 @@ def _markdown(cache, emb, text, seeds, descriptions, repeats, res, t1, summ, gai
                 f"replace them)." for description, same in repeats.items()]
     comparable, compared = paper_comparison(emb)
     md = ["# pacs_embed report", "", "## The answer", "", answer(res.table, descriptions[0], res.correct), "",
+          *([f"**How far to translate.** {step.sentence()} (`step_sweep.png`, `step_sweep.csv`.)", ""]
+            if step is not None else []),
           f"Cache `{cache}`: {attrs['model_id']} @ {attrs['revision']}, {len(emb.x)} images "
           f"({emb.n_failed} unreadable left out), {attrs['dtype']} on {attrs['device']}. "
           f"Seeds: {list(seeds)}; heads: logistic regression, C chosen on a 20% hold-out of the source domain. "
@@ -182,7 +191,7 @@ def _markdown(cache, emb, text, seeds, descriptions, repeats, res, t1, summ, gai
     return "\n".join(md) + "\n"
 
 
-def _figures(folder: Path, emb, text, description: str, res, t1, gain, means) -> dict[str, Path]:
+def _figures(folder: Path, emb, text, description: str, res, t1, gain, means, step=None) -> dict[str, Path]:
     """Every figure of the report (PNG + PDF) under the first description; {figure_<name>: its PNG}."""
     from . import plots   # matplotlib (and Pillow) only when a report is drawn
     plots.use_headless_backend()
@@ -193,6 +202,8 @@ def _figures(folder: Path, emb, text, description: str, res, t1, gain, means) ->
             "gains_pairs": lambda: plots.gains_plot(gain, description),
             # Δ toward the first domain in display order; g as gap_shift takes it
             "projection": lambda: plots.projection(emb, text.vectors(description), class_text=text.class_vectors)}
+    if step is not None:
+        figs["step_sweep"] = lambda: plots.step_sweep(step)
     paths = {}
     for name, draw in figs.items():
         fig = draw()
