@@ -159,9 +159,15 @@ def _extract(args) -> int:
     from .datasets import check_layout
     check_layout(args.data)   # a wrong --data fails in a second, before torch is imported
     from .extraction import extract
-    summary = extract(args.data, args.model, args.out, revision=args.revision, device=args.device, dtype=args.dtype,
-                      batch_size=args.batch_size, workers=args.workers, processor=args.processor, strict=args.strict,
-                      force=args.force, restart=args.restart, prompts_file=args.prompts, progress=not args.no_progress)
+    try:
+        summary = extract(args.data, args.model, args.out, revision=args.revision, device=args.device,
+                          dtype=args.dtype, batch_size=args.batch_size, workers=args.workers, processor=args.processor,
+                          strict=args.strict, force=args.force, restart=args.restart, prompts_file=args.prompts,
+                          progress=not args.no_progress)
+    finally:   # the decoding workers are gone: torch's SIGCHLD handler would otherwise report a killed one again
+        import signal   # while the interpreter shuts down, as a traceback after our one-line error
+        if hasattr(signal, "SIGCHLD"):
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     print(summary)
     return 0
 

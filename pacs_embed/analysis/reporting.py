@@ -102,7 +102,8 @@ def _write(cache, out, figures, seeds, descriptions, domain_prompts, methods, n_
     res = evaluate(emb, methods, seeds=seeds, text=text, descriptions=descriptions, head_cache=head_cache,
                    progress=progress, sources=sources, solver=solver)
     summ, gain, means = summary(res.table), gains(res, n_boot=n_boot), method_means(res.table, hits=res.correct)
-    step = (sweep(emb, "translate", seeds=seeds, description=descriptions[0], text=text, head_cache=head_cache)
+    step = (sweep(emb, "translate", seeds=seeds, description=descriptions[0], text=text, head_cache=head_cache,
+                  sources=sources, results=res)
             if methods is None or "translate" in methods else None)   # how far to translate (its heads: cached)
     order = {d: i for i, d in enumerate(domain_order(emb.domains))}
     gain = gain.sort_values(["source", "target"], key=lambda c: c.map(order), kind="stable", ignore_index=True)

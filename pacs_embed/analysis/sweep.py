@@ -63,10 +63,12 @@ class Sweep:
 
 
 def sweep(emb, method: str = "translate", step=None, seeds=range(3), description: str = "paper", text=None,
-          domain_prompts: dict | None = None, head_cache=True, progress: bool = False) -> Sweep:
+          domain_prompts: dict | None = None, head_cache=True, progress: bool = False, sources=None,
+          results=None) -> Sweep:
     """Accuracy of ``method`` (``translate``) against its step for every source → target pair and seed (default steps:
-    ``PARAMETERS``' range), with ``translate_calibrated``'s α per source. The heads are the plain ones ``evaluate``
-    fits (and caches)."""
+    ``PARAMETERS``' range), with ``translate_calibrated``'s α per source; ``sources``: the source domains (default all).
+    The heads are the plain ones ``evaluate`` fits (and caches); ``results`` (an ``evaluate`` of these seeds and
+    description, e.g. the report's) lends its heads and α instead."""
     if base_name(method) not in SWEPT:
         raise ArgumentError(f"sweep walks {sorted(SWEPT)}; {method!r} is not one")
     param = SWEPT[base_name(method)]
@@ -74,8 +76,9 @@ def sweep(emb, method: str = "translate", step=None, seeds=range(3), description
     if steps.ndim != 1 or not len(steps) or not np.isfinite(steps).all():
         raise ArgumentError(f"sweep: {param} must be a list of finite numbers; got {step!r}")
     text = text_side(emb, (description,), domain_prompts) if text is None else text_for(emb, text, "sweep")
-    res = evaluate(emb, ["translate_calibrated"], seeds=seeds, text=text, descriptions=[description],
-                   head_cache=head_cache, progress=progress)
+    res = results if results is not None and results.heads else evaluate(
+        emb, ["translate_calibrated"], seeds=seeds, text=text, descriptions=[description], head_cache=head_cache,
+        progress=progress, sources=sources)
     T = text.vectors(description)
     rows, alpha = [], {}
     for (s, seed), head in res.heads.items():
