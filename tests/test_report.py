@@ -19,6 +19,7 @@ def test_report_writes_the_table_and_every_figure(cache_copy, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "## Table 1" in report and "±" in report and "| a cartoon |" in report
     assert "Difference (this − paper)" in report and "sampling" in report   # pacs-mini: PACS, fewer images
+    assert "Dataset: PACS (224 of 9,991 images)" in report                  # a subset says so wherever it is named
     for name in ["table1", "accuracy_grid", "gains", "gains_pairs", "projection"]:
         assert (figs / f"{name}.png").stat().st_size > 1000 and (figs / f"{name}.pdf").is_file()
     for name in ["summary", "gains", "methods", "table1"]:

@@ -175,7 +175,8 @@ def _markdown(cache, emb, text, seeds, descriptions, repeats, res, t1, summ, gai
     md = ["# pacs_embed report", "", "## The answer", "", answer(res.table, descriptions[0], res.correct), "",
           *([f"**How far to translate.** {step.sentence()} (`step_sweep.png`, `step_sweep.csv`.)", ""]
             if step is not None else []),
-          f"Cache `{cache}`: {attrs['model_id']} @ {attrs['revision']}, {len(emb.x)} images "
+          f"Dataset: {cache.dataset_label()}. Cache `{cache}`: {attrs['model_id']} @ {attrs['revision']}, "
+          f"{len(emb.x)} images "
           f"({emb.n_failed} unreadable left out), {attrs['dtype']} on {attrs['device']}. "
           f"Seeds: {list(seeds)}; heads: logistic regression, C chosen on a 20% hold-out of the source domain. "
           f"Image and text embeddings L2-normalised; Δ = t_src − t_tgt of unit text vectors.", "",
