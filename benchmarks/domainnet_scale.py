@@ -87,14 +87,14 @@ for d in ("clipart", "painting"):
     for seed in (0, 1):
         tr, ho = hd.split(len(idx), seed, d)
         with hd.single_threaded_blas():
-            cap = hd.SELECT_ROWS
-            hd.SELECT_ROWS = 10**9
+            cap = hd.model.SELECT_ROWS
+            hd.model.SELECT_ROWS = 10**9
             t0 = time.perf_counter(); full = hd.fit_heads(x, y, [(tr, ho)])[0]; t1 = time.perf_counter()
-            hd.SELECT_ROWS = cap
+            hd.model.SELECT_ROWS = cap
             samp = hd.fit_heads(x, y, [(tr, ho)])[0]; t2 = time.perf_counter()
         rows.append([d, seed, len(tr), full.C, samp.C, full.holdout_accuracy, samp.holdout_accuracy,
                      float((full.predict(x) == samp.predict(x)).mean()), t1 - t0, t2 - t1])
-extra = {{"rows": rows, "cap": hd.SELECT_ROWS}}''')
+extra = {{"rows": rows, "cap": hd.model.SELECT_ROWS}}''')
     print(f"(sample: {r['cap']:,} training rows, stratified)")
     for d, seed, n, c_full, c_samp, a_full, a_samp, agree, t_full, t_samp in r["rows"]:
         print(f"{d:9s} seed {seed}  {n:6,} rows  C full {c_full:g} / sampled {c_samp:g}  hold-out {a_full:.4f} / "
@@ -116,9 +116,9 @@ for signal in (0.3, 0.6):
             idx = emb.in_domain(d); x, y = emb.x[idx], emb.label[idx]
             for seed in range(3):
                 tr, ho = hd.split(len(idx), seed, d)
-                hd.SELECT_ROWS = 10**9
+                hd.model.SELECT_ROWS = 10**9
                 full = hd.fit_heads(x, y, [(tr, ho)])[0]
-                hd.SELECT_ROWS = cap
+                hd.model.SELECT_ROWS = cap
                 samp = hd.fit_heads(x, y, [(tr, ho)])[0]
                 same += full.C == samp.C
                 diffs.append(samp.holdout_accuracy - full.holdout_accuracy)

@@ -31,7 +31,7 @@ from tiny_clip import ARCHS, make_clip  # noqa: E402
 from pacs_embed import extract  # noqa: E402
 from pacs_embed.cache import read_images  # noqa: E402
 from pacs_embed.extraction import default_batch_size  # noqa: E402
-from pacs_embed.images import read_rgb  # noqa: E402
+from pacs_embed.extraction.images import read_rgb  # noqa: E402
 from pacs_embed.models import (choose_device, choose_dtype, dtype_name, load_image_tower, load_processor,  # noqa: E402
                                resolve)
 

@@ -55,10 +55,10 @@ def tolerances(emb, tols=(1e-8, 1e-5, 3e-5, 1e-4)):
     """Seconds, iterations and agreement with the 1e-8 solution, per tolerance (8 heads each)."""
     from pacs_embed.analysis.text import text_side
     descs = text_side(emb, ("paper",)).descriptions["paper"]
-    ref, default = None, heads.TOL
-    print(f"pacs_embed's solver, 4 sources x (plain, augment) heads, full C grid; now TOL = {heads.TOL:g}")
+    ref, default = None, heads.model.TOL
+    print(f"pacs_embed's solver, 4 sources x (plain, augment) heads, full C grid; now TOL = {heads.model.TOL:g}")
     for tol in tols:
-        heads.TOL, seconds, iterations, preds = tol, 0.0, 0, []
+        heads.model.TOL, seconds, iterations, preds = tol, 0.0, 0, []
         for s, d in zip(emb.domains, descs):
             i = emb.in_domain(s)
             train, holdout = split(len(i), 0, s)
@@ -74,7 +74,7 @@ def tolerances(emb, tols=(1e-8, 1e-5, 3e-5, 1e-4)):
         same_c = all(c == rc for (c, _), (rc, _) in zip(preds, ref))
         print(f"tol {tol:g}: {seconds:5.2f} s, {iterations} L-BFGS iterations, same predictions as tol 1e-8 on "
               f"{np.mean(agree):.3%} of images (worst head {min(agree):.3%}), same C: {same_c}")
-    heads.TOL = default
+    heads.model.TOL = default
 
 
 if __name__ == "__main__":

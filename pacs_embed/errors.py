@@ -35,3 +35,8 @@ class UnknownName(PacsEmbedError, KeyError):
 
     def __str__(self) -> str:   # KeyError's own str() quotes the message
         return str(self.args[0]) if self.args else ""
+
+
+class ExtractionError(PacsEmbedError, RuntimeError):
+    """An extraction that cannot go on (unreadable images under --strict, another model's cache, a journal of other
+    settings, a decoding worker that died); the message says what is kept and how to go on."""

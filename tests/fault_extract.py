@@ -15,7 +15,7 @@ from pacs_embed.cli import main
 
 fault = os.environ.get("PACS_FAULT", "")
 if fault == "slow-batches":
-    ex = importlib.import_module("pacs_embed.extraction")
+    ex = importlib.import_module("pacs_embed.models")
     _encode = ex.embed_images
     ex.embed_images = lambda model, pixels: (time.sleep(0.25), _encode(model, pixels))[1]
 elif fault == "final-write":
@@ -30,7 +30,7 @@ elif fault == "final-write":
     cache.atomic_write = half_then_hang
 elif fault == "kill-rank-1" and os.environ.get("RANK") == "1":
     import signal
-    jr = importlib.import_module("pacs_embed.journal")
+    jr = importlib.import_module("pacs_embed.extraction.journal")
     _save = jr.Journal.save
 
     def save_then_die(self, *args, **kwargs):
@@ -39,7 +39,7 @@ elif fault == "kill-rank-1" and os.environ.get("RANK") == "1":
     jr.Journal.save = save_then_die
 elif fault in ("worker-raises", "worker-killed"):
     import signal
-    ex = importlib.import_module("pacs_embed.extraction")
+    ex = importlib.import_module("pacs_embed.extraction.reader")
     _collate, calls = ex.collate, []
 
     def failing_collate(items):

@@ -4,7 +4,7 @@ import time
 
 import importlib
 
-ex = importlib.import_module("pacs_embed.extraction")
+ex = importlib.import_module("pacs_embed.models")
 from pacs_embed.cli import main
 
 _encode = ex.embed_images

@@ -174,7 +174,7 @@ def test_evaluate_fits_the_seeds_of_a_source_together_and_each_head_once(monkeyp
     from pacs_embed.analysis import heads
     emb, text = synthetic(n_per=10)
     runs = []
-    monkeypatch.setattr(heads, "_lbfgs_paths", lambda *a, real=heads._lbfgs_paths: runs.append(len(a[2])) or real(*a))
+    monkeypatch.setattr(heads.solvers, "lbfgs_paths", lambda *a, real=heads.solvers.lbfgs_paths: runs.append(len(a[2])) or real(*a))
     res = evaluate(emb, ["none", "translate", "augment"], seeds=range(3), text=text, head_cache=False, progress=False)
     assert sorted(runs) == [3] * (2 * N_DOMAINS)        # per source: the plain heads (shared by none and
     assert res.head_cache.fits == 2 * N_DOMAINS * 3     # translate) and augment's, three seeds in one run each

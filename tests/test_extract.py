@@ -142,7 +142,7 @@ def test_a_non_finite_image_vector_is_a_recorded_failure_and_a_cache_holding_one
                                                                                              tmp_path, monkeypatch):
     """A float16 tower can overflow: such an image is a failure with its reason, never a NaN row marked ok; a
     cache that holds one anyway (older versions, hand-made caches) is refused by the analysis, naming the file."""
-    import pacs_embed.extraction as extraction
+    import pacs_embed.models as extraction
     from pacs_embed import analysis as pa
     real = extraction.embed_images
 
@@ -241,7 +241,7 @@ def test_a_new_prompt_file_on_an_up_to_date_cache_encodes_only_its_prompts(cache
 
 
 def test_each_image_goes_through_the_model_exactly_once(small_dataset, tiny_clip, tmp_path, spy):
-    batches = spy("pacs_embed.extraction", "embed_images")
+    batches = spy("pacs_embed.models", "embed_images")
     s = extract(small_dataset, str(tiny_clip), tmp_path / "c.h5", dtype="float32", batch_size=5, workers=2,
                 progress=False)
     seen = [len(pixels) for pixels in batches]
@@ -310,7 +310,7 @@ def test_a_few_changed_files_are_embedded_again_and_the_rest_kept(small_dataset,
     dog[1].write_bytes(sorted((small_dataset / "sketch" / "horse").iterdir())[0].read_bytes() + b"\0")   # modified
     (small_dataset / "photo" / "dog" / "new.png").write_bytes(
         sorted((small_dataset / "cartoon" / "house").iterdir())[0].read_bytes() + b"\0")              # added
-    batches = spy("pacs_embed.extraction", "embed_images")
+    batches = spy("pacs_embed.models", "embed_images")
     s = extract(small_dataset, str(tiny_clip), out, dtype="float32", batch_size=4, workers=0, progress=False)
     assert sum(len(b) for b in batches) == 2 and s.kept == 54 and "kept 54, embedded 2" in str(s)
     after = read_images(out)
@@ -370,7 +370,7 @@ def test_fast_processor_fails_the_same_files_as_pil(broken_dataset, tiny_clip, t
 
 def test_fast_decoding_refuses_a_truncated_jpeg_as_pil_does(broken_dataset):
     """libjpeg would decode the first half with a warning; the fast path sends such a file through PIL."""
-    from pacs_embed.images import read_rgb, read_uint8
+    from pacs_embed.extraction.images import read_rgb, read_uint8
     truncated = broken_dataset[0] / "photo/dog/truncated.jpg"
     with pytest.raises(OSError) as pil:
         read_rgb(truncated)
@@ -388,7 +388,7 @@ def test_a_renamed_class_folder_is_said_to_have_moved_and_nothing_is_embedded_ag
     for f in (small_dataset / "sketch" / "horse").iterdir():                        # mtimes touched, bytes the same
         os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
     capsys.readouterr()
-    batches = spy("pacs_embed.extraction", "embed_images")
+    batches = spy("pacs_embed.models", "embed_images")
     s = extract(small_dataset, str(tiny_clip), out, dtype="float32", batch_size=4, workers=0, progress=False)
     said = capsys.readouterr().out
     assert "2 moved (same bytes, another path):" in said and "photo/dog/" in said and "photo/doggo/" in said

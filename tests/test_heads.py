@@ -31,7 +31,7 @@ def test_it_picks_the_optimum_s_C_and_reaches_the_optimum_at_every_C_of_the_grid
 
 def test_the_optimum_check_catches_a_solver_stopped_early(monkeypatch):
     import pacs_embed.analysis.heads as heads
-    monkeypatch.setattr(heads, "TOL", 1e-2)        # 300x looser than the solver's own
+    monkeypatch.setattr(heads.model, "TOL", 1e-2)        # 300x looser than the solver's own
     x, y = problem()
     train, holdout = split(len(y), 0, "photo")
     for C in C_GRID:
@@ -147,7 +147,7 @@ def test_a_key_follows_the_bytes_and_read_only_images_are_hashed_once(monkeypatc
     assert head_key(x, y, train, holdout, C_GRID) != before
     x.flags.writeable = False                                   # evaluate hands methods read-only source images
     calls = []
-    monkeypatch.setattr(heads.hashlib, "sha256", lambda *a, real=heads.hashlib.sha256: calls.append(1) or real(*a))
+    monkeypatch.setattr(heads.model.hashlib, "sha256", lambda *a, real=heads.model.hashlib.sha256: calls.append(1) or real(*a))
     keys = {head_key(x, y, train, holdout, C_GRID) for _ in range(3)}
     assert len(keys) == 1
     assert len(calls) == (1 + 5) + 2 * (1 + 4)                  # key + 5 parts, then key + 4 (x memoised) twice
@@ -173,7 +173,7 @@ def test_a_batch_fits_a_head_asked_twice_once_and_fits_when_a_head_is_first_used
     from pacs_embed.analysis import heads
     x, y = problem(n=300, d=8, k=3)
     calls = []
-    monkeypatch.setattr(heads, "_lbfgs_paths", lambda *a, real=heads._lbfgs_paths: calls.append(len(a[2])) or real(*a))
+    monkeypatch.setattr(heads.solvers, "lbfgs_paths", lambda *a, real=heads.solvers.lbfgs_paths: calls.append(len(a[2])) or real(*a))
     batch = HeadBatch(HeadCache())
     asked = [batch.ask(x, y, *split(len(y), seed, "photo")) for seed in (0, 1, 0)]
     assert all(isinstance(h, PendingHead) for h in asked) and asked[0] is asked[2] and len(batch) == 2
@@ -190,7 +190,7 @@ def test_a_head_that_cannot_be_fitted_raises_where_it_is_used(monkeypatch):
 
     def broken(*a):
         raise FloatingPointError("the solver diverged")
-    monkeypatch.setattr(heads, "_lbfgs_paths", broken)
+    monkeypatch.setattr(heads.solvers, "lbfgs_paths", broken)
     batch = HeadBatch()
     head = batch.ask(x, y, *split(len(y), 0, "photo"))
     batch.flush()
@@ -215,7 +215,7 @@ def test_lbfgs_solves_problems_of_very_different_scales_side_by_side():
 
 
 def test_the_compact_lbfgs_product_is_the_two_loop_recursion():
-    from pacs_embed.analysis.heads import _Pairs
+    from pacs_embed.analysis.heads.lbfgs import _Pairs
     rng = np.random.default_rng(2)
     p, m = 30, 5
     A = rng.standard_normal((p, p))
@@ -254,8 +254,8 @@ def test_a_batch_too_large_for_memory_is_fitted_in_parts(monkeypatch):
     x, y = problem(n=300, d=8, k=3)
     splits = [split(len(y), seed, "art") for seed in range(5)]
     runs = []
-    monkeypatch.setattr(heads, "_lbfgs_paths", lambda *a, real=heads._lbfgs_paths: runs.append(len(a[2])) or real(*a))
-    monkeypatch.setattr(heads, "BATCH_BYTES", 2 * 8 * 300 * 4)      # room for two splits' rotated rows (d = 8 > 3 classes)
+    monkeypatch.setattr(heads.solvers, "lbfgs_paths", lambda *a, real=heads.solvers.lbfgs_paths: runs.append(len(a[2])) or real(*a))
+    monkeypatch.setattr(heads.model, "BATCH_BYTES", 2 * 8 * 300 * 4)      # room for two splits' rotated rows (d = 8 > 3 classes)
     parts = fit_heads(x, y, splits)
     assert runs == [2, 2, 1]
     assert all(np.array_equal(h.W, fit_head(x, y, *s).W) and h.key == fit_head(x, y, *s).key for h, s in zip(parts, splits))
@@ -279,7 +279,7 @@ def test_a_head_is_a_function_of_its_inputs_alone_bit_for_bit(kind, monkeypatch)
     if kind == "repeated rows":
         splits = [(np.sort(np.concatenate([t, t[::3]])), h) for t, h in splits]
     if kind == "C on a sample":
-        monkeypatch.setattr(heads, "SELECT_ROWS", 300)
+        monkeypatch.setattr(heads.model, "SELECT_ROWS", 300)
     alone = [_bits(fit_heads(x, y, [s], shifts=shifts)[0]) for s in splits]
     assert [_bits(h) for h in fit_heads(x, y, splits, shifts=shifts)] == alone
     assert [_bits(h) for h in fit_heads(x, y, splits[::-1], shifts=shifts)] == alone[::-1]

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from transformers.models.clip import CLIPImageProcessorPil
 
-from pacs_embed.images import read_for_device, read_rgb
-from pacs_embed.preprocess import BatchTransform, decode
+from pacs_embed.extraction.images import read_for_device, read_rgb
+from pacs_embed.extraction.preprocess import BatchTransform, decode
 
 
 def cosines(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:

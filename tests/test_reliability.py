@@ -20,7 +20,7 @@ from pacs_embed import extract, prompt_embeddings
 from pacs_embed.cache import CacheError, read_attrs, read_images, read_prompts
 from pacs_embed.cli import main
 from pacs_embed.download import DownloadError, convert_parquet
-from pacs_embed.images import read_rgb
+from pacs_embed.extraction.images import read_rgb
 
 
 def run(*args):
@@ -304,7 +304,7 @@ def test_10_a_damaged_journal_shard_is_named_and_its_batch_redone(pacs_mini, tin
     journal.mkdir()
     meta = {k: read_attrs(tmp_path / "first.h5")[k] for k in ("model_id", "revision", "dtype", "processor_class",
                                                             "manifest_sha256", "n_images")}
-    from pacs_embed.extraction import _paths_sha256
+    from pacs_embed.extraction.plan import paths_sha256 as _paths_sha256
     todo = _paths_sha256(read_images(tmp_path / "first.h5")["path"])        # every image: there is no old cache
     (journal / "meta.json").write_text(json.dumps({**meta, "batch_size": 8, "todo_sha256": todo}))
     (journal / "batch_000000008.npz").write_bytes(b"PK\x03\x04 truncated")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from tqdm.std import tqdm   # text bars: an executed notebook keeps the finished
 from ..templates import match
 from ..cache import heads_folder
 from ..errors import ArgumentError, ArgumentTypeError, PacsEmbedError, UnknownName, add_note
+from . import executor
 from .arguments import c_grid, did_you_mean, embeddings, names, seed_list
 from .embeddings import Embeddings
 from .heads import (C_GRID, HeadBatch, HeadCache, PendingHead, resolve_solver, resolved, shared_products,
@@ -70,24 +71,11 @@ def _leave_out(e: Exception) -> str:
             if isinstance(e, PacsEmbedError) else "")
 
 
-def _distributed() -> bool:
-    """Whether the user chose a joblib backend (``joblib.parallel_config(backend="loky" | "dask" | "ray" ...)``):
-    then ``evaluate`` hands one job per source domain to it; else (no choice, or threads) it runs as threads here."""
-    try:
-        from joblib._parallel_backends import SequentialBackend, ThreadingBackend
-        from joblib.parallel import get_active_backend
-    except ImportError:
-        return False
-    backend, _ = get_active_backend(prefer="threads")
-    return not isinstance(backend, (ThreadingBackend, SequentialBackend))
-
-
-def _source_job(emb, registered, methods, seeds, text, descriptions, source, head_cache, Cs, solver) -> Results:
-    """``evaluate`` of one source domain, in whatever process or machine joblib runs it (the methods travel with
+def _source_job(request: "Request", registered: dict, head_cache) -> Results:
+    """``evaluate`` of one source domain, in whatever process or machine the executor runs it (the methods travel with
     it: a method registered in a notebook exists in the worker too)."""
     METHODS.update(registered)
-    res = evaluate(emb, methods, seeds, descriptions, text=text, sources=[source], head_cache=head_cache, Cs=Cs,
-                   solver=solver, workers=1, progress=False, _local=True)
+    res = _Evaluation(request, head_cache_for(request.emb, head_cache)).results(1, False)
     for m in res.fitted.values():   # pending heads hold this process's batch (locks): sent back as fitted heads
         for name, value in list(vars(m).items()):
             if isinstance(value, PendingHead):
@@ -95,17 +83,23 @@ def _source_job(emb, registered, methods, seeds, text, descriptions, source, hea
     return res
 
 
-def _by_source(emb, methods, seeds, text, descriptions, sources, head_cache, Cs, solver) -> Results:
-    """One joblib job per source (its seeds' heads are still fitted together), merged in source order: the same
-    table, hits and heads as the threaded path (``tests/test_scale_out.py``)."""
-    from joblib import Parallel, delayed
-    folder = head_cache.folder if isinstance(head_cache, HeadCache) else head_cache_for(emb, head_cache).folder
-    spec = str(folder) if folder else False
-    registered = {base_name(m): METHODS[base_name(m)] for m in methods}
-    parts = Parallel()(delayed(_source_job)(emb, registered, methods, seeds, text, descriptions, s, spec, Cs, solver)
-                       for s in sources)
+def evaluate_many(requests: list["Request"], head_cache=True) -> list[Results]:
+    """Each request's Results, every (request, source) one job of the executor (``executor.run``), merged in source
+    order: the same table, hits and heads as ``evaluate`` on threads (``tests/test_scale_out.py``). ``study`` hands
+    every cache's jobs over at once."""
+    jobs, folders = [], []
+    for r in requests:
+        folder = head_cache_for(r.emb, head_cache).folder
+        folders.append(folder)
+        registered = {base_name(m): METHODS[base_name(m)] for m in r.methods}
+        jobs += [(replace(r, sources=[s]), registered, str(folder) if folder else False) for s in r.sources]
+    parts = iter(executor.run(_source_job, jobs))
+    return [_merged(r, [next(parts) for _ in r.sources], folder) for r, folder in zip(requests, folders)]
+
+
+def _merged(request: "Request", parts: list[Results], folder) -> Results:
     table = pd.concat([p.table for p in parts], ignore_index=True)
-    table.attrs["domains"] = list(emb.domains)
+    table.attrs["domains"] = list(request.emb.domains)
     merged = HeadCache(folder)
     merged.fits, merged.hits = sum(p.head_cache.fits for p in parts), sum(p.head_cache.hits for p in parts)
     out = Results(table, {}, {}, {}, merged)
@@ -149,10 +143,53 @@ def head_cache_for(emb: Embeddings, head_cache) -> HeadCache:
     return HeadCache(head_cache or None)
 
 
+@dataclass(frozen=True)
+class Request:
+    """One evaluation, its arguments checked (``request``): what ``evaluate`` runs, here or one job per source."""
+    emb: Embeddings
+    methods: list
+    seeds: list
+    text: TextSide
+    descriptions: list
+    sources: list
+    Cs: tuple
+    solver: str
+
+
+def request(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, domain_prompts: dict | None = None,
+            n_nouns: int | None = None, text: TextSide | None = None, sources=None, Cs=C_GRID,
+            solver: str = "auto") -> Request:
+    """``evaluate``'s arguments checked and resolved, before any work (unknown names fail here)."""
+    emb = embeddings(emb, "evaluate")
+    methods = names(methods, "methods", "every default method") or default_methods()
+    descriptions = names(descriptions, "descriptions", "the text side's (paper by default)")
+    sources = names(sources, "sources", "every domain")
+    seeds, Cs, solver = seed_list(seeds), c_grid(Cs), resolve_solver(solver)
+    if text is None:
+        text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)
+    elif domain_prompts:
+        raise ArgumentError("give domain_prompts or a ready text side, not both")
+    text = text_for(emb, text, "evaluate")
+    descriptions = list(descriptions or text.descriptions)
+    missing = [d for d in descriptions if d not in text.descriptions]
+    if missing:
+        raise UnknownName(f"the text side has no description(s) {missing}; it has {list(text.descriptions)}")
+    for m in methods:
+        make(m)  # unknown names fail before any work
+    unknown = [s for s in (sources or []) if s not in emb.domains]
+    if unknown:
+        raise UnknownName(f"unknown source domain(s) {unknown}{did_you_mean(unknown[0], emb.domains)}; the cache's "
+                          f"domains are {emb.domains}")
+    if len(emb.domains) < 2:
+        raise ArgumentError(f"{emb.cache}: cross-domain evaluation needs at least two domains; this cache has "
+                            f"{emb.domains}")
+    return Request(emb, list(methods), seeds, text, descriptions, list(sources or emb.domains), Cs, solver)
+
+
 def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, domain_prompts: dict | None = None,
              n_nouns: int | None = None, text: TextSide | None = None, sources=None, head_cache=True,
              Cs=C_GRID, solver: str = "auto", workers: int = min(2, os.cpu_count() or 1),
-             progress: bool = True, _local: bool = False) -> Results:
+             progress: bool = True) -> Results:
     """Fit every method per (source, seed, description) and score it on every other domain.
 
     ``methods``: names in METHODS (default: every default method). ``descriptions``: strategies in
@@ -163,38 +200,13 @@ def evaluate(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, d
     ``workers`` threads fit the methods of (source, seed) jobs side by side (a method must keep its state on
     itself), then the heads they asked for (``heads.HeadBatch``: the seeds of a source that train on the same
     features are fitted together), then score them. Under ``joblib.parallel_config(backend=...)`` of processes or a
-    cluster ("loky", "dask", "ray"), each source domain is one joblib job instead, with the same results.
+    cluster ("loky", "dask", "ray"), each source domain is one job of the executor instead (``executor``), with the
+    same results.
     """
-    emb = embeddings(emb, "evaluate")
-    methods = names(methods, "methods", "every default method")
-    descriptions = names(descriptions, "descriptions", "the text side's (paper by default)")
-    sources = names(sources, "sources", "every domain")
-    seeds, Cs = seed_list(seeds), c_grid(Cs)
-    solver = resolve_solver(solver)
-    if text is None:
-        text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)
-    elif domain_prompts:
-        raise ArgumentError("give domain_prompts or a ready text side, not both")
-    text = text_for(emb, text, "evaluate")
-    descriptions = list(descriptions or text.descriptions)
-    missing = [d for d in descriptions if d not in text.descriptions]
-    if missing:
-        raise UnknownName(f"the text side has no description(s) {missing}; it has {list(text.descriptions)}")
-    methods = methods or default_methods()
-    for m in methods:
-        make(m)  # unknown names fail before any work
-    if not _local and _distributed() and len(sources or emb.domains) > 1:   # a joblib backend of the user's: one job per source
-        return _by_source(emb, methods, seeds, text, descriptions, sources or list(emb.domains), head_cache, Cs, solver)
-    unknown = [s for s in (sources or []) if s not in emb.domains]
-    if unknown:
-        raise UnknownName(f"unknown source domain(s) {unknown}{did_you_mean(unknown[0], emb.domains)}; the cache's "
-                       f"domains are {emb.domains}")
-    if len(emb.domains) < 2:
-        raise ArgumentError(f"{emb.cache}: cross-domain evaluation needs at least two domains; this cache has "
-                         f"{emb.domains}")
-    run = _Evaluation(emb, text, methods, seeds, descriptions, sources or list(emb.domains),
-                      head_cache_for(emb, head_cache), Cs, solver)
-    return run.results(workers, progress)
+    checked = request(emb, methods, seeds, descriptions, domain_prompts, n_nouns, text, sources, Cs, solver)
+    if executor.distributed() and len(checked.sources) > 1:   # a joblib backend of the user's: one job per source
+        return evaluate_many([checked], head_cache)[0]
+    return _Evaluation(checked, head_cache_for(checked.emb, head_cache)).results(workers, progress)
 
 
 class _Evaluation:
@@ -203,10 +215,12 @@ class _Evaluation:
     fitted together (``HeadBatch``), every (seed, target) scored, and the source's rows dropped — so only one
     source's transformed copies wait for their heads at a time. Keys are (source, seed, method, description)."""
 
-    def __init__(self, emb, text, methods, seeds, descriptions, sources, cache, Cs, solver):
-        self.emb, self.text, self.seeds, self.descriptions, self.sources = emb, text, seeds, descriptions, sources
-        self.cache, self.Cs, self.solver, self.domains = cache, Cs, solver, emb.domains
-        self.batch = HeadBatch(cache, Cs)   # heads are asked for by every method first, then fitted per source
+    def __init__(self, request: Request, cache: HeadCache):
+        emb, methods = request.emb, request.methods
+        self.emb, self.text, self.seeds, self.descriptions = emb, request.text, request.seeds, request.descriptions
+        self.sources, self.cache, self.Cs, self.solver = request.sources, cache, request.Cs, request.solver
+        self.domains = emb.domains
+        self.batch = HeadBatch(cache, self.Cs)   # heads are asked for by every method first, then fitted per source
         self.targets = {t: _rows(emb, t) for t in self.domains}
         self.kinds = {name: make(name) for name in methods}   # an instance per method: its seeded / uses_text
         self.source_rows = {}   # source -> its images and labels: one read-only copy, shared by its seeds

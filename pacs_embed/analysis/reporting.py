@@ -7,6 +7,7 @@ Usage::
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ..files import atomic_write
 from . import runs
 from .arguments import names, output_folder, positive, seed_list
 from .embeddings import domain_order, load
-from .evaluation import evaluate
+from .evaluation import Request, evaluate, request
 from .heads import resolve_solver
 from .similarity import paper_comparison, similarity_matrix, table1
 from .stats import gains, method_means, seeded, summary
@@ -60,7 +61,7 @@ FIGURES = tuple(f"{name}.{ext}" for name in ("table1", "accuracy_grid", "gains",
 def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_DESCRIPTIONS,
            domain_prompts: dict | None = None, methods=None, n_nouns: int | None = None, n_boot: int = 1000,
            head_cache=True, progress: bool = True, sources=None, solver: str = "auto",
-           prompts=None) -> dict[str, Path]:
+           prompts=None, evaluated=None) -> dict[str, Path]:
     """Evaluate every method on ``cache`` and write tables (CSV + Markdown) and figures (PNG + PDF).
     ``prompts``: a prompt set file (JSON, as ``extract --prompts``) that replaces the cache's for this report (default:
     the prompt set chosen at extraction, else the dataset's).
@@ -68,7 +69,9 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     heads are fitted (``evaluate``'s; "auto": on a CUDA device when present). ``out``: the folder
     of the tables (default: a new ``results/<dataset>/<cache name>/<time>/``, pointed at by ``latest``); ``figures``: of the
     figures (default: ``out/figures``). Each gets ``run.json``; another run's folder, or a file of yours that the
-    report would write, is refused before any work (``runs.claim``)."""
+    report would write, is refused before any work (``runs.claim``). ``evaluated``: the Results of
+    ``evaluate_many([evaluation_request(cache, **same arguments)])`` when they were run elsewhere (``study`` runs every
+    cache's on a cluster at once); else the report evaluates."""
     descriptions, seeds, n_boot = names(descriptions, "descriptions"), seed_list(seeds), positive(n_boot, "n_boot")
     names(methods, "methods", "every default method")   # checked before any work; evaluate uses them
     names(sources, "sources", "every domain")
@@ -83,7 +86,7 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     templates = load_templates(prompts) if prompts else None   # a bad file fails before any work
     with runs.Staging(this, [(out, TABLES), (figures, FIGURES)]) as stage:
         paths = _write(cache, stage.path(out), stage.path(figures), seeds, descriptions, domain_prompts, methods,
-                       n_nouns, n_boot, head_cache, progress, sources, solver, templates)
+                       n_nouns, n_boot, head_cache, progress, sources, solver, templates, evaluated)
         stage.publish()
         paths = {k: stage.final(p) for k, p in paths.items()}
     if fresh:
@@ -91,16 +94,36 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     return paths
 
 
+def _text(emb, descriptions, domain_prompts, n_nouns, templates):
+    """(text side, the descriptions evaluated, those left out as repeats) as the report builds them."""
+    text = text_side(emb, tuple(descriptions), domain_prompts, n_nouns, templates=templates)
+    repeats = repeated(text.descriptions)   # e.g. `ensemble` on a dataset with no ensembles: `paper` again
+    return text, [d for d in descriptions if d not in repeats], repeats
+
+
+def evaluation_request(cache, **kwargs) -> Request:
+    """The evaluation ``report(cache, **kwargs)`` runs, as a checked ``evaluation.Request`` (``study`` hands every
+    cache's to the executor at once; the report then takes the Results as ``evaluated``)."""
+    bound = inspect.signature(report).bind(cache, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    emb = load(a["cache"])
+    templates = load_templates(a["prompts"]) if a["prompts"] else None
+    text, descriptions, _ = _text(emb, names(a["descriptions"], "descriptions"), a["domain_prompts"], a["n_nouns"],
+                                  templates)
+    return request(emb, a["methods"], seed_list(a["seeds"]), descriptions, text=text, sources=a["sources"],
+                   solver=a["solver"])
+
+
 def _write(cache, out, figures, seeds, descriptions, domain_prompts, methods, n_nouns, n_boot, head_cache, progress,
-           sources, solver, templates) -> dict[str, Path]:
+           sources, solver, templates, evaluated=None) -> dict[str, Path]:
     """The report's work, its tables written to ``out`` and its figures to ``figures`` (the staged folders)."""
     emb = load(cache)
     t1 = table1(emb, domain_prompts, templates)
-    text = text_side(emb, tuple(descriptions), domain_prompts, n_nouns, templates=templates)
-    repeats = repeated(text.descriptions)   # e.g. `ensemble` on a dataset with no ensembles: `paper` again
-    descriptions = [d for d in descriptions if d not in repeats]
-    res = evaluate(emb, methods, seeds=seeds, text=text, descriptions=descriptions, head_cache=head_cache,
-                   progress=progress, sources=sources, solver=solver)
+    text, descriptions, repeats = _text(emb, descriptions, domain_prompts, n_nouns, templates)
+    res = evaluated if evaluated is not None else evaluate(
+        emb, methods, seeds=seeds, text=text, descriptions=descriptions, head_cache=head_cache, progress=progress,
+        sources=sources, solver=solver)
     summ, gain, means = summary(res.table), gains(res, n_boot=n_boot), method_means(res.table, hits=res.correct)
     # large caches (DomainNet) sweep the first seed only: each (source, seed) scores every target image once more
     step = (sweep(emb, "translate", seeds=seeds if len(emb.x) <= SWEEP_ALL_SEEDS else seeds[:1],

@@ -22,9 +22,10 @@ import pandas as pd
 from ..errors import ArgumentError
 from ..cache import Cache
 from ..files import atomic_write, component
-from . import runs
+from . import executor, runs
 from .arguments import output_folder
-from .reporting import markdown, number, report, table_env, tex
+from .evaluation import evaluate_many
+from .reporting import evaluation_request, markdown, number, report, table_env, tex
 
 COLUMNS = ("zeroshot", "none", "translate", "best")
 TITLES = {"zeroshot": "zero-shot", "none": "none", "translate": "translate (paper)", "best": "best other (selected)"}
@@ -70,9 +71,10 @@ def study(caches, out=None, figures=None, base="results", **kwargs) -> dict[str,
     runs.write(out, this)
     if fresh:
         runs.point_latest(out)
+    evaluated = _evaluated([c for c, _, _, _ in checked], kwargs)
     rows = []
-    for cache, dataset, model, folder in checked:
-        paths = report(cache, out / folder, figures / folder, **kwargs)
+    for (cache, dataset, model, folder), res in zip(checked, evaluated):
+        paths = report(cache, out / folder, figures / folder, evaluated=res, **kwargs)
         rows.append({"dataset": dataset, "model": model, **json.loads(paths["headline"].read_text())})
     table = study_table(rows)
     paths = {"study": out / "study.csv", "study_markdown": out / "study.md", "study_latex": out / "study.tex"}
@@ -85,6 +87,15 @@ def study(caches, out=None, figures=None, base="results", **kwargs) -> dict[str,
     import matplotlib.pyplot as plt
     plt.close(fig)
     return paths
+
+
+def _evaluated(caches: list[str], kwargs: dict) -> list:
+    """Under a joblib backend of processes or a cluster (``executor``): every cache's evaluation, each (cache, source)
+    one job, handed over at once; else None for each (each report evaluates on this process's threads)."""
+    if not executor.distributed():
+        return [None] * len(caches)
+    requests = [evaluation_request(c, **kwargs) for c in caches]
+    return evaluate_many(requests, kwargs.get("head_cache", True))
 
 
 EXPLAINED = (

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .errors import ArgumentError
+from ..errors import ArgumentError
 
 RESAMPLE = {2: "bilinear", 3: "bicubic"}   # PIL's codes: the two the checkpoint processors use
 
@@ -131,7 +131,7 @@ def decode(items: list[torch.Tensor], device) -> tuple[list[torch.Tensor | None]
 def _decode_jpegs(data: list[torch.Tensor], device) -> list:
     """JPEG bytes -> uint8 RGB images on ``device``: torchvision's batched decoder (nvJPEG on CUDA) where it imports,
     one by one where the batch fails, PIL last; a string (the reason) for a file nothing decodes."""
-    from .models import has_torchvision
+    from ..models import has_torchvision
     if has_torchvision():
         from torchvision.io import ImageReadMode, decode_jpeg
         try:

@@ -31,7 +31,7 @@ class Ranks:
         return self.rank == 0
 
     def device(self, requested: str | None) -> torch.device:
-        from .models import choose_device
+        from ..models import choose_device
         dev = choose_device(requested)
         if self.world > 1 and dev.type == "cuda":
             return torch.device("cuda", self.local_rank)  # one GPU per process, as torchrun numbers them

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from .errors import ArgumentError
+from ..errors import ArgumentError
 
 
 class ImageFiles(torch.utils.data.Dataset):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArgumentError
-from .files import atomic_write
+from ..errors import ArgumentError
+from ..files import atomic_write
 
 
 class Journal:
