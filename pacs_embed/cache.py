@@ -1,6 +1,7 @@
 """The embedding cache as an object: opened and checked once, then asked for what it holds.
 
-A cache is one HDF5 file (``hdf5``: the layout, the writer, the validating reader) plus the prompts added after
+A cache is one store (``storage``: an HDF5 file — ``hdf5``: the layout, the writer, the validating reader — or
+tables in memory) plus the prompts added after
 extraction in an append-only log beside it (``prompt_log``: ``<cache>.prompts``). ``Cache.open`` checks the
 file once and holds its attributes and names; the image index and the prompt table are read once, when first
 used; image vectors are read through the same open handle. Prompts the cache lacks are encoded by an encoder
@@ -28,14 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArgumentError, ArgumentTypeError
-from . import hdf5
+from . import storage
 from .datasets import Changes, Record, compare, scan
 from .errors import CacheError, PacsEmbedError  # noqa: F401  (CacheError: the cache's errors, importable from here)
 from .files import NO_SPACE, LockBusy, component
 from .files import locked as _locked
 from .prompt_log import PromptLog, log_path
 
-FORMAT_VERSION = hdf5.FORMAT_VERSION
 NOT_RECORDED = "not recorded"           # what a descriptive attribute a cache lacks reads
 DESCRIPTIVE = ("processor_class", "device", "dtype", "batch_size", "created", "dataset_root", "torch_version",
                "transformers_version")
@@ -121,20 +121,15 @@ def model_mismatch(attrs, model_id: str, revision: str, tokenizer: str | None = 
     return ""
 
 
-def _identity(path: Path):
-    s = path.stat()
-    return s.st_ino, s.st_dev, s.st_size, s.st_mtime_ns
-
-
 class Cache(os.PathLike):
-    """An embedding cache, opened and checked once (``Cache.open``). It stands for its path where one is
-    expected (``Path(cache)``, ``open(cache)``, f-strings)."""
+    """An embedding cache, opened and checked once (``Cache.open``): a path, or a ``storage.Store`` (e.g. a
+    ``MemoryStore``). It stands for its path where one is expected (``Path(cache)``, ``open(cache)``, f-strings)."""
 
-    def __init__(self, path):
-        self.path = Path(path)
-        self._file = hdf5.HDF5File(self.path)
+    def __init__(self, source):
+        self._file = storage.open_store(source)
+        self.path = Path(self._file.path)
         try:
-            self._identity = _identity(self.path)
+            self._identity = self._file.identity()
             attrs = dict(self._file.attrs)
             attrs.setdefault("embed_dim", int(self._file.shape[1]))
             self.attrs = {**dict.fromkeys(DESCRIPTIVE, NOT_RECORDED), **attrs}
@@ -150,8 +145,8 @@ class Cache(os.PathLike):
 
     @classmethod
     def open(cls, path) -> "Cache":
-        """The cache at ``path`` (a Cache is returned as it is); a missing, damaged or foreign file is a CacheError
-        naming it and what is wrong."""
+        """The cache at ``path`` or over a ``storage.Store`` (a Cache is returned as it is); a missing, damaged or
+        foreign file is a CacheError naming it and what is wrong."""
         return path if isinstance(path, Cache) else cls(path)
 
     def __fspath__(self) -> str:
@@ -163,17 +158,17 @@ class Cache(os.PathLike):
     def __repr__(self) -> str:
         return f"Cache({str(self.path)!r})"
 
-    def __reduce__(self):   # pickles as its path; unpickled, it is opened (and checked) again
-        return Cache.open, (str(self.path),)
+    def __reduce__(self):   # pickles as its path (a store in memory: itself); unpickled, opened (and checked) again
+        return Cache.open, (self._file.reference(),)
 
     def close(self) -> None:
         """Close the file handle (reads that need it later open it again, after checking the file was not replaced)."""
         with self._lock:
             self._file.close()
 
-    def _h(self) -> hdf5.HDF5File:
-        """The open file, reopened if it was closed — refused if the file at the path is no longer this one."""
-        if not self._file.f:
+    def _h(self) -> storage.Store:
+        """The open store, reopened if it was closed — refused if the file at the path is no longer this one."""
+        if not self._file.is_open:
             self.check_current("read it")
             self._file.reopen()
         return self._file
@@ -187,7 +182,7 @@ class Cache(os.PathLike):
     def replaced(self) -> bool:
         """Whether the file at the path is no longer the one opened (re-extracted, or copied over)."""
         try:
-            return _identity(self.path) != self._identity
+            return self._file.identity() != self._identity
         except FileNotFoundError:
             return True
 
@@ -252,7 +247,7 @@ class Cache(os.PathLike):
         table = self._prompts
         for t, v in zip(texts, vectors):
             if t in table and not np.array_equal(table[t], v):
-                fix = (hdf5.REBUILD if where == "/prompts" else
+                fix = (storage.REBUILD if where == "/prompts" else
                        f"`pacs-embed prompts {self.path} --repair` sets the log's contradicting records aside (or "
                        f"`pacs-embed extract --force` rebuilds the cache)")
                 raise CacheError(f"{str(self.path)!r} is damaged or inconsistent: {where} holds the prompt {t!r} twice, "
@@ -306,7 +301,7 @@ class Cache(os.PathLike):
             templates = json.loads(text)
         except ValueError:
             raise CacheError(f"{str(self.path)!r} is damaged or inconsistent: its prompt_templates attribute is not "
-                             f"JSON. {hdf5.REBUILD}.") from None
+                             f"JSON. {storage.REBUILD}.") from None
         return templates if isinstance(templates, dict) else None
 
     def templates(self) -> dict | None:
@@ -475,9 +470,9 @@ def _shown(prompts) -> str:
 
 
 def write(path, *args, **kwargs) -> None:
-    """A new cache file (``hdf5.write``: atomic); prompts logged for the file it replaces are folded in by the caller
-    (extraction carries them), so the log goes."""
-    hdf5.write(path, *args, **kwargs)
+    """A new cache file (``storage.write``: atomic); prompts logged for the file it replaces are folded in by the
+    caller (extraction carries them), so the log goes."""
+    storage.write(path, *args, **kwargs)
     PromptLog(log_path(path)).remove()
 
 

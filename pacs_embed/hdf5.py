@@ -1,4 +1,5 @@
-"""The HDF5 format of the cache: its layout, the one writer and the one validating reader (the only h5py importer).
+"""The HDF5 format of the cache (a ``storage`` format): its layout, its writer and its validating reader (the only h5py
+importer).
 
 Layout (format version 1; all vectors are raw projected CLIP embeddings, float32, *not* L2-normalised)::
 
@@ -25,8 +26,8 @@ are refused.
 
 Usage::
 
-    write(path, attrs, domains, classes, records, embeddings, ok, failures, prompts, prompt_vectors)
-    f = HDF5File(path)          # opened and checked once
+    write(path, attrs, domains, classes, records, embeddings, ok, failures, prompts, prompt_vectors)  # storage.write
+    f = open_file(path)         # opened and checked once: a storage.Store
     f.attrs, f.index(), f.embedding(rows)
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import ArgumentError, CacheError
+from .errors import CacheError
 from .files import atomic_write
 
 FORMAT_VERSION = 1
@@ -58,19 +59,10 @@ REBUILD = "Re-run `pacs-embed extract --force` to rebuild it"
 def write(path, attrs: dict, domains, classes, records, embeddings: np.ndarray, ok: np.ndarray,
           failures: list[tuple[str, str]], prompts: list[str], prompt_embeddings: np.ndarray) -> None:
     """Write a complete cache to ``<path>.partial``, then rename it to ``path`` (atomic). It is built in memory and
-    written with plain file I/O: a full disk is a clean error, not a crash of HDF5's writer."""
+    written with plain file I/O: a full disk is a clean error, not a crash of HDF5's writer. Called through
+    ``storage.write``, which checks the tables first."""
     path = Path(path)
     embeddings, prompt_embeddings = np.asarray(embeddings), np.asarray(prompt_embeddings)
-    n = len(records)
-    if embeddings.ndim != 2 or len(embeddings) != n or len(ok) != n:
-        raise ArgumentError(f"{str(path)!r}: {n} records need an (n, D) embedding matrix and n ok flags; got "
-                         f"{embeddings.shape} and {len(ok)}")
-    if prompt_embeddings.shape != (len(prompts), embeddings.shape[1]):
-        raise ArgumentError(f"{str(path)!r}: {len(prompts)} prompts need a ({len(prompts)}, {embeddings.shape[1]}) "
-                         f"matrix of vectors (the images' dimension); got {prompt_embeddings.shape}")
-    if any(not 0 <= r.domain < len(domains) or not 0 <= r.label < len(classes) for r in records):
-        raise ArgumentError(f"{str(path)!r}: a record's domain or label index is outside the {len(domains)} domains "
-                         f"and {len(classes)} classes")
     buffer = io.BytesIO()
     # the newest object-header format: HDF5 checksums the file's metadata itself (headers, attributes, indices)
     with h5py.File(buffer, "w", libver="latest") as f:
@@ -192,6 +184,19 @@ class HDF5File:
     def reopen(self) -> None:
         if not self.f:
             self.f = _open(self.path)
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.f)
+
+    def identity(self) -> tuple:
+        """The file's inode, device, size and modification time: another file at the path (re-extracted, copied over)
+        has another (FileNotFoundError: none is there)."""
+        s = self.path.stat()
+        return s.st_ino, s.st_dev, s.st_size, s.st_mtime_ns
+
+    def reference(self) -> str:
+        return str(self.path)
 
     @property
     @_guarded
@@ -316,6 +321,11 @@ class HDF5File:
     @_guarded
     def _rows(self, start: int, count: int) -> np.ndarray:
         return self.f["images/embedding"][start:start + count]
+
+
+def open_file(path) -> HDF5File:
+    """The cache file at ``path``, opened and checked once (``storage.open_store``)."""
+    return HDF5File(path)
 
 
 def _open(path: Path):

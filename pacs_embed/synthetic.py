@@ -8,6 +8,7 @@ Usage::
 
     make_cache("data/bench/DomainNet.h5", "DomainNet")                   # 586,575 x 512
     make_cache("tiny.h5", "OfficeHome", scale=0.01, prompts="report")     # 1% of the images, every prompt cached
+    emb = pa.load(make_store("mem.h5", "PACS", scale=0.01, dim=16))        # the same, in memory: no file
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import Record
-from .hdf5 import write
+from .storage import MemoryStore, write
 from .templates import default_prompts, registry
 
 MODEL = "synthetic/random"
@@ -29,6 +30,19 @@ def make_cache(path, dataset: str, scale: float = 1.0, dim: int = 512, seed: int
     """Write a cache of ``dataset`` (a registry name) with ``scale`` x its published image count per domain (at least
     one image per class). ``prompts``: "default" (what extraction encodes), "report" (also every prompt of a
     report with ``descriptions``), or "none"."""
+    write(path, *_tables(dataset, scale, dim, seed, prompts, signal, descriptions, block))
+    return Path(path)
+
+
+def make_store(name, dataset: str, scale: float = 1.0, dim: int = 512, seed: int = 0, prompts: str = "default",
+               signal: float = 0.9, descriptions=("paper", "ensemble", "nouns")) -> MemoryStore:
+    """``make_cache``'s cache held in memory (``storage.MemoryStore``; ``pa.load(store)`` reads it): no file is
+    written. ``name``: the path it goes by (a prompt log or head cache would sit beside it)."""
+    return MemoryStore(name, *_tables(dataset, scale, dim, seed, prompts, signal, descriptions, 1 << 16))
+
+
+def _tables(dataset, scale, dim, seed, prompts, signal, descriptions, block) -> tuple:
+    """(attrs, domains, classes, records, vectors, ok, failures, prompts, prompt vectors) of a synthetic cache."""
     entry = registry()[dataset]
     rng = np.random.default_rng(seed)
     domains, classes = list(entry.domains), list(entry.classes)
@@ -60,5 +74,4 @@ def make_cache(path, dataset: str, scale: float = 1.0, dim: int = 512, seed: int
     attrs = {"model_id": MODEL, "revision": f"seed-{seed}", "dtype": "float32", "device": "none",
              "dataset_name": dataset, "dataset_root": "not recorded", "n_failed": 0,
              "created": "synthetic", "processor": "none", "processor_class": "none"}
-    write(path, attrs, domains, classes, records, x, np.ones(n, bool), [], texts, tv)
-    return Path(path)
+    return attrs, domains, classes, records, x, np.ones(n, bool), [], texts, tv

@@ -4,7 +4,7 @@ import re
 import pytest
 
 from pacs_embed.cache import Cache
-from pacs_embed.synthetic import make_cache
+from pacs_embed.synthetic import make_store
 from pacs_embed.templates import (class_prompts, default_prompts, domain_prompt, legacy_templates, match, readable,
                                   registry, templates_for)
 
@@ -59,8 +59,8 @@ def test_the_class_free_nouns_of_the_old_pacs_list_are_kept_for_pacs():
 def test_a_cache_is_matched_to_its_entry_and_info_says_how_many_images_it_holds(tmp_path, name):
     e = registry()[name]
     assert match(list(e.domains), e.classes) is e
-    path = make_cache(tmp_path / f"{name}.h5", name, scale=0.002, dim=8, prompts="none")
-    with Cache.open(path) as cache:
+    store = make_store(tmp_path / f"{name}.h5", name, scale=0.002, dim=8, prompts="none")   # in memory: no file
+    with Cache.open(store) as cache:
         line = cache.dataset()
     assert line.startswith(f"{name}: ") and f"of {e.n_images:,} images" in line
 
@@ -83,15 +83,15 @@ def test_a_registered_datasets_cache_with_the_former_default_prompts_and_no_mode
     import numpy as np
     from pacs_embed import analysis as pa
     from pacs_embed.datasets import Record
-    from pacs_embed.hdf5 import write
-    made = make_cache(tmp_path / "new.h5", "OfficeHome", scale=0.005, dim=8, prompts="none")
+    from pacs_embed.storage import MemoryStore
+    made = make_store(tmp_path / "new.h5", "OfficeHome", scale=0.005, dim=8, prompts="none")
     with Cache.open(made) as c:
         ix, x, attrs, domains, classes = c.index, c.image_vectors(), dict(c.attrs), c.domains, c.classes
     texts = default_prompts(domains, classes, legacy_templates())   # what caches made before the registry hold
     records = [Record(p, int(d), int(k), 0, 0, h) for p, d, k, h in zip(ix["path"], ix["domain"], ix["label"], ix["sha256"])]
-    write(tmp_path / "old.h5", attrs, domains, classes, records, x, ix["ok"], [], texts,
-          np.random.default_rng(0).standard_normal((len(texts), 8)).astype(np.float32))
-    emb = pa.load(tmp_path / "old.h5")
+    old = MemoryStore(tmp_path / "old.h5", attrs, domains, classes, records, x, ix["ok"], [], texts,
+                      np.random.default_rng(0).standard_normal((len(texts), 8)).astype(np.float32))
+    emb = pa.load(old)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         rows = pa.table1(emb)["reproduced"].index.tolist()
