@@ -319,6 +319,23 @@ class Cache(os.PathLike):
         """(len(prompts), D) float32 raw vectors in order. Missing prompts are encoded by ``encoder`` (prompts ->
         vectors, with a ``model`` dict saying which text tower it runs) and appended to the log; without one they
         are a CacheError naming them."""
+        prompts = self._checked_prompts(prompts)
+        if not prompts:
+            return np.zeros((0, self.dim), np.float32)
+        self.check_current("encode or read prompts")
+        have = self._refresh()
+        missing = [p for p in dict.fromkeys(prompts) if p not in have]
+        if missing:
+            have = self._encode(missing, encoder)
+        out = np.stack([have[p] for p in prompts]).astype(np.float32)
+        if bad := [p for p, good in zip(prompts, usable(out)) if not good]:
+            raise CacheError(f"{str(self.path)!r}: the vector of prompt(s) {', '.join(map(repr, bad[:3]))} is not finite "
+                             f"(NaN or inf) or all zeros; no analysis can use it. Re-extract into a new cache to encode "
+                             f"them again.")
+        return out
+
+    def _checked_prompts(self, prompts) -> list[str]:
+        """``prompts`` as a list of non-empty UTF-8 strings, or an error saying what is wrong."""
         if isinstance(prompts, (str, bytes)):
             raise ArgumentTypeError(f"prompts must be a list of strings, not one string ({prompts!r}); write [{prompts!r}]")
         prompts = list(prompts)
@@ -330,38 +347,32 @@ class Cache(os.PathLike):
             except UnicodeEncodeError:   # e.g. bytes of another encoding on the command line (surrogate escapes)
                 shown = p.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 raise ArgumentError(f"the prompt {shown!r} (for {self.path}) is not valid UTF-8 text; write it in "
-                                 f"UTF-8") from None
-        if not prompts:
-            return np.zeros((0, self.dim), np.float32)
-        self.check_current("encode or read prompts")
-        have = self._refresh()
-        missing = [p for p in dict.fromkeys(prompts) if p not in have]
-        if missing:
-            if encoder is None:
-                raise CacheError(f"{str(self.path)!r} does not hold {len(missing)} prompt(s) asked for "
-                                 f"({_shown(missing)}), and no text encoder was given to encode them")
-            vectors = np.asarray(encoder(missing), np.float32)
-            if bad := [p for p, good in zip(missing, usable(vectors)) if not good]:   # never stored: tried again next time
-                raise CacheError(f"the text tower returned a non-finite or zero vector for prompt(s) "
-                                 f"{', '.join(map(repr, bad[:3]))}; nothing was added to {str(self.path)!r}")
-            try:
-                self.append_prompts(missing, vectors, encoder.model)
-                have = self._refresh()
-            except OSError as e:   # a read-only folder, a full disk: the analysis goes on, the prompts are not kept
-                why = f"no space left: {e.strerror}" if e.errno in NO_SPACE else str(e)
-                warnings.warn(f"cannot save {len(missing)} new prompt(s) beside {str(self.path)!r} ({why}); they are used "
-                              f"in this process only and encoded again next time. Copy the cache (with its "
-                              f"{self._log.path.name} file) to a writable folder to keep them.", stacklevel=2)
-                have = self._refresh()
-                with self._lock:
-                    have.update(zip(missing, vectors))   # the table itself: later reads find them too
-                    self.unsaved.update(missing)
-        out = np.stack([have[p] for p in prompts]).astype(np.float32)
-        if bad := [p for p, good in zip(prompts, usable(out)) if not good]:
-            raise CacheError(f"{str(self.path)!r}: the vector of prompt(s) {', '.join(map(repr, bad[:3]))} is not finite "
-                             f"(NaN or inf) or all zeros; no analysis can use it. Re-extract into a new cache to encode "
-                             f"them again.")
-        return out
+                                    f"UTF-8") from None
+        return prompts
+
+    def _encode(self, missing: list[str], encoder) -> dict[str, np.ndarray]:
+        """``missing`` encoded by ``encoder`` and added to the log (or, where it cannot be written, to this process's
+        table, with a warning); the prompt table after."""
+        if encoder is None:
+            raise CacheError(f"{str(self.path)!r} does not hold {len(missing)} prompt(s) asked for "
+                             f"({_shown(missing)}), and no text encoder was given to encode them")
+        vectors = np.asarray(encoder(missing), np.float32)
+        if bad := [p for p, good in zip(missing, usable(vectors)) if not good]:   # never stored: tried again next time
+            raise CacheError(f"the text tower returned a non-finite or zero vector for prompt(s) "
+                             f"{', '.join(map(repr, bad[:3]))}; nothing was added to {str(self.path)!r}")
+        try:
+            self.append_prompts(missing, vectors, encoder.model)
+            return self._refresh()
+        except OSError as e:   # a read-only folder, a full disk: the analysis goes on, the prompts are not kept
+            why = f"no space left: {e.strerror}" if e.errno in NO_SPACE else str(e)
+            warnings.warn(f"cannot save {len(missing)} new prompt(s) beside {str(self.path)!r} ({why}); they are used "
+                          f"in this process only and encoded again next time. Copy the cache (with its "
+                          f"{self._log.path.name} file) to a writable folder to keep them.", stacklevel=3)
+            have = self._refresh()
+            with self._lock:
+                have.update(zip(missing, vectors))   # the table itself: later reads find them too
+                self.unsaved.update(missing)
+            return have
 
     def append_prompts(self, texts, vectors: np.ndarray, model: dict, templates: dict | None = None) -> int:
         """Add prompt vectors to the log (those not held yet; returns how many); refuses vectors from another model,
@@ -392,7 +403,7 @@ class Cache(os.PathLike):
 
     def dataset_name(self) -> str:
         """The dataset's name: its registry entry's, else the one recorded at extraction, else the cache folder's."""
-        from .templates import match
+        from .registry import match
         entry = match(self.domains, self.classes)
         if entry is not None:
             return entry.name
@@ -402,7 +413,7 @@ class Cache(os.PathLike):
     def dataset_label(self) -> str:
         """The dataset's name as a table should print it: a registered dataset's subset says so
         ('PACS (224 of 9,991 images)'), so that a pasted table never claims the full dataset."""
-        from .templates import match
+        from .registry import match
         entry, name = match(self.domains, self.classes), self.dataset_name()
         if entry is not None and self.n_images < entry.n_images:
             return f"{name} ({self.n_images:,} of {entry.n_images:,} images)"
@@ -424,7 +435,7 @@ class Cache(os.PathLike):
     def dataset(self) -> str:
         """Which registered dataset this is, and how many of its images the cache holds ('OfficeHome: 15,588 of
         15,588 images'), or that the registry does not know it."""
-        from .templates import match
+        from .registry import match
         entry = match(self.domains, self.classes)
         if entry is None:
             return ("a dataset the registry does not know (generic prompts: 'a {domain}', 'a photo of a {class}'); "
@@ -502,13 +513,3 @@ def read_images(path) -> dict:
 def read_prompts(path) -> dict[str, np.ndarray]:
     with _once(path) as c:
         return c.prompts
-
-
-def read_failures(path) -> list[tuple[str, str]]:
-    with _once(path) as c:
-        return c.failures()
-
-
-def check_dataset(path, root=None) -> Changes:
-    with _once(path) as c:
-        return c.changes(root)

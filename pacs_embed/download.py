@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from .files import atomic_write
-from .templates import registry
+from .registry import registry
 from .errors import PacsEmbedError
 
 PACS_REPO = "flwrlabs/pacs"

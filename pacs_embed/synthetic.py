@@ -19,7 +19,8 @@ import numpy as np
 
 from .datasets import Record
 from .storage import MemoryStore, write
-from .templates import default_prompts, registry
+from .templates import default_prompts
+from .registry import registry
 
 MODEL = "synthetic/random"
 

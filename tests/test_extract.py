@@ -18,7 +18,7 @@ from transformers import AutoImageProcessor, CLIPModel
 
 from conftest import resign
 from pacs_embed import extract
-from pacs_embed.cache import CacheError, check_dataset, read_attrs, read_failures, read_images, read_prompts
+from pacs_embed.cache import Cache, CacheError, read_attrs, read_images, read_prompts
 from pacs_embed.cli import main
 from pacs_embed.extraction import ExtractionError
 from pacs_embed.templates import default_prompts
@@ -102,7 +102,7 @@ def test_changed_dataset_files_are_reported_exactly(small_dataset, tiny_clip, tm
     photo_dog[0].unlink()
     shutil.copy(small_dataset / "cartoon/dog" / sorted(os.listdir(small_dataset / "cartoon/dog"))[0], photo_dog[1])
     shutil.copy(photo_dog[1], small_dataset / "photo" / "dog" / "new.jpg")
-    changes = check_dataset(out)
+    changes = Cache.open(out).changes()
     rel = lambda p: p.relative_to(small_dataset).as_posix()  # noqa: E731
     assert changes.added == ["photo/dog/new.jpg"]
     assert changes.removed == [rel(photo_dog[0])]
@@ -110,7 +110,7 @@ def test_changed_dataset_files_are_reported_exactly(small_dataset, tiny_clip, tm
     s = extract(small_dataset, str(tiny_clip), out, dtype="float32", progress=False)
     printed = capsys.readouterr().out
     assert "1 added" in printed and "photo/dog/new.jpg" in printed and rel(photo_dog[0]) in printed
-    assert not s.up_to_date and not check_dataset(out)
+    assert not s.up_to_date and not Cache.open(out).changes()
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_unreadable_images_are_recorded_not_fatal(broken_dataset, tiny_clip, tmp
     failed = {p for p, ok in zip(arrays["path"], arrays["ok"]) if not ok}
     assert failed == set(bad)
     assert np.isnan(arrays["embedding"][~arrays["ok"]]).all() and np.isfinite(arrays["embedding"][arrays["ok"]]).all()
-    reasons = dict(read_failures(tmp_path / "c.h5"))
+    reasons = dict(Cache.open(tmp_path / "c.h5").failures())
     assert sorted(reasons) == bad and all(reasons.values())
 
 

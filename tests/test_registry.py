@@ -5,8 +5,8 @@ import pytest
 
 from pacs_embed.cache import Cache
 from pacs_embed.synthetic import make_store
-from pacs_embed.templates import (class_prompts, default_prompts, domain_prompt, legacy_templates, match, readable,
-                                  registry, templates_for)
+from pacs_embed.registry import match, registry
+from pacs_embed.templates import class_prompts, default_prompts, domain_prompt, legacy_templates, readable, templates_for
 
 # DomainBed (Gulrajani & Lopez-Paz, ICLR 2021): images per dataset, and classes
 PUBLISHED = {"PACS": (9_991, 7, 4), "VLCS": (10_729, 5, 4), "OfficeHome": (15_588, 65, 4),
@@ -101,7 +101,8 @@ def test_a_registered_datasets_cache_with_the_former_default_prompts_and_no_mode
 
 @pytest.mark.parametrize("real_world", ["Real World", "Real_World", "RealWorld", "real_world"])
 def test_a_dataset_s_common_folder_spellings_are_recognised_and_spoken_back_in_the_cache_s_own(real_world):
-    from pacs_embed.templates import domain_prompt, match, templates_for
+    from pacs_embed.templates import domain_prompt, templates_for
+    from pacs_embed.registry import match
     domains = ["Art", "Clipart", "Product", real_world]
     classes = ["Alarm_Clock", "Backpack"] if real_world != "real_world" else ["alarm_clock", "backpack"]
     entry = match(domains, classes)

@@ -11,7 +11,8 @@ Usage::
     pa.method_means(res.table)
 """
 from ..cache import Cache
-from ..templates import load_templates, match, registry, templates_for
+from ..templates import load_templates, templates_for
+from ..registry import match, registry
 from ..text_encoder import prompt_embeddings, provenance
 from .embeddings import Embeddings, dataset_status, l2_normalize, load
 from .evaluation import Results, evaluate

@@ -2,9 +2,9 @@
 
 Usage::
 
-    methods = names(methods, "methods")      # "translate" -> ["translate"]; None stays None
-    seeds = seed_list(seeds)                 # range(5) or 5 -> [0, 1, 2, 3, 4]
-    emb = embeddings(emb, "evaluate")        # a path instead of pa.load(path) -> error saying so
+    methods = check_names(methods, "methods")      # "translate" -> ["translate"]; None stays None
+    seeds = check_seeds(seeds)                 # range(5) or 5 -> [0, 1, 2, 3, 4]
+    emb = check_embeddings(emb, "evaluate")        # a path instead of pa.load(path) -> error saying so
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def did_you_mean(name: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def names(value, what: str, default: str | None = None) -> list[str] | None:
+def check_names(value, what: str, default: str | None = None) -> list[str] | None:
     """A list of names: one string is one name; None stays None. With ``default`` (what None means), an empty
     list is an error: it would otherwise quietly mean the default."""
     if value is None:
@@ -45,7 +45,7 @@ def names(value, what: str, default: str | None = None) -> list[str] | None:
     return items
 
 
-def seed_list(seeds) -> list[int]:
+def check_seeds(seeds) -> list[int]:
     """The seeds themselves (each a new 80/20 split of the source), at least one, none repeated."""
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):   # a count, as --seeds 5 is
         if seeds < 1:
@@ -61,7 +61,7 @@ def seed_list(seeds) -> list[int]:
     return [int(s) for s in seeds]
 
 
-def c_grid(Cs) -> tuple[float, ...]:
+def check_c_grid(Cs) -> tuple[float, ...]:
     """The inverse regularisation strengths to choose from: at least one, each > 0."""
     Cs = tuple(float(c) for c in np.atleast_1d(np.asarray(Cs, dtype=float)))
     if not Cs or not all(np.isfinite(c) and c > 0 for c in Cs):
@@ -69,14 +69,14 @@ def c_grid(Cs) -> tuple[float, ...]:
     return Cs
 
 
-def noun_count(n_nouns) -> int | None:
+def check_noun_count(n_nouns) -> int | None:
     """How many generic nouns the 'nouns' descriptions average over: None (all of them) or at least 1."""
     if n_nouns is not None and (not isinstance(n_nouns, (int, np.integer)) or n_nouns < 1):
         raise ArgumentError(f"n_nouns must be a positive number of nouns or None (all of them), not {n_nouns!r}")
     return n_nouns
 
 
-def prompt_dict(domain_prompts) -> dict:
+def check_prompt_dict(domain_prompts) -> dict:
     """{domain: prompt or [prompts]}; None is no change."""
     if domain_prompts is None:
         return {}
@@ -86,14 +86,14 @@ def prompt_dict(domain_prompts) -> dict:
     return dict(domain_prompts)
 
 
-def positive(n, what: str) -> int:
+def check_positive(n, what: str) -> int:
     """A count that must be at least 1 (bootstrap resamples, ...)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ArgumentError(f"{what} must be a whole number, 1 or more, not {n!r}")
     return int(n)
 
 
-def output_folder(path, what: str):
+def check_output_folder(path, what: str):
     """``path`` as a Path, refused when it is an existing file (a folder is made for it when missing)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -101,7 +101,7 @@ def output_folder(path, what: str):
     return path
 
 
-def embeddings(emb, what: str) -> Embeddings:
+def check_embeddings(emb, what: str) -> Embeddings:
     """The loaded embeddings ``what`` takes first; a cache path (or anything else) is an error saying to load it."""
     if not isinstance(emb, Embeddings):
         fix = f"emb = pa.load({str(emb)!r})" if isinstance(emb, (str, Path)) else "emb = pa.load(cache)"
@@ -110,17 +110,17 @@ def embeddings(emb, what: str) -> Embeddings:
     return emb
 
 
-def cache_of(emb, what: str) -> Path:
+def check_cache_path(emb, what: str) -> Path:
     """The cache file loaded embeddings came from (prompt vectors are read from it); embeddings built in memory
     have none: an error saying to give the text side as vectors."""
-    if embeddings(emb, what).cache is None:
+    if check_embeddings(emb, what).cache is None:
         raise ArgumentError(f"{what}: these embeddings were built in memory, with no cache to read prompt vectors from; "
                          f"give the text side as vectors (text = pa.TextSide.from_vectors(...), then evaluate(emb, "
                          f"text=text))")
     return emb.cache
 
 
-def results_table(table, what: str) -> pd.DataFrame:
+def check_results_table(table, what: str) -> pd.DataFrame:
     """A results table (``res.table``, or results.csv read back); the Results object or another table is an error."""
     if hasattr(table, "correct") and isinstance(getattr(table, "table", None), pd.DataFrame):
         raise ArgumentTypeError(f"{what} takes the results table, res.table, not the Results of evaluate: {what}(res.table)")
@@ -131,7 +131,7 @@ def results_table(table, what: str) -> pd.DataFrame:
     return table
 
 
-def results(res, what: str):
+def check_results(res, what: str):
     """The Results of ``evaluate`` (its per-image hits); a table is an error saying what to pass."""
     if not hasattr(res, "correct"):
         raise ArgumentTypeError(f"{what} takes the Results of evaluate (res = pa.evaluate(emb, ...); it needs the per-image "

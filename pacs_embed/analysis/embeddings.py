@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ArgumentError, ArgumentTypeError, UnknownName
 from ..cache import NOT_RECORDED, Cache, CacheError
-from ..templates import match
+from ..registry import match
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -74,7 +74,7 @@ class Embeddings:
 
 
 def domain_order(domains, classes=None) -> list[str]:
-    """The one order every table and figure uses: the dataset's display order (``templates.match``: the paper's
+    """The one order every table and figure uses: the dataset's display order (``registry.match``: the paper's
     for PACS) when its domains are all of one registered dataset's, else the cache's order."""
     domains = list(domains)
     entry = match(domains, classes) if classes is not None else _by_domains(domains)
@@ -83,7 +83,7 @@ def domain_order(domains, classes=None) -> list[str]:
 
 def _by_domains(domains):
     """The registered dataset that has exactly these domains (results tables do not carry the classes)."""
-    from ..templates import registry
+    from ..registry import registry
     return next((e for e in registry().values() if set(e.domains) == set(domains)), None)
 
 

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 from tqdm.std import tqdm   # text bars: an executed notebook keeps the finished bar, not a frozen widget
 
-from ..templates import match
+from ..registry import match
 from ..cache import heads_folder
 from ..errors import ArgumentError, ArgumentTypeError, PacsEmbedError, UnknownName, add_note
 from . import executor
-from .arguments import c_grid, did_you_mean, embeddings, names, seed_list
+from .arguments import check_c_grid, check_embeddings, check_names, check_seeds, did_you_mean
 from .embeddings import Embeddings
 from .heads import (C_GRID, HeadBatch, HeadCache, PendingHead, resolve_solver, resolved, shared_products,
                     single_threaded_blas, split)
@@ -160,11 +160,11 @@ def request(emb: Embeddings, methods=None, seeds=range(5), descriptions=None, do
             n_nouns: int | None = None, text: TextSide | None = None, sources=None, Cs=C_GRID,
             solver: str = "auto") -> Request:
     """``evaluate``'s arguments checked and resolved, before any work (unknown names fail here)."""
-    emb = embeddings(emb, "evaluate")
-    methods = names(methods, "methods", "every default method") or default_methods()
-    descriptions = names(descriptions, "descriptions", "the text side's (paper by default)")
-    sources = names(sources, "sources", "every domain")
-    seeds, Cs, solver = seed_list(seeds), c_grid(Cs), resolve_solver(solver)
+    emb = check_embeddings(emb, "evaluate")
+    methods = check_names(methods, "methods", "every default method") or default_methods()
+    descriptions = check_names(descriptions, "descriptions", "the text side's (paper by default)")
+    sources = check_names(sources, "sources", "every domain")
+    seeds, Cs, solver = check_seeds(seeds), check_c_grid(Cs), resolve_solver(solver)
     if text is None:
         text = text_side(emb, tuple(descriptions or ("paper",)), domain_prompts, n_nouns)
     elif domain_prompts:

@@ -258,6 +258,11 @@ def parse(spec: str) -> tuple[str, dict]:
     return name, params
 
 
+def seeded(method: str) -> bool:
+    """Whether a method's results depend on the source split (``in_domain`` and unknown names: yes)."""
+    return METHODS[base_name(method)]().seeded if base_name(method) in METHODS else True
+
+
 def base_name(spec: str) -> str:
     """The registered name of a method spec (``"interpolate:weight=0.25"`` -> ``"interpolate"``)."""
     return str(spec).partition(":")[0]

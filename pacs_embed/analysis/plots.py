@@ -19,9 +19,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .arguments import embeddings, results_table
+from .arguments import check_embeddings, check_results_table
 from .embeddings import Embeddings, domain_order, group_means, table_domains
-from .stats import seeded
+from .methods import seeded
 from .text import NO_DESCRIPTION, TextSide
 from ..errors import ArgumentError, ArgumentTypeError
 
@@ -106,7 +106,7 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None,
     in-domain accuracy (the plain head on the source hold-out) is written beside its name. A method that does not
     depend on the source (zero-shot) scores every target the same from every source: one row. ``chance`` (1/K) is
     marked on the colour bar."""
-    table = results_table(table, "accuracy_grid")
+    table = check_results_table(table, "accuracy_grid")
     t = _under(table, description, "accuracy_grid")
     absent = [m for m in methods or [] if m not in set(t.method)]
     if absent:
@@ -116,67 +116,94 @@ def accuracy_grid(table: pd.DataFrame, description: str = "paper", methods=None,
     sources = table_domains(table, "source")   # rows; columns: every target (all domains, also when only some
     targets = table_domains(table, "target")   # were sources)
     head_diag = table[table.method == "in_domain"].groupby("source").accuracy.mean()
-    grids = {}
-    for m in methods:
-        mine = t[t.method == m]
-        grid = mine.groupby(["source", "target"]).accuracy.mean().unstack().reindex(index=sources, columns=targets)
-        own = not seeded(m) and not mine[mine.source == mine.target].empty   # zero-shot: its own source accuracy
-        for d in sources:
-            if d in targets and not own:
-                grid.loc[d, d] = np.nan
-        if not seeded(m):   # the same from every source: shown once, in the first row
-            row = mine.groupby("target").accuracy.mean().reindex(targets)
-            grid.iloc[:, :] = np.nan
-            grid.iloc[0] = row.values
-        grids[m] = (grid.values.astype(float), own)
-    values = np.concatenate([g.ravel() for g, _ in grids.values()]) if grids else np.array([])
-    values = values[np.isfinite(values)]
-    lo, hi = (np.floor(values.min() * 20) / 20, np.ceil(values.max() * 20) / 20) if len(values) else (0.0, 1.0)
-    hi = max(hi, lo + 0.05)
-    cols = min(4, len(methods))
-    rows = -(-len(methods) // cols)
-    left, cbar, gap = 1.3, 0.8, 0.15      # inches: source names with their in-domain accuracy; colour bar
-    page = 7.0                            # the figure fits a page's width: the panels share what is left
-    cell = min((page - left - cbar - (cols - 1) * gap) / cols / max(len(targets), 1),
-               2.2 / max(len(sources), 1), 0.45)
-    panel_w, panel_h = cell * len(targets), cell * len(sources)
-    width = left + cols * panel_w + (cols - 1) * gap + cbar
-    total = rows * panel_h + (rows - 1) * 0.6 + 1.9
-    fig, axes = plt.subplots(rows, cols, figsize=(width, total), squeeze=False)
-    fig.subplots_adjust(left=left / width, right=1 - cbar / width, top=1 - 0.95 / total, bottom=0.95 / total,
-                        wspace=gap / panel_w, hspace=0.6 / panel_h)
-    for ax in axes.flat[len(methods):]:
-        ax.set_visible(False)
+    grids = {m: _method_grid(t[t.method == m], m, sources, targets) for m in methods}
+    lo, hi = _scale([g for g, _ in grids.values()])
+    layout = _GridLayout(len(methods), len(sources), len(targets))
+    fig, axes = layout.figure()
     image = None
     for ax, m in zip(axes.flat, methods):
-        grid, own = grids[m]
-        image = _annotated_grid(ax, grid, sources, targets, lo, hi, values_in=cell >= 0.25)
+        image = _annotated_grid(ax, grids[m][0], sources, targets, lo, hi, values_in=layout.cell >= 0.25)
         ax.set_title(m + ("\n(no source: one row)" if not seeded(m) else ""), fontsize=7)
-    labels = [f"{d} ({head_diag[d]:.2f})" if d in head_diag else d for d in sources]
-    for k, ax in enumerate(axes.flat[:len(methods)]):
-        if k % cols == 0:
-            ax.set_yticks(range(len(sources)), labels, fontsize=7)
-            ax.set_ylabel("source (in-domain accuracy)", fontsize=8)
-        else:
-            ax.tick_params(labelleft=False)
-        if k + cols < len(methods):    # a panel below it shows the target names
-            ax.tick_params(labelbottom=False)
-        else:
-            ax.set_xlabel("target", fontsize=8)
+    layout.label(axes, [f"{d} ({head_diag[d]:.2f})" if d in head_diag else d for d in sources])
     if image is not None:
-        top, bottom = 1 - 0.95 / total, 0.95 / total
-        bar = fig.colorbar(image, cax=fig.add_axes([1 - 0.5 / width, bottom, 0.12 / width, top - bottom]))
-        bar.set_label(f"accuracy (mean over seeds; scale {lo:.2f}–{hi:.2f}, from the data)"
-                      + (f"; chance 1/K = {chance:.2f}" if chance else ""), fontsize=8)
-        bar.ax.tick_params(labelsize=7)
-        if chance and lo <= chance <= hi:
-            bar.ax.axhline(chance, color="red", lw=1.5)
-            bar.ax.text(-0.3, chance, "chance", color="red", fontsize=6, ha="right", va="center",
-                        transform=bar.ax.get_yaxis_transform())
+        _colour_bar(fig, image, layout, lo, hi, chance)
     fig.suptitle(f"cross-domain accuracy, domain descriptions: {description}\nblank diagonal: the head trained there; "
                  f"in-domain (hold-out) accuracy beside each source", fontsize=9,
-                 y=1 - 0.1 / total)
+                 y=1 - 0.1 / layout.total)
     return fig
+
+
+def _method_grid(mine: pd.DataFrame, m: str, sources, targets) -> tuple[np.ndarray, bool]:
+    """(source x target mean accuracy of method ``m``, whether its diagonal is its own accuracy): the diagonal blank
+    where a head was trained there; a method that does not depend on the source in its first row only."""
+    grid = mine.groupby(["source", "target"]).accuracy.mean().unstack().reindex(index=sources, columns=targets)
+    own = not seeded(m) and not mine[mine.source == mine.target].empty   # zero-shot: its own source accuracy
+    for d in sources:
+        if d in targets and not own:
+            grid.loc[d, d] = np.nan
+    if not seeded(m):   # the same from every source: shown once, in the first row
+        row = mine.groupby("target").accuracy.mean().reindex(targets)
+        grid.iloc[:, :] = np.nan
+        grid.iloc[0] = row.values
+    return grid.values.astype(float), own
+
+
+def _scale(grids) -> tuple[float, float]:
+    """One colour scale for every panel, set by the data: its range rounded out to 0.05, at least 0.05 wide."""
+    values = np.concatenate([g.ravel() for g in grids]) if grids else np.array([])
+    values = values[np.isfinite(values)]
+    lo, hi = (np.floor(values.min() * 20) / 20, np.ceil(values.max() * 20) / 20) if len(values) else (0.0, 1.0)
+    return lo, max(hi, lo + 0.05)
+
+
+class _GridLayout:
+    """Panels of source x target cells, at most four a row, fitted to a page's width (inches), with room for the
+    source names (with their in-domain accuracy) on the left and a colour bar on the right."""
+    LEFT, CBAR, GAP, PAGE = 1.3, 0.8, 0.15, 7.0
+
+    def __init__(self, n_panels: int, n_sources: int, n_targets: int):
+        self.n, self.cols = n_panels, min(4, n_panels)
+        self.rows = -(-n_panels // self.cols)
+        self.cell = min((self.PAGE - self.LEFT - self.CBAR - (self.cols - 1) * self.GAP) / self.cols / max(n_targets, 1),
+                        2.2 / max(n_sources, 1), 0.45)
+        self.panel_w, self.panel_h = self.cell * n_targets, self.cell * n_sources
+        self.width = self.LEFT + self.cols * self.panel_w + (self.cols - 1) * self.GAP + self.CBAR
+        self.total = self.rows * self.panel_h + (self.rows - 1) * 0.6 + 1.9
+        self.top, self.bottom = 1 - 0.95 / self.total, 0.95 / self.total
+
+    def figure(self):
+        fig, axes = plt.subplots(self.rows, self.cols, figsize=(self.width, self.total), squeeze=False)
+        fig.subplots_adjust(left=self.LEFT / self.width, right=1 - self.CBAR / self.width, top=self.top,
+                            bottom=self.bottom, wspace=self.GAP / self.panel_w, hspace=0.6 / self.panel_h)
+        for ax in axes.flat[self.n:]:
+            ax.set_visible(False)
+        return fig, axes
+
+    def label(self, axes, source_labels) -> None:
+        """Source names on the first panel of each row, target names under the last panel of each column."""
+        for k, ax in enumerate(axes.flat[:self.n]):
+            if k % self.cols == 0:
+                ax.set_yticks(range(len(source_labels)), source_labels, fontsize=7)
+                ax.set_ylabel("source (in-domain accuracy)", fontsize=8)
+            else:
+                ax.tick_params(labelleft=False)
+            if k + self.cols < self.n:    # a panel below it shows the target names
+                ax.tick_params(labelbottom=False)
+            else:
+                ax.set_xlabel("target", fontsize=8)
+
+
+def _colour_bar(fig, image, layout: _GridLayout, lo: float, hi: float, chance: float | None) -> None:
+    """The shared colour bar, saying its scale comes from the data, with chance (1/K) marked where it falls."""
+    bar = fig.colorbar(image, cax=fig.add_axes([1 - 0.5 / layout.width, layout.bottom, 0.12 / layout.width,
+                                                layout.top - layout.bottom]))
+    bar.set_label(f"accuracy (mean over seeds; scale {lo:.2f}–{hi:.2f}, from the data)"
+                  + (f"; chance 1/K = {chance:.2f}" if chance else ""), fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    if chance and lo <= chance <= hi:
+        bar.ax.axhline(chance, color="red", lw=1.5)
+        bar.ax.text(-0.3, chance, "chance", color="red", fontsize=6, ha="right", va="center",
+                    transform=bar.ax.get_yaxis_transform())
 
 
 def _annotated_grid(ax, values, rows, cols, lo=0.0, hi=1.0, values_in=True):
@@ -274,9 +301,7 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
     """Gain over no translation per source → target pair, one panel per method family (methods in shades of their
     family's colour); error bars: 95% t-interval over seeds (wide with few seeds: t has seeds − 1 degrees of
     freedom). Page width; the compact summary is ``gains_summary``."""
-    if not isinstance(gains, pd.DataFrame) or not {"gain", "ci_low", "ci_high"} <= set(gains.columns):
-        raise ArgumentTypeError(f"gains_plot takes the gains table, pa.gains(res) (got {type(gains).__name__}"
-                        + (f" with columns {list(gains.columns)})" if isinstance(gains, pd.DataFrame) else ")"))
+    _check_gains(gains, "gains_plot")
     g = gains if description is None else _under(gains, description, "gains_plot", "gains")
     g = g.assign(pair=g.source + " → " + g.target, label=[_label(m, d) for m, d in zip(g.method, g.description)],
                  family=[family(m) for m in g.method])
@@ -288,29 +313,9 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
     fig, axes = plt.subplots(max(1, len(families)), 1, figsize=(width, 0.9 + 1.55 * max(1, len(families)) + 0.9),
                              sharex=True, sharey=True, squeeze=False)
     colours = method_colours(g.method)
-    # the axis fits the gains and most intervals: a few very wide ones (2 seeds: t has 1 degree of freedom) are cut
-    # at its edge rather than flattening every other
-    lows, highs = g.ci_low.to_numpy(float), g.ci_high.to_numpy(float)
-    inner = [np.nanpercentile(lows, 5) if np.isfinite(lows).any() else 0, np.nanpercentile(highs, 95)
-             if np.isfinite(highs).any() else 0, np.nanmin(g.gain) if len(g) else 0, np.nanmax(g.gain) if len(g) else 0, 0]
-    pad = 0.08 * (max(inner) - min(inner) or 0.1)
-    limits = (min(inner) - pad, max(inner) + pad)
-    cut = int(((lows < limits[0]) | (highs > limits[1])).sum())
+    limits, cut = _gain_limits(g)
     for ax, fam in zip(axes[:, 0], families):
-        part = g[g.family == fam]
-        labels = list(dict.fromkeys(part.label))
-        step = 0.8 / max(1, len(labels))
-        for i, label in enumerate(labels):
-            sub = part[part.label == label].set_index("pair").reindex(pairs)
-            xs = np.arange(len(pairs)) - 0.4 + step * (i + 0.5)
-            err = np.nan_to_num([sub.gain - sub.ci_low, sub.ci_high - sub.gain])
-            ax.errorbar(xs, sub.gain, yerr=err, fmt="o", ms=3, lw=1, capsize=1.5, label=label,
-                        color=colours[sub.method.dropna().iloc[0]] if sub.method.notna().any() else "gray")
-        ax.axhline(0, color="gray", lw=0.8)
-        ax.set_title(fam, fontsize=8, loc="left")
-        ax.set_ylim(*limits)
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-        ax.tick_params(labelsize=7)
+        _family_panel(ax, g[g.family == fam], fam, pairs, colours, limits)
     if not families:   # only 'none' was run: say so rather than draw an empty plot
         axes[0, 0].text(0.5, 0.5, "no method besides 'none' in these results: no gain to show",
                         transform=axes[0, 0].transAxes, ha="center", va="center")
@@ -325,6 +330,40 @@ def gains_plot(gains: pd.DataFrame, description: str | None = None):
     return fig
 
 
+def _check_gains(gains, what: str) -> None:
+    if not isinstance(gains, pd.DataFrame) or not {"gain", "ci_low", "ci_high"} <= set(gains.columns):
+        raise ArgumentTypeError(f"{what} takes the gains table, pa.gains(res) (got {type(gains).__name__}"
+                                + (f" with columns {list(gains.columns)})" if isinstance(gains, pd.DataFrame) else ")"))
+
+
+def _gain_limits(g: pd.DataFrame) -> tuple[tuple[float, float], int]:
+    """(the axis limits, how many intervals reach past them): the axis fits the gains and most intervals; a few very
+    wide ones (2 seeds: t has 1 degree of freedom) are cut at its edge rather than flattening every other."""
+    lows, highs = g.ci_low.to_numpy(float), g.ci_high.to_numpy(float)
+    inner = [np.nanpercentile(lows, 5) if np.isfinite(lows).any() else 0, np.nanpercentile(highs, 95)
+             if np.isfinite(highs).any() else 0, np.nanmin(g.gain) if len(g) else 0, np.nanmax(g.gain) if len(g) else 0, 0]
+    pad = 0.08 * (max(inner) - min(inner) or 0.1)
+    limits = (min(inner) - pad, max(inner) + pad)
+    return limits, int(((lows < limits[0]) | (highs > limits[1])).sum())
+
+
+def _family_panel(ax, part: pd.DataFrame, fam: str, pairs: list[str], colours: dict, limits) -> None:
+    """One method family's gains per pair, each method (and description) a shade of the family's colour."""
+    labels = list(dict.fromkeys(part.label))
+    step = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        sub = part[part.label == label].set_index("pair").reindex(pairs)
+        xs = np.arange(len(pairs)) - 0.4 + step * (i + 0.5)
+        err = np.nan_to_num([sub.gain - sub.ci_low, sub.ci_high - sub.gain])
+        ax.errorbar(xs, sub.gain, yerr=err, fmt="o", ms=3, lw=1, capsize=1.5, label=label,
+                    color=colours[sub.method.dropna().iloc[0]] if sub.method.notna().any() else "gray")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_title(fam, fontsize=8, loc="left")
+    ax.set_ylim(*limits)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.tick_params(labelsize=7)
+
+
 def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = None, max_points: int = 2000,
                seed: int = 0, class_text: np.ndarray | None = None):
     """Images and domain texts in the plane that keeps the modality gap whole.
@@ -337,7 +376,43 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     so lengths along them are true lengths. Images are drawn in random order (no domain hides under
     another). Arrows: Δ toward ``source``, from each target's text and from the centroid of its images.
     """
-    order = domain_order(embeddings(emb, "projection").domains)
+    order, source, T, E = _projection_inputs(emb, domain_text, source, class_text)
+    pick = np.random.default_rng(seed).permutation(len(emb.x))[:max_points]
+    x = emb.x   # float32 as loaded: means are taken in float64 without a float64 copy of every image
+    centroids = group_means(x, emb.domain, len(emb.domains))
+    image_mean = x.mean(0, dtype=np.float64)
+    gap, gap_of = ((image_mean - E.mean(0), "mean(class prompts), the gap gap_shift removes") if E is not None
+                   else (image_mean - T.mean(0), "mean(domain texts)"))
+    axes2 = _plane(gap, T)                                              # (D, 2): unit, orthogonal
+    centre = (image_mean + T.mean(0)) / 2
+    plane = lambda v: (np.atleast_2d(v) - centre) @ axes2  # noqa: E731
+    every = (x @ axes2.astype(np.float32)).astype(np.float64) - centre @ axes2   # every image in the plane: (n, 2)
+    p_img, p_txt = every[pick], plane(T)
+    colors = dict(zip(order, palette("colorblind", len(order))))
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(9.0, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
+    s = emb.domains.index(source)
+    spread = _spreads(every, emb, order)
+    _clouds((ax, zoom), p_img, np.array(emb.domains)[emb.domain[pick]], spread, colors)
+    deltas = []
+    for name in order:
+        d = emb.domains.index(name)
+        ax.scatter([], [], s=12, color=colors[name], label=f"{name} images (ellipses: 1 and 2 s.d.)")
+        ax.scatter(*p_txt[d], marker="*", s=260, color=colors[name], edgecolor="black", label=f"{name} text", zorder=3)
+        if d != s:
+            deltas.append(f"{name} {np.linalg.norm(T[s] - T[d]):.3f}")
+            _arrows(ax, zoom, plane(centroids[d])[0], plane(centroids[d] + T[s] - T[d])[0], p_txt[d], p_txt[s],
+                    colors[name])
+    _frame(ax, zoom, gap_of, spread)
+    fig.suptitle(f"|g| = {np.linalg.norm(gap):.3f}; |Δ| toward {source} from " + ", ".join(deltas)
+                 + "\narrows: Δ from each target's image centroid (solid) and text (dashed, left)", fontsize=8)
+    ax.legend(fontsize=6.5, markerscale=0.8, loc="upper center", bbox_to_anchor=(1.1, -0.24), ncol=2, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _projection_inputs(emb, domain_text, source, class_text):
+    """(domain order, the source, the domain texts, the class texts or None), each checked."""
+    order = domain_order(check_embeddings(emb, "projection").domains)
     source = source or order[0]
     if source not in order:
         raise ArgumentError(f"projection: source {source!r} is not a domain of this cache; its domains are {order}")
@@ -346,49 +421,44 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     T = np.asarray(domain_text, np.float64)
     if T.shape != (len(emb.domains), emb.x.shape[1]):
         raise ArgumentError(f"projection: domain_text must hold one {emb.x.shape[1]}-dimensional vector per domain "
-                         f"({len(emb.domains)}, in the cache's order: text.vectors(...)); got shape {T.shape}")
-    rng = np.random.default_rng(seed)
-    pick = rng.permutation(len(emb.x))[:max_points]
-    x = emb.x   # float32 as loaded: means are taken in float64 without a float64 copy of every image
-    centroids = group_means(x, emb.domain, len(emb.domains))
-    image_mean = x.mean(0, dtype=np.float64)
+                            f"({len(emb.domains)}, in the cache's order: text.vectors(...)); got shape {T.shape}")
+    E = None
     if class_text is not None:
         E = np.asarray(class_text, np.float64)
         if E.ndim != 2 or E.shape[1] != emb.x.shape[1]:
             raise ArgumentError(f"projection: class_text must be (classes, {emb.x.shape[1]}) unit vectors "
-                             f"(text.class_vectors); got shape {E.shape}")
-        gap, gap_of = image_mean - E.mean(0), "mean(class prompts), the gap gap_shift removes"
-    else:
-        gap, gap_of = image_mean - T.mean(0), "mean(domain texts)"
+                                f"(text.class_vectors); got shape {E.shape}")
+    return order, source, T, E
+
+
+def _plane(gap: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """(D, 2): the unit gap direction, and the unit direction ⊥ it in which the domain texts spread most."""
     a1 = gap / np.linalg.norm(gap)
     rest = (T - T.mean(0)) - np.outer((T - T.mean(0)) @ a1, a1)
     a2 = np.linalg.svd(rest, full_matrices=False)[2][0] if np.abs(rest).sum() else np.roll(a1, 1)
     a2 -= (a2 @ a1) * a1
-    a2 /= np.linalg.norm(a2)
-    centre = (image_mean + T.mean(0)) / 2
-    plane = lambda v: (np.atleast_2d(v) - centre) @ np.stack([a1, a2]).T  # noqa: E731
-    axes2 = np.stack([a1, a2]).T                                        # (D, 2)
-    every = (x @ axes2.astype(np.float32)).astype(np.float64) - centre @ axes2   # every image in the plane: (n, 2)
-    p_img, p_txt = every[pick], plane(T)
-    colors = dict(zip(order, palette("colorblind", len(order))))
-    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(9.0, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
-    s = emb.domains.index(source)
-    names = np.array(emb.domains)[emb.domain[pick]]
-    outline = [matplotlib.patheffects.withStroke(linewidth=3.2, foreground="white")]
-    # per domain: its images' mean and spread in the plane (1 and 2 standard deviations), from every image: legible
-    # at any number of images (a scatter of 10,000 points is one streak); a thin sample of points beneath
+    return np.stack([a1, a2 / np.linalg.norm(a2)]).T
+
+
+def _spreads(every: np.ndarray, emb, order) -> dict:
+    """Per domain: its images' mean and covariance in the plane, from every image: legible at any number of images
+    (a scatter of 10,000 points is one streak); a thin sample of points is drawn beneath."""
     spread = {}
     for name in order:
-        d = emb.domains.index(name)
-        rows = emb.domain == d
-        if not rows.any():
-            continue
-        P = every[rows]
-        spread[name] = (P.mean(0), np.cov(P.T) if len(P) > 2 else np.eye(2) * 1e-6)
-    for panel in (ax, zoom):
+        rows = emb.domain == emb.domains.index(name)
+        if rows.any():
+            P = every[rows]
+            spread[name] = (P.mean(0), np.cov(P.T) if len(P) > 2 else np.eye(2) * 1e-6)
+    return spread
+
+
+def _clouds(panels, p_img, names, spread, colors) -> None:
+    """The sampled images, interleaved (no domain on top), and each domain's 1 and 2 s.d. ellipses, on each panel."""
+    ax, zoom = panels
+    for panel in panels:
         thin = max(1, len(p_img) // 600) if panel is zoom else 1
         panel.scatter(*p_img[::thin].T, s=4, alpha=0.25 if panel is zoom else 0.45,
-                      c=[colors[n] for n in names[::thin]], linewidths=0)   # interleaved: none on top
+                      c=[colors[n] for n in names[::thin]], linewidths=0)
         for name, (mu, cov) in spread.items():
             w, V = np.linalg.eigh(cov)
             angle = np.degrees(np.arctan2(V[1, -1], V[0, -1]))
@@ -396,26 +466,25 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
                 panel.add_patch(matplotlib.patches.Ellipse(mu, *(2 * k * np.sqrt(np.maximum(w[::-1], 0))), angle=angle,
                                                            fill=False, lw=1.6 if k == 1 else 1, ls=style,
                                                            color=colors[name], zorder=3))
-    deltas = []
-    for name in order:
-        d = emb.domains.index(name)
-        ax.scatter([], [], s=12, color=colors[name], label=f"{name} images (ellipses: 1 and 2 s.d.)")
-        ax.scatter(*p_txt[d], marker="*", s=260, color=colors[name], edgecolor="black", label=f"{name} text", zorder=3)
-        if d != s:
-            deltas.append(f"{name} {np.linalg.norm(T[s] - T[d]):.3f}")
-            centroid = centroids[d]
-            c, step = plane(centroid)[0], plane(centroid + T[s] - T[d])[0]
-            head = dict(arrowstyle="-|>", mutation_scale=14, color=colors[name], shrinkA=0, shrinkB=0)
-            for panel in (ax, zoom):   # arrows on top of every cloud, outlined so that none disappears
-                arrow = panel.annotate("", xy=step, xytext=c, arrowprops=dict(head, lw=2), zorder=6,
-                                       annotation_clip=False)
-                arrow.arrow_patch.set_path_effects(outline)
-                if panel is zoom:          # enlarged: the arrow's start and direction; it may leave the frame
-                    arrow.arrow_patch.set_clip_on(True)
-                    arrow.arrow_patch.set_clip_box(zoom.bbox)
-            ax.annotate("", xy=p_txt[s], xytext=p_txt[d], arrowprops=dict(head, lw=1, ls="--"), zorder=4,
-                        annotation_clip=False)
-            ax.update_datalim([c, step])   # the whole arrow in view (annotations do not scale the axes)
+
+
+def _arrows(ax, zoom, c, step, text_from, text_to, colour) -> None:
+    """Δ from a target's image centroid (both panels, outlined, on top) and from its text (dashed, left panel)."""
+    outline = [matplotlib.patheffects.withStroke(linewidth=3.2, foreground="white")]
+    head = dict(arrowstyle="-|>", mutation_scale=14, color=colour, shrinkA=0, shrinkB=0)
+    for panel in (ax, zoom):
+        arrow = panel.annotate("", xy=step, xytext=c, arrowprops=dict(head, lw=2), zorder=6, annotation_clip=False)
+        arrow.arrow_patch.set_path_effects(outline)
+        if panel is zoom:          # enlarged: the arrow's start and direction; it may leave the frame
+            arrow.arrow_patch.set_clip_on(True)
+            arrow.arrow_patch.set_clip_box(zoom.bbox)
+    ax.annotate("", xy=text_to, xytext=text_from, arrowprops=dict(head, lw=1, ls="--"), zorder=4,
+                annotation_clip=False)
+    ax.update_datalim([c, step])   # the whole arrow in view (annotations do not scale the axes)
+
+
+def _frame(ax, zoom, gap_of: str, spread: dict) -> None:
+    """Axes, labels and titles: the left panel at true lengths, the right one enlarged to the image clouds."""
     ax.set_xlabel(f"along the modality gap g = mean(images) −\n{gap_of}", fontsize=8)
     ax.set_ylabel("along the domain texts' main spread (⊥ g)", fontsize=8)
     ax.autoscale_view()
@@ -430,11 +499,6 @@ def projection(emb: Embeddings, domain_text: np.ndarray, source: str | None = No
     zoom.set_ylabel("⊥ g", fontsize=8)
     for panel in (ax, zoom):
         panel.tick_params(labelsize=7)
-    fig.suptitle(f"|g| = {np.linalg.norm(gap):.3f}; |Δ| toward {source} from " + ", ".join(deltas)
-                 + "\narrows: Δ from each target's image centroid (solid) and text (dashed, left)", fontsize=8)
-    ax.legend(fontsize=6.5, markerscale=0.8, loc="upper center", bbox_to_anchor=(1.1, -0.24), ncol=2, frameon=False)
-    fig.tight_layout()
-    return fig
 
 
 def study_plot(table):

@@ -19,12 +19,13 @@ from ..cache import Cache
 from ..templates import load_templates
 from ..files import atomic_write
 from . import runs
-from .arguments import names, output_folder, positive, seed_list
+from .arguments import check_names, check_output_folder, check_positive, check_seeds
 from .embeddings import domain_order, load
 from .evaluation import Request, evaluate, request
 from .heads import resolve_solver
 from .similarity import paper_comparison, similarity_matrix, table1
-from .stats import gains, method_means, seeded, summary
+from .methods import seeded
+from .stats import gains, method_means, summary
 from .sweep import sweep
 from .text import repeated, text_side
 
@@ -72,9 +73,9 @@ def report(cache, out=None, figures=None, seeds=range(5), descriptions=DEFAULT_D
     report would write, is refused before any work (``runs.claim``). ``evaluated``: the Results of
     ``evaluate_many([evaluation_request(cache, **same arguments)])`` when they were run elsewhere (``study`` runs every
     cache's on a cluster at once); else the report evaluates."""
-    descriptions, seeds, n_boot = names(descriptions, "descriptions"), seed_list(seeds), positive(n_boot, "n_boot")
-    names(methods, "methods", "every default method")   # checked before any work; evaluate uses them
-    names(sources, "sources", "every domain")
+    descriptions, seeds, n_boot = check_names(descriptions, "descriptions"), check_seeds(seeds), check_positive(n_boot, "n_boot")
+    check_names(methods, "methods", "every default method")   # checked before any work; evaluate uses them
+    check_names(sources, "sources", "every domain")
     if not descriptions:
         raise ArgumentError(f"descriptions is empty: name at least one of {DEFAULT_DESCRIPTIONS}")
     cache = Cache.open(cache)   # a missing or damaged cache fails here, before any folder is made
@@ -109,9 +110,9 @@ def evaluation_request(cache, **kwargs) -> Request:
     a = bound.arguments
     emb = load(a["cache"])
     templates = load_templates(a["prompts"]) if a["prompts"] else None
-    text, descriptions, _ = _text(emb, names(a["descriptions"], "descriptions"), a["domain_prompts"], a["n_nouns"],
+    text, descriptions, _ = _text(emb, check_names(a["descriptions"], "descriptions"), a["domain_prompts"], a["n_nouns"],
                                   templates)
-    return request(emb, a["methods"], seed_list(a["seeds"]), descriptions, text=text, sources=a["sources"],
+    return request(emb, a["methods"], check_seeds(a["seeds"]), descriptions, text=text, sources=a["sources"],
                    solver=a["solver"])
 
 
@@ -159,9 +160,9 @@ def _folders(cache: Cache, out, figures, parameters: dict) -> tuple[Path, Path, 
     publishes its files): a new ``results/<dataset>/<cache>/<time>/`` (pointed at by ``latest``) unless ``out`` names
     one. Returns them, the run's record, and whether the folder is a new one."""
     fresh = out is None
-    out = runs.new_folder("results", cache.dataset_name(), cache.path.stem) if fresh else output_folder(
+    out = runs.new_folder("results", cache.dataset_name(), cache.path.stem) if fresh else check_output_folder(
         out, "results folder")
-    figures = out / "figures" if figures is None else output_folder(figures, "figures folder")
+    figures = out / "figures" if figures is None else check_output_folder(figures, "figures folder")
     this = runs.record("report", cache, cache.attrs, parameters)
     runs.claim(out, this, TABLES)   # both before any work: a folder that cannot be used fails now
     runs.claim(figures, this, FIGURES)

@@ -14,9 +14,9 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from ..templates import registry
+from ..registry import registry
 from ..text_encoder import TextEncoder
-from .arguments import cache_of, embeddings
+from .arguments import check_cache_path, check_embeddings
 from .embeddings import Embeddings, group_means, l2_normalize
 from .text import TextSide, text_for, text_side
 
@@ -35,7 +35,7 @@ def similarity_matrix(text: np.ndarray, images: np.ndarray, image_domain: np.nda
 
 def prompt_similarity(emb: Embeddings, prompts: list[str]) -> pd.DataFrame:
     """Sim(prompt, domain) for any prompts (rows; missing ones are encoded) and every domain (columns)."""
-    cache = cache_of(emb, "prompt_similarity")
+    cache = check_cache_path(emb, "prompt_similarity")
     vectors = cache.prompt_vectors(prompts, TextEncoder(cache))
     values = similarity_matrix(vectors, emb.x, emb.domain, len(emb.domains))
     return pd.DataFrame(values, index=pd.Index(list(prompts), name="prompt"), columns=emb.domains)
@@ -53,7 +53,7 @@ def paper_comparison(emb: Embeddings) -> tuple[bool, str]:
     The paper's values are means over all images of PACS's domains (all seven classes): a cache of
     another dataset — even one with a domain of the same name, such as DomainNet's ``sketch`` — or of
     other classes measures something else, so it is not compared."""
-    emb = embeddings(emb, "paper_comparison")
+    emb = check_embeddings(emb, "paper_comparison")
     pacs = registry()["PACS"]
     other_domains = sorted(set(emb.domains) - set(pacs.domains))
     if other_domains or sorted(emb.classes) != sorted(pacs.classes):
@@ -81,7 +81,7 @@ def table1(emb: Embeddings, domain_prompts: dict | None = None, templates: dict 
     'difference' cover the rows and domains the paper reports, and are empty when the cache is not of
     PACS (``paper_comparison`` says why).
     """
-    text = text_side(embeddings(emb, "table1"), ("paper",), domain_prompts, templates=templates)
+    text = text_side(check_embeddings(emb, "table1"), ("paper",), domain_prompts, templates=templates)
     labels = [" | ".join(d.prompts) for d in text.descriptions["paper"]]
     ours = pd.DataFrame(similarity_matrix(text.vectors("paper"), emb.x, emb.domain, len(emb.domains)),
                         index=pd.Index(labels, name="prompt"), columns=emb.domains)
@@ -100,7 +100,7 @@ def description_similarity(emb: Embeddings, text: TextSide) -> pd.DataFrame:
 
     Rows: (description, described domain); columns: image domain.
     """
-    emb = embeddings(emb, "description_similarity")
+    emb = check_embeddings(emb, "description_similarity")
     text = text_for(emb, text, "description_similarity")
     blocks = {description: pd.DataFrame(similarity_matrix(text.vectors(description), emb.x, emb.domain, len(emb.domains)),
                                 index=pd.Index(emb.domains, name="described"), columns=emb.domains)

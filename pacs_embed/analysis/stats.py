@@ -26,19 +26,13 @@ import pandas as pd
 from scipy.special import stdtr, stdtrit   # Student-t cdf and quantile (scipy.stats costs ~0.5 s to import)
 
 from . import arguments
-from .arguments import positive, results_table
-from .methods import METHODS
+from .arguments import check_positive, check_results_table
+from .methods import seeded
 from .text import NO_DESCRIPTION
 from ..errors import ArgumentError
 
 KEYS = ["source", "target", "method", "description"]
 LEVEL = 0.95
-
-
-def seeded(method: str) -> bool:
-    """Whether a method's results depend on the source split (``in_domain`` and unknown names: yes)."""
-    from .methods import base_name
-    return METHODS[base_name(method)]().seeded if base_name(method) in METHODS else True
 
 
 def seed_interval(per_seed: np.ndarray, level: float = LEVEL, floor: float = 0.0) -> tuple[float, float, float]:
@@ -117,7 +111,7 @@ def _fmt(m, lo, hi, is_seeded) -> str:
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (source, target, method, description): mean accuracy, std over seeds ("—" when the method
     does not depend on the split) and the number of seeds."""
-    g = results_table(table, "summary").groupby(KEYS, sort=False)["accuracy"]
+    g = check_results_table(table, "summary").groupby(KEYS, sort=False)["accuracy"]
     out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "seeds": g.size()}).reset_index()
     out["accuracy"] = [f"{m:.3f} ± {s:.3f}" if seeded(meth) and n > 1 else f"{m:.3f} —"
                        for m, s, n, meth in zip(out["mean"], out["std"], out["seeds"], out["method"])]
@@ -131,7 +125,7 @@ def method_means(table: pd.DataFrame, level: float = LEVEL, baseline: str = "non
     With ``hits`` (``res.correct``) the gain's interval covers the split and the sampling of target images
     (``gain_interval``; ``gain_p`` its p-value), as the report words it; without, it covers the split only (per
     seed, the mean over pairs of the accuracy difference; no narrower than one target image of them all)."""
-    table = results_table(table, "method_means")
+    table = check_results_table(table, "method_means")
     cross = table[table["source"] != table["target"]]
     per_seed = cross.groupby(["method", "description", "seed"])["accuracy"].mean()
     base = per_seed.xs(baseline, level="method").groupby(level="seed").mean() if baseline in set(cross.method) else None
@@ -192,7 +186,7 @@ def gains(results, baseline: str = "none", n_boot: int = 1000, seed: int = 0, le
     source split and the sampling of target images (``ci_low``, ``ci_high``; ``p`` its p-value, Holm over them in
     ``holm_excludes_0``), the interval over seeds only (``seed_ci_*``, for these target images, as DomainBed-style
     comparisons use) and the paired bootstrap over target images given these splits (``image_ci_*``)."""
-    results, n_boot = arguments.results(results, "gains"), positive(n_boot, "n_boot")
+    results, n_boot = arguments.check_results(results, "gains"), check_positive(n_boot, "n_boot")
     ran = sorted({key[2] for key in results.correct})
     if baseline not in ran:
         raise ArgumentError(f"gains: baseline {baseline!r} is not in these results; they hold {ran}")
@@ -223,7 +217,7 @@ def grid(table: pd.DataFrame, method: str, description: str | None = None) -> pd
     """Source x target accuracy for one method (diagonal: in-domain hold-out accuracy of the plain head).
     ``description``: which one, for a method that ran under several (None: the only one it ran under)."""
     from .embeddings import table_domains
-    table = results_table(table, "grid")
+    table = check_results_table(table, "grid")
     ran = list(dict.fromkeys(table.loc[table.method == method, "description"]))
     if not ran:
         raise ArgumentError(f"grid: method {method!r} is not in the table; it holds {sorted(set(table.method))}")

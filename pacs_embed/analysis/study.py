@@ -23,7 +23,7 @@ from ..errors import ArgumentError
 from ..cache import Cache
 from ..files import atomic_write, component
 from . import executor, runs
-from .arguments import output_folder
+from .arguments import check_output_folder
 from .evaluation import evaluate_many
 from .reporting import evaluation_request, markdown, number, report, table_env, tex
 
@@ -63,8 +63,8 @@ def study(caches, out=None, figures=None, base="results", **kwargs) -> dict[str,
     from . import plots
     checked = _check(caches)
     fresh = out is None
-    out = runs.new_folder(base, "study") if fresh else output_folder(out, "results folder")
-    figures = out / "figures" if figures is None else output_folder(figures, "figures folder")
+    out = runs.new_folder(base, "study") if fresh else check_output_folder(out, "results folder")
+    figures = out / "figures" if figures is None else check_output_folder(figures, "figures folder")
     this = runs.record("study", None, {}, {"caches": [c for c, _, _, _ in checked], **kwargs})
     runs.claim(out, this, ("study.csv", "study.md", "study.tex"))
     runs.claim(figures, this, ("study.png", "study.pdf"))

@@ -32,10 +32,11 @@ import numpy as np
 
 from ..cache import Cache
 from ..errors import ArgumentError, ArgumentTypeError, PacsEmbedError, UnknownName, add_note
-from ..templates import class_prompts, domain_class_prompts, domain_prompt, legacy_templates, match, templates_for
+from ..templates import class_prompts, domain_class_prompts, domain_prompt, legacy_templates, templates_for
+from ..registry import match
 from ..text_encoder import TextEncoder
 from ..text_encoder import preload_text_tower as _preload_text_tower
-from .arguments import cache_of, did_you_mean, names, noun_count, prompt_dict
+from .arguments import check_cache_path, check_names, check_noun_count, check_prompt_dict, did_you_mean
 from .embeddings import Embeddings, l2_normalize
 
 NO_DESCRIPTION = "-"   # the ``description`` of results from methods that use no domain description
@@ -129,7 +130,7 @@ class Description:
 def user_prompts(domain_prompts: dict | None, domains) -> dict[str, list[str]]:
     """Check ``domain_prompts`` ({domain: prompt or [prompts]}) against the cache's domains; values as lists."""
     out = {}
-    for d, value in prompt_dict(domain_prompts).items():
+    for d, value in check_prompt_dict(domain_prompts).items():
         if d not in domains:
             raise UnknownName(f"domain_prompts names domain {d!r}{did_you_mean(d, domains)}, which this cache does not have; its domains are "
                            f"{list(domains)}")
@@ -241,26 +242,12 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
                    n_nouns: int | None = None, templates: dict | None = None) -> tuple[dict, list[str]]:
     """({strategy: [Description per domain]} not yet encoded, every prompt they and the class prompts need)."""
     templates = templates or templates_for(domains, classes)
-    descriptions, n_nouns = names(descriptions, "descriptions") or [], noun_count(n_nouns)
+    descriptions, n_nouns = check_names(descriptions, "descriptions") or [], check_noun_count(n_nouns)
     mine = user_prompts(domain_prompts, domains)
     descs = {description: [describe(d, description, templates, mine, n_nouns) for d in domains] for description in descriptions}
-    held = len(templates.get("nouns", []))
-    for description in descs:
-        if _uses_nouns(description) and not held:
-            raise ArgumentError(f"the {description!r} description averages over generic nouns, and the prompt templates hold "
-                             f"none; add a \"nouns\" list to the templates file or leave {description!r} out")
-        if _uses_nouns(description) and n_nouns is not None and n_nouns > held:
-            warnings.warn(f"n_nouns={n_nouns}, but the prompt templates hold {held} nouns: the {description!r} description "
-                          f"averages over those {held}", stacklevel=3)
+    _check_nouns(descs, len(templates.get("nouns", [])), n_nouns)
     if mine and set(mine) != set(domains):
-        for description in descs:
-            sizes = {d.domain: len(d.prompts) for d in descs[description]}
-            if "ensemble" in description and any(sizes[d] != sizes[o] for d in mine for o in sizes if o not in mine):
-                warnings.warn(f"the {description!r} description averages your {', '.join(f'{d}: {sizes[d]}' for d in mine)} "
-                              f"prompt(s) for the domains you named and the packaged phrasings for the others "
-                              f"({', '.join(f'{o}: {n}' for o, n in sizes.items() if o not in mine)}): an average of "
-                              f"fewer prompts is a less smoothed description, so compare its domains with care, or give "
-                              f"every domain its prompts", stacklevel=3)
+        _warn_uneven_ensembles(descs, mine)
     for description, same in repeated(descs).items():
         warnings.warn(f"the descriptions {description!r} and {same!r} describe every domain with the same prompts (no separate "
                       f"{description!r} phrasings are held for these domains, or domain_prompts replace them), so their results "
@@ -272,12 +259,36 @@ def needed_prompts(domains, classes, descriptions=("paper",), domain_prompts: di
     return descs, list(dict.fromkeys(wanted))
 
 
+def _check_nouns(descs: dict, held: int, n_nouns) -> None:
+    """A description that averages over generic nouns needs the templates to hold some (and says when fewer than
+    ``n_nouns`` are held)."""
+    for description in descs:
+        if _uses_nouns(description) and not held:
+            raise ArgumentError(f"the {description!r} description averages over generic nouns, and the prompt templates hold "
+                                f"none; add a \"nouns\" list to the templates file or leave {description!r} out")
+        if _uses_nouns(description) and n_nouns is not None and n_nouns > held:
+            warnings.warn(f"n_nouns={n_nouns}, but the prompt templates hold {held} nouns: the {description!r} description "
+                          f"averages over those {held}", stacklevel=4)
+
+
+def _warn_uneven_ensembles(descs: dict, mine: dict) -> None:
+    """An ensemble that averages the user's prompts for some domains and the packaged phrasings for others is said."""
+    for description in descs:
+        sizes = {d.domain: len(d.prompts) for d in descs[description]}
+        if "ensemble" in description and any(sizes[d] != sizes[o] for d in mine for o in sizes if o not in mine):
+            warnings.warn(f"the {description!r} description averages your {', '.join(f'{d}: {sizes[d]}' for d in mine)} "
+                          f"prompt(s) for the domains you named and the packaged phrasings for the others "
+                          f"({', '.join(f'{o}: {n}' for o, n in sizes.items() if o not in mine)}): an average of "
+                          f"fewer prompts is a less smoothed description, so compare its domains with care, or give "
+                          f"every domain its prompts", stacklevel=4)
+
+
 def text_side(emb: Embeddings, descriptions=("paper",), domain_prompts: dict | None = None,
               n_nouns: int | None = None, templates: dict | None = None) -> TextSide:
     """The text side of ``descriptions``, through the cache: every description's vector now; the class prompts
     and "{phrasing} of a {class}" when a method first reads them. Prompts the cache lacks are encoded (and added
     to it), each time together with every other prompt of that kind the text side may need."""
-    cache = cache_of(emb, "text_side")
+    cache = check_cache_path(emb, "text_side")
     templates = templates or cache_templates(emb)
     descs, _ = needed_prompts(emb.domains, emb.classes, descriptions, domain_prompts, n_nouns, templates)
     unit: dict[str, np.ndarray] = {}
@@ -366,7 +377,7 @@ def cached_prompts(emb: Embeddings) -> list[str]:
     """Every prompt the cache of ``emb`` holds (those of extraction and those added since), in order.
 
     Usage: ``pa.cached_prompts(emb)``; from the shell, ``pacs-embed prompts CACHE --list``."""
-    return list(cache_of(emb, "cached_prompts").prompts)
+    return list(check_cache_path(emb, "cached_prompts").prompts)
 
 
 def described(text: TextSide, description: str = "paper"):
@@ -384,4 +395,4 @@ def preload_text_tower(emb: Embeddings):
 
     Usage: ``pa.preload_text_tower(emb)`` right after ``pa.load``.
     """
-    return _preload_text_tower(cache_of(emb, "preload_text_tower"))
+    return _preload_text_tower(check_cache_path(emb, "preload_text_tower"))

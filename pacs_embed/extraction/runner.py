@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 import time
-from dataclasses import replace
+
 from pathlib import Path
 
 import torch

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ArgumentError
-from ..arguments import c_grid
+from ..arguments import check_c_grid
 from . import model
 from .lbfgs import lbfgs_paths, single_threaded_blas
 from .model import (C_GRID, SOLVERS, Head, array_digest, best, classes_in, head_key,
@@ -58,7 +58,7 @@ def _torch_head(x, y, train, holdout, Cs, cache, shifts) -> Head:
     """``fit_head`` with the torch solver (``torch_path``: torch imported only then), cached under a key
     of its own."""
     x, y, shifts = as_inputs(x, y, shifts)
-    Cs = c_grid(Cs)
+    Cs = check_c_grid(Cs)
     _check_rows(x, y, [(train, holdout)])
     classes = classes_in(y, train)
     key = head_key(x, y, train, holdout, Cs, shifts, solver="torch")
@@ -79,7 +79,7 @@ def fit_heads(x: np.ndarray, y: np.ndarray, splits, Cs=C_GRID, cache: HeadCache 
     source: ``benchmarks/analysis_speed.py`` prints the time against one by one). Heads already in ``cache``
     are read, not fitted. ``keys``: the splits' ``head_key``s, when already known."""
     x, y, shifts = as_inputs(x, y, shifts)
-    Cs = c_grid(Cs)
+    Cs = check_c_grid(Cs)
     _check_rows(x, y, splits)
     if keys is None:
         xd = array_digest(x)
