@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--solver", choices=["auto", "fast", "torch", "sklearn"], default="auto",
                    help="how heads are fitted: numpy (fast), torch on a device (torch), scikit-learn (sklearn); auto: "
                         "torch when a CUDA device is present, else fast")
+    r.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run every (cache, source) evaluation as a job on a Dask cluster, e.g. tcp://host:8786 (needs "
+                        "the distributed package); the tables are those of one machine")
     r.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("prompts", help="encode prompts into a cache (only the missing ones)")
@@ -200,14 +203,36 @@ def _report(args) -> int:
         from .cache import default_cache, default_cache_reason
         args.cache = [default_cache()]
         print(f"cache: {args.cache[0]} ({default_cache_reason()})")
-    if len(args.cache) == 1:
-        paths = report(args.cache[0], args.out, args.figures, **options)
-    else:
-        paths = study(args.cache, args.out, args.figures, **options)
+    with _on_cluster(args.scheduler):
+        if len(args.cache) == 1:
+            paths = report(args.cache[0], args.out, args.figures, **options)
+        else:
+            paths = study(args.cache, args.out, args.figures, **options)
     print("\n".join(f"{name:22s} {path}" for name, path in paths.items()))
     print()
     print(_closing(paths))
     return 0
+
+
+@contextlib.contextmanager
+def _on_cluster(address: str | None):
+    """``--scheduler``: joblib's Dask backend on the cluster at ``address`` (``analysis.executor``) while inside."""
+    if not address:
+        yield
+        return
+    try:
+        import joblib
+        from distributed import Client
+    except ImportError:
+        raise ArgumentError("--scheduler needs the distributed package (pip install distributed)") from None
+    try:
+        client = Client(address, timeout="10s")
+    except (OSError, TimeoutError) as e:
+        raise ArgumentError(f"--scheduler {address}: no Dask scheduler answered there ({e}); start one "
+                            f"(dask scheduler), or leave --scheduler out to run here") from None
+    with client, joblib.parallel_config(backend="dask"):
+        print(f"evaluating on the Dask cluster at {address} ({len(client.scheduler_info()['workers'])} workers)")
+        yield
 
 
 def _prompts(args) -> int:

@@ -68,3 +68,24 @@ def test_a_study_on_a_dask_cluster_of_worker_processes_gives_the_tables_of_the_d
             assert twin.read_bytes() == table.read_bytes(), table
             compared += 1
     assert compared == 8 and there.keys() == here.keys()
+
+
+def test_report_scheduler_runs_the_jobs_on_that_cluster_and_an_unreachable_one_is_said_in_one_line(cache_copy, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    import subprocess
+    import sys
+    from pacs_embed.cli import main
+    args = [str(cache_copy), "--seeds", "2", "--descriptions", "paper", "--methods", "none", "translate",
+            "--no-head-cache", "--no-progress"]
+    assert main(["report", *args, "--out", str(tmp_path / "here")]) == 0
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert main(["report", *args, "--out", str(tmp_path / "there"), "--scheduler", cluster.scheduler_address]) == 0
+        with distributed.Client(cluster) as client:   # what the cluster's scheduler ran: the report's source jobs
+            ran = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    assert any("_source_job" in name for name in ran), ran
+    for name in ("results.csv", "summary.csv", "gains.csv", "methods.csv"):
+        assert (tmp_path / "there" / name).read_bytes() == (tmp_path / "here" / name).read_bytes(), name
+    r = subprocess.run([sys.executable, "-m", "pacs_embed", "report", *args, "--out", str(tmp_path / "nowhere"),
+                        "--scheduler", "tcp://127.0.0.1:9"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no Dask scheduler answered" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "nowhere").exists()
