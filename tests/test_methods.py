@@ -297,6 +297,20 @@ def test_methods_hold_their_parameters_as_scikit_learn_estimators_do():
         make("interpolate:wieght=0.3")
 
 
+def test_lads_settings_are_parameters_that_override_the_dataset_s_config_one_by_one(monkeypatch):
+    from pacs_embed.analysis import lads
+    from pacs_embed.analysis.methods import PARAMETERS, make
+    assert make("lads").get_params() == {"lr": None, "weight_decay": None, "layers": None}   # None: LADS's config
+    assert set(PARAMETERS["lads"]) == set(make("lads").get_params())
+    used = []
+    monkeypatch.setattr(lads, "train_augmenter", lambda x, *a, **knobs: used.append(knobs) or [np.eye(x.shape[1]), np.zeros(x.shape[1])])
+    emb, text = synthetic(n_per=6)
+    res = pa.evaluate(emb, ["lads", "lads:layers=1,lr=0.01"], seeds=[0], text=text, sources=["d0"], progress=False)
+    base = {k: lads.SETTINGS["base"][k] for k in ("lr", "weight_decay", "layers")}
+    assert used[0] == base and used[-1] == {**base, "layers": 1, "lr": 0.01}
+    assert res.fitted[("d0", 0, "lads:layers=1,lr=0.01", "paper")].settings["layers"] == 1
+
+
 def test_a_method_with_parameters_runs_under_its_own_name_and_its_defaults_change_nothing():
     emb, text = synthetic()
     methods = ["none", "interpolate", "interpolate:weight=0.5", "interpolate:weight=0.0", "translate:step=0.0"]

@@ -169,9 +169,14 @@ def train_augmenter(x, y, holdout_x, holdout_y, targets, class_vectors, rng, lr:
 @register("lads")
 class LADS(Method):
     """Head trained on the source training images plus their LADS augmentations toward every other described domain
-    (the recipe and its sources: ``pacs_embed/analysis/lads.py``)."""
+    (the recipe and its sources: ``pacs_embed/analysis/lads.py``). ``lr``, ``weight_decay``, ``layers``: the
+    augmenter's; None (the default) takes LADS's own config for the dataset (``SETTINGS``), e.g.
+    ``--methods lads:layers=1``."""
     default = False
     family = "train-time augmentation"
+
+    def __init__(self, lr: float | None = None, weight_decay: float | None = None, layers: int | None = None):
+        self.lr, self.weight_decay, self.layers = lr, weight_decay, layers
 
     def fit(self, src):
         digest = hashlib.sha256(f"lads/{src.seed}/{src.domain}".encode()).digest()
@@ -181,7 +186,8 @@ class LADS(Method):
         photo = np.asarray(src.class_vectors, np.float32)
         own = np.asarray(src.description.class_vectors, np.float64)
         extra = []
-        self.settings = settings(src.dataset)
+        chosen = {k: v for k, v in self.get_params().items() if v is not None}   # else LADS's config for the dataset
+        self.settings = {**settings(src.dataset), **chosen}
         knobs = {k: self.settings[k] for k in ("lr", "weight_decay", "layers")}
         for d in src.descriptions:
             if d.domain == src.domain:

@@ -282,6 +282,8 @@ def make(name: str) -> Method:
 PARAMETERS = {
     "translate": {"step": (1.0, [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])},
     "interpolate": {"weight": (0.5, [0.0, 0.25, 0.5, 0.75, 1.0])},
+    # None: LADS's own config for the dataset (lads.SETTINGS); the ranges span its configs' values
+    "lads": {"lr": (None, [1e-4, 1e-3, 5e-3, 1e-2]), "weight_decay": (None, [0.0, 0.005, 0.05]), "layers": (None, [1, 2])},
 }
 
 
