@@ -68,13 +68,16 @@ def test_the_calibrated_scale_is_estimated_on_source_images_and_class_prompts_on
     assert METHODS["translate_calibrated"]().fit(src).alpha == pytest.approx(alphas[0] * 2, rel=0.05)
 
 
-def scaled_world(scale, gap=True, extra=0.3, noise=0.04, n_per=40, seed=0):
+def scaled_world(scale, gap=True, extra=0.3, noise=0.04, n_per=40, seed=0, text_only=0.0, spread=0.45):
     """Unit texts whose offsets are u_k (classes) and v_d (domains) exactly; images normalise(scale·(u_k + v_d) +
     extra·w_k + an offset + noise): one image step per text step for classes and domains alike, plus class
-    structure the texts do not have (w_k). ``gap``: the images' offset is their own direction, else the texts'."""
+    structure the texts do not have (w_k). ``gap``: the images' offset is their own direction, else the texts'.
+    ``text_only``: the class prompts also carry z_k, class structure the images do not have, ``text_only`` times
+    as large as the shared u_k (of length ``spread``)."""
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
-    u, w = 0.45 * q[:K], q[K + N_DOMAINS:2 * K + N_DOMAINS]
+    u, w = spread * q[:K], q[K + N_DOMAINS:2 * K + N_DOMAINS]
+    z = text_only * spread * q[2 * K + N_DOMAINS:3 * K + N_DOMAINS]
     v = 0.8 * l2_normalize(q[K:K + N_DOMAINS] + 0.8 * q[:N_DOMAINS])     # each domain leans on a class
     text_off, image_off = q[-2], q[-1] if gap else q[-2]
     x = [scale * (u[k] + v[d]) + extra * w[k] + 0.5 * image_off + noise * rng.standard_normal((n_per, DIM))
@@ -83,7 +86,7 @@ def scaled_world(scale, gap=True, extra=0.3, noise=0.04, n_per=40, seed=0):
     names = ["photo", "art_painting", "cartoon", "sketch"]
     emb = Embeddings(l2_normalize(np.concatenate(x)).astype(np.float32), y, dom, names, [f"c{k}" for k in range(K)],
                      [f"{i}.png" for i in range(len(y))], None)
-    classes, domains = u + np.sqrt(1 - 0.45 ** 2) * text_off, v + 0.6 * text_off
+    classes, domains = u + z + np.sqrt(1 - spread ** 2 * (1 + text_only ** 2)) * text_off, v + 0.6 * text_off
     return emb, pa.TextSide.from_vectors({"paper": domains}, classes, domains=names)
 
 
@@ -107,6 +110,43 @@ def test_the_calibrated_step_lands_within_5_percent_of_the_best_step_from_target
         si = emb.domains.index(s)
         best = np.mean([best_step(emb, text, si, t) for t in range(N_DOMAINS) if t != si])
         assert m.alpha == pytest.approx(best, rel=0.05), (s, m.alpha, best)
+
+
+TEXT_ONLY = [dict(scale=1.0, extra=0.0, text_only=1.0, spread=0.4), dict(scale=1.0, extra=0.0, text_only=2.0, spread=0.4),
+             dict(scale=0.6, extra=0.0, text_only=2.0, spread=0.4, gap=False)]
+
+
+@pytest.mark.parametrize("world", TEXT_ONLY, ids=["text-only-1x", "text-only-2x", "text-only-2x-no-gap"])
+def test_class_structure_only_the_prompts_carry_shrinks_the_default_step_and_the_range_and_shared_part_say_so(world):
+    """Class prompts with structure the images lack (errors in variables): the default slope shrinks toward ``none``
+    by the shared fraction; the truth stays inside ``alpha_range``; ``shared`` says how much is shared;
+    ``unshared="text"`` (the reverse regression) lands within 20% of the best step."""
+    emb, text = scaled_world(**world)
+    res = pa.evaluate(emb, ["translate_calibrated", "translate_calibrated:unshared=text"], seeds=[0], text=text,
+                      progress=False, head_cache=False)
+    fraction = 1 / (1 + world["text_only"] ** 2)
+    for (s, _, name, _), m in res.fitted.items():
+        si = emb.domains.index(s)
+        best = np.mean([best_step(emb, text, si, t) for t in range(N_DOMAINS) if t != si])
+        lo, hi = m.alpha_range
+        assert 0.95 * lo <= best <= 1.05 * hi, (s, lo, best, hi)
+        assert m.shared == pytest.approx(fraction, rel=0.2)
+        if name == "translate_calibrated":
+            assert m.alpha == pytest.approx(lo) and m.alpha < 0.6 * best        # attenuated, as the docstring says
+        else:
+            assert m.alpha == pytest.approx(hi) and m.alpha == pytest.approx(best, rel=0.2)
+
+
+@pytest.mark.parametrize("world", [dict(scale=1.0), dict(scale=0.6, gap=False), *TEXT_ONLY])
+def test_the_best_step_lies_inside_the_calibrated_range_whichever_side_has_unshared_class_structure(world):
+    emb, text = scaled_world(**world)
+    res = pa.evaluate(emb, ["translate_calibrated:unshared=middle"], seeds=[0], text=text, progress=False,
+                      head_cache=False)
+    for (s, _, _, _), m in res.fitted.items():
+        si = emb.domains.index(s)
+        best = np.mean([best_step(emb, text, si, t) for t in range(N_DOMAINS) if t != si])
+        lo, hi = m.alpha_range
+        assert 0.95 * lo <= best <= 1.05 * hi and lo <= m.alpha <= hi and 0 < m.shared <= 1
 
 
 def test_the_interval_over_seeds_excludes_a_true_zero_gain_at_about_the_nominal_rate():

@@ -547,8 +547,9 @@ def use_headless_backend():
 
 def step_sweep(sw):
     """Accuracy against the step along Δ (``pa.sweep``), one panel per source, a line per target (mean over seeds):
-    the paper's step 1 (dashed), the calibrated α of that source (dotted), and on each line its oracle step — the
-    best on the target's own labels, an upper bound, never a method (open circle)."""
+    the paper's step 1 (dashed), the calibrated α of that source (dotted) and the range source data leave it in
+    (shaded: ``translate_calibrated``'s ``alpha_range``), and on each line its oracle step — the best on the target's
+    own labels, an upper bound, never a method (open circle)."""
     curve = sw.curve()
     sources = domain_order(dict.fromkeys(curve.source))
     targets = domain_order(dict.fromkeys(curve.target))
@@ -568,6 +569,8 @@ def step_sweep(sw):
             best = c.accuracy.idxmax()
             ax.plot(c.step[best], c.accuracy[best], "o", mfc="none", color=colors[t], ms=6)
         ax.axvline(1.0, color="black", ls="--", lw=0.9)
+        if s in sw.alpha_range:   # where source data leave α: between the two slopes
+            ax.axvspan(*sw.alpha_range[s], color="gray", alpha=0.15, lw=0)
         if s in sw.alpha:
             ax.axvline(sw.alpha[s], color="gray", ls=":", lw=1.2)
         ax.set_title(f"source {s}", fontsize=8)
@@ -577,6 +580,7 @@ def step_sweep(sw):
     handles = [matplotlib.lines.Line2D([], [], color=colors[t], lw=1.3, label=f"target {t}") for t in targets]
     handles += [matplotlib.lines.Line2D([], [], color="black", ls="--", lw=0.9, label="the paper's step 1"),
                 matplotlib.lines.Line2D([], [], color="gray", ls=":", lw=1.2, label="calibrated α (source only)"),
+                matplotlib.patches.Patch(color="gray", alpha=0.15, label="where source data leave α"),
                 matplotlib.lines.Line2D([], [], color="gray", marker="o", mfc="none", ls="", label="oracle step "
                                         "(target labels: an upper bound, not a method)")]
     fig.legend(handles=handles, fontsize=6.5, loc="lower center", ncol=3, frameon=False)

@@ -14,7 +14,7 @@ Usage::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,8 @@ class Sweep:
     table: pd.DataFrame         # source, target, seed, step, accuracy
     alpha: dict                 # source -> translate_calibrated's α (mean over seeds)
     description: str
+    alpha_range: dict = field(default_factory=dict)   # source -> (low, high): the slopes α lies between (mean)
+    shared: dict = field(default_factory=dict)        # source -> how much class structure images and prompts share
 
     def curve(self) -> pd.DataFrame:
         """Mean accuracy over seeds per (source, target, step)."""
@@ -51,6 +53,9 @@ class Sweep:
                          float(acc[best])))
         out = pd.DataFrame(rows, columns=["source", "target", "step1", "alpha", "at_alpha", "oracle_step", "oracle"])
         out["step1_below_oracle"] = out.oracle - out.step1
+        out["alpha_low"] = [self.alpha_range.get(s, (np.nan, np.nan))[0] for s in out.source]
+        out["alpha_high"] = [self.alpha_range.get(s, (np.nan, np.nan))[1] for s in out.source]
+        out["shared"] = [self.shared.get(s, np.nan) for s in out.source]
         return out
 
     def sentence(self) -> str:
@@ -61,7 +66,16 @@ class Sweep:
                 f"own labels: an upper bound, not a method) on {close} of {len(s)} pairs ({seeds} seed"
                 f"{'s' if seeds > 1 else ''}); on average it is "
                 f"{s.step1_below_oracle.mean() * 100:.1f} points below it, and the calibrated α "
-                f"{(s.oracle - s.at_alpha).mean() * 100:.1f} points.")
+                f"{(s.oracle - s.at_alpha).mean() * 100:.1f} points." + self._identified(s))
+
+    def _identified(self, s: pd.DataFrame) -> str:
+        """How far source data pin α down: the range of slopes, and the share of class structure in common."""
+        if not self.alpha_range or not np.isfinite(s.alpha_low).any():
+            return ""
+        return (f" From source data α is only known to lie between {s.alpha_low.mean():.2f} and "
+                f"{s.alpha_high.mean():.2f} (mean over sources; the source images and the class prompts share "
+                f"{s.shared.mean() * 100:.0f}% of their class structure, and which side holds the rest cannot be told; "
+                f"α takes it to be the images', the low end; `translate_calibrated:unshared=text` takes the high end).")
 
 
 def sweep(emb, method: str = "translate", step=None, seeds=range(3), description: str = "paper", text=None,
@@ -82,7 +96,7 @@ def sweep(emb, method: str = "translate", step=None, seeds=range(3), description
         emb, ["translate_calibrated"], seeds=seeds, text=text, descriptions=[description], head_cache=head_cache,
         progress=progress, sources=sources)
     T = text.vectors(description)
-    rows, alpha = [], {}
+    rows, alpha, ranges, shared = [], {}, {}, {}
     wanted = set(seeds)
     for (s, seed), head in res.heads.items():
         if seed not in wanted:
@@ -91,6 +105,8 @@ def sweep(emb, method: str = "translate", step=None, seeds=range(3), description
         fitted = res.fitted.get((s, seed, "translate_calibrated", description))
         if fitted is not None:
             alpha.setdefault(s, []).append(fitted.alpha)
+            ranges.setdefault(s, []).append(fitted.alpha_range)
+            shared.setdefault(s, []).append(fitted.shared)
         for t in emb.domains:
             if t == s:
                 continue
@@ -105,4 +121,6 @@ def sweep(emb, method: str = "translate", step=None, seeds=range(3), description
     order = {d: i for i, d in enumerate(domain_order(emb.domains))}
     table = table.sort_values(["source", "target", "seed", "step"], key=lambda c: c.map(order) if c.name in (
         "source", "target") else c, kind="stable", ignore_index=True)
-    return Sweep(table, {s: float(np.mean(a)) for s, a in alpha.items()}, description)
+    return Sweep(table, {s: float(np.mean(a)) for s, a in alpha.items()}, description,
+                 {s: tuple(np.mean(r, axis=0).tolist()) for s, r in ranges.items()},
+                 {s: float(np.mean(v)) for s, v in shared.items()})
