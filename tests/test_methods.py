@@ -264,10 +264,13 @@ def test_lads_loss_gradient_matches_finite_differences_and_the_kept_epoch_has_th
 
 
 def test_lads_takes_the_settings_lads_s_own_config_gives_the_dataset():
-    """DomainNet and OfficeHome have LADS configs (a linear augmenter, their own lr and weight decay); other datasets
-    take configs/base.yaml's; the linear augmenter's gradient is checked against finite differences."""
+    """DomainNet and OfficeHome have LADS configs (their own lr and weight decay; their NUM_LAYERS is read only by
+    LADS's end-to-end variant, so the augmenter keeps two layers); other datasets take configs/base.yaml's; every
+    name is cited at a pinned commit; the linear augmenter (lads:layers=1) is checked against finite differences."""
+    import re
     from pacs_embed.analysis import lads
-    assert lads.settings("DomainNet")["layers"] == 1 and lads.settings("DomainNet")["lr"] == 1e-4
+    assert lads.settings("DomainNet")["layers"] == 2 and lads.settings("DomainNet")["lr"] == 1e-4
+    assert re.fullmatch(r"[0-9a-f]{40}", lads.CODE_COMMIT) and lads.CODE_COMMIT[:7] in lads.__doc__
     assert lads.settings("OfficeHome")["lr"] == 1e-3 and lads.settings("PACS") == lads.SETTINGS["base"]
     assert all("@" in s["source"] for s in lads.SETTINGS.values())          # each cited at a pinned commit
     rng = np.random.default_rng(0)

@@ -1,14 +1,18 @@
 """``lads``: LADS as its authors' code runs it (opt-in: name it in ``methods``).
 
 Dunlap et al., ICLR 2023, "Using Language to Extend to Unseen Domains"; recipe read from the repository
-lisadunlap/LADS (its configs, not only the paper) and re-implemented here in numpy, no code copied. Point by point:
+lisadunlap/LADS (its code and configs, not only the paper) and re-implemented here in numpy, no code copied. Every
+name below is read at commit ``CODE_COMMIT`` (08e812e), the commit of ``configs/base.yaml`` and
+``configs/DomainNet/lads.yaml`` (the OfficeHome config's commit, 1110208, has the same ``Directional``). Point by point:
 
 - **Per-class alignment target** (``AUGMENTATION.GENERIC: False`` in every config; ``methods/clip_transformations.py``,
   ``Noop.__init__``): for target domain d and class k, δ_{d,k} = normalise(e_{d,k} − e_{s,k}) with e the unit
   "{domain prompt} of a {class}" vectors of the target d and of the source s (LADS's ``NEUTRAL_TEXT_PROMPTS``).
 - **One augmenter per target domain** (``methods/augmentations.py``, ``Directional.__init__``: one ``train_network``
-  per text prompt), a plain MLP f(x) = W₂·relu(W₁x + b₁) + b₂ with hidden width 384 (``MLP``;
-  ``configs/base.yaml`` ``AUGMENTATION.MODEL.HIDDEN_DIM``), PyTorch's default ``nn.Linear`` initialisation.
+  per text prompt), ``MLP``: f(x) = W₂·relu(W₁x + b₁) + b₂ with hidden width 384 (``configs/base.yaml``
+  ``AUGMENTATION.MODEL.HIDDEN_DIM``), PyTorch's default ``nn.Linear`` initialisation. ``train_network`` builds this
+  MLP whatever the config says: ``AUGMENTATION.MODEL.NUM_LAYERS: 1`` in the DomainNet and OfficeHome configs is read
+  only by the end-to-end variant (``clip_transformations.AugE2EMLPMulti``), so every dataset gets two layers here too.
 - **Loss** (``Directional.training_loop``): α·L_dir + (1 − α)·L_cc with α = 0.5 (``AUGMENTATION.ALPHA``;
   ``DOM_WEIGHT`` 1.0), where L_dir = mean_i [1 − cos(f(x_i) − x_i, δ_{d,y_i})] (``directional_loss_builder``)
   and L_cc is the class-weighted cross-entropy of the *unscaled* cosines cos(f(x_i), c_k) to the unit
@@ -16,23 +20,28 @@ lisadunlap/LADS (its configs, not only the paper) and re-implemented here in num
   weights (1/count_k) / max_k(1/count_k) (``clip_transformations.py``, ``EmbeddingDataset.get_counts``).
 - **Optimiser** (``train_network``): ``transformers.AdamW`` semantics (bias-corrected Adam, eps 1e-6, decoupled
   weight decay after the step), batches of 256 shuffled each epoch (``DATA.BATCH_SIZE``), 50 epochs
-  (``AUGMENTATION.EPOCHS``); the epoch with the lowest validation loss is kept. **Per dataset, as LADS's configs
-  set the augmenter** (``SETTINGS``, each config read at the commit named there): DomainNet lr 1e-4, weight decay
-  0.005, one linear layer (``configs/DomainNet/lads.yaml``); OfficeHome lr 1e-3, weight decay 0.005, one linear layer
+  (``AUGMENTATION.EPOCHS``); the epoch with the lowest validation loss (``eval_loop``) is kept. **Per dataset, as
+  LADS's configs set the augmenter** (``SETTINGS``, each config read at the commit named there): DomainNet lr 1e-4,
+  weight decay 0.005 (``configs/DomainNet/lads.yaml``); OfficeHome lr 1e-3, weight decay 0.005
   (``configs/OfficeHome/lads.yaml``); every other dataset (LADS has no config for PACS, VLCS or TerraIncognita)
-  ``configs/base.yaml``'s lr 5e-3, weight decay 0.05, two layers with hidden width 384. The method records which
-  (``settings``). The validation set here is the source's 20% hold-out (source data only) — the same hold-out then
-  chooses the head's C, so it chooses both the augmenter's epoch and C; its loss is taken over the whole set at once
-  (LADS averages per-batch means: the same but for the last batch's weight).
-- **Not yet as LADS runs it** (stated, not hidden): with several source prompts (an ensemble) LADS picks per image the
-  most similar one; here a description's prompts are averaged. The function names cited above were read from an
-  earlier state of the repository; only the config files are cited at pinned commits.
+  ``configs/base.yaml``'s lr 5e-3, weight decay 0.05. The method records which (``settings``); ``lads:lr=...``,
+  ``weight_decay``, ``layers`` (1: linear) override them. The validation set here is the source's 20% hold-out
+  (source data only) — the same hold-out then chooses the head's C, so it chooses both the augmenter's epoch and C;
+  its loss is taken over the whole set at once (LADS averages per-batch means: the same but for the last batch's
+  weight).
 - **Augmented training set** (``Directional.augment_single``; ``INCLUDE_ORIG_TRAINING: True``): every training
   image plus normalise(f_d(normalise(x))) for each other domain d.
+- **Several source prompts** (an ensemble description): averaged, as LADS's newest code does
+  (``methods/clip_transformations.py`` at e1f4393, ``Base.__init__``: target − the mean of the source embeddings);
+  at 08e812e ``Noop.__init__`` takes the first as the source (its configs name one).
 
-One difference, on purpose: LADS then trains its own MLP classifier (``ClipMLP``); here the augmented set trains the
+Differences, stated: (1) LADS then trains its own MLP classifier (``ClipMLP``); here the augmented set trains the
 package's logistic head (C on the hold-out), so that ``lads`` is compared with the other methods under one head.
-Target images are classified as they are. Only source images and text are used.
+(2) LADS's newest code (``methods/augmentations.py`` at 8e1447a) renamed ``Directional`` to ``LADS`` and made the
+augmenter residual (``ResMLP``: x + MLP(x)); this follows the commit its configs were written with. Its per-image
+choice of the most similar source prompt (``LADS.get_direction_vectors``) is called only by ``LADSBias``, and
+commented out in ``LADS.training_loop``, so it is not part of the recipe. Target images are classified as they are.
+Only source images and text are used.
 
 Cost, measured by ``benchmarks/analysis_speed.py`` (2-core Xeon, PACS scale, random-weight CLIP cache): 8.4 s per
 (source, seed, description) — three augmenters of 50 epochs and a head on 4x the rows — so some 8–9 minutes for a
@@ -53,14 +62,15 @@ from .methods import Method, register
 
 HIDDEN, EPOCHS, BATCH, LR, WEIGHT_DECAY, ALPHA, EPS = 384, 50, 256, 5e-3, 0.05, 0.5, 1e-6
 LADS_REPO = "lisadunlap/LADS"
+CODE_COMMIT = "08e812ead34b28c2a067b08ec65c75a42fbe8da0"   # where every class and function named above exists
 # The augmenter's settings per dataset, as LADS's own configs set them (each read at the pinned commit named);
 # datasets LADS has no config for (PACS, VLCS, TerraIncognita, your own) take configs/base.yaml's.
 SETTINGS = {
     "base": dict(lr=LR, weight_decay=WEIGHT_DECAY, layers=2,
                  source="configs/base.yaml @ 08e812ead34b28c2a067b08ec65c75a42fbe8da0 (AUGMENTATION.MODEL)"),
-    "DomainNet": dict(lr=1e-4, weight_decay=0.005, layers=1,
+    "DomainNet": dict(lr=1e-4, weight_decay=0.005, layers=2,
                       source="configs/DomainNet/lads.yaml @ 08e812ead34b28c2a067b08ec65c75a42fbe8da0"),
-    "OfficeHome": dict(lr=1e-3, weight_decay=0.005, layers=1,
+    "OfficeHome": dict(lr=1e-3, weight_decay=0.005, layers=2,
                        source="configs/OfficeHome/lads.yaml @ 111020810c41c5c581ad57b30a45b5e20b6067b4"),
 }
 
