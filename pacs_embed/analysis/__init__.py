@@ -17,6 +17,7 @@ from ..text_encoder import prompt_embeddings, provenance
 from .embeddings import Embeddings, dataset_status, l2_normalize, load
 from .evaluation import Results, evaluate
 from .methods import PARAMETERS
+from .explorer import Edit, Explorer, explore
 from .sweep import Sweep, sweep
 from .heads import C_GRID, Head, HeadCache, fit_head, split
 from . import lads  # noqa: F401  (registers the opt-in method "lads")
@@ -41,7 +42,7 @@ __all__ = [
     # methods and heads
     "METHODS", "Method", "Source", "register", "default_methods", "delta", "fit_head", "Head", "HeadCache", "split", "C_GRID",
     # evaluation, statistics, output
-    "evaluate", "Results", "summary", "method_means", "gains", "grid", "sweep", "Sweep", "PARAMETERS",
+    "evaluate", "Results", "summary", "method_means", "gains", "grid", "sweep", "Sweep", "explore", "Explorer", "Edit", "PARAMETERS",
     "table1", "paper_table1", "paper_comparison", "prompt_similarity", "description_similarity", "similarity_matrix",
     "report", "study", "notebook_run", "record", "markdown", "plots",
 ]

@@ -184,6 +184,7 @@ class LADS(Method):
     ``--methods lads:layers=1``."""
     default = False
     family = "train-time augmentation"
+    trains_on_text = True
 
     def __init__(self, lr: float | None = None, weight_decay: float | None = None, layers: int | None = None):
         self.lr, self.weight_decay, self.layers = lr, weight_decay, layers

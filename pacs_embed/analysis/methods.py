@@ -143,6 +143,8 @@ class Method:
     seeded = True         # results depend on the source split
     default = True        # part of every evaluation unless methods are named
     family = "other"      # which kind of method it is: figures colour a family alike (FAMILIES)
+    trains_on_text = False  # its head is trained on features made from the domain descriptions (the explorer
+                            # refits it only when asked)
 
     def get_params(self) -> dict:
         """{parameter: value} of this method (its ``__init__`` keyword arguments)."""
@@ -198,6 +200,7 @@ class Operator(Method):
         features = np.asarray(features)
         if features.shape == src.x.shape and float(np.abs(features - src.x).max()) <= 1e-6:
             features = src.x   # no shift, no change (up to rounding): the plain head
+        self.trains_on_text = features is not src.x
         self.head = src.fit_head(features)
         return self
 
@@ -471,6 +474,7 @@ class ProjectOut(Method):
     target images are projected the same way (no translation needed).
     """
     family = "modality gap and projection"
+    trains_on_text = True
 
     def fit(self, src):
         A = np.stack([d.vector for d in src.descriptions]).astype(np.float64)
@@ -516,6 +520,7 @@ class Augment(Method):
     every other described domain d (the paper's translation, run backwards at training time: source
     images moved toward each target description). Target images are classified as they are."""
     family = "train-time augmentation"
+    trains_on_text = True
 
     def fit(self, src):
         s = src.description.vector

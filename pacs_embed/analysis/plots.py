@@ -587,3 +587,38 @@ def step_sweep(sw):
     fig.suptitle(f"translate: x + step·Δ, domain descriptions: {sw.description}", fontsize=8)
     fig.tight_layout(rect=(0, 0.1 + 0.04 * (len(handles) > 6), 1, 1))
     return fig
+
+
+def explorer_view(edit):
+    """One edit of the explorer (``pa.explore``) as a figure: accuracy per method and target with the change from
+    the last description written in (green up, red down; out-of-date methods hatched), and the typed descriptions'
+    Sim row against every domain's images."""
+    acc, change = edit.accuracy, edit.change
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9.0, 0.42 * len(acc) + 1.9),
+                                 gridspec_kw={"width_ratios": [len(acc.columns) + 2, len(edit.similarity.columns)]})
+    image = ax.imshow(acc.values.astype(float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i, m in enumerate(acc.index):
+        for j, t in enumerate(acc.columns):
+            d = change.loc[m, t]
+            mark = f"\n{d:+.3f}" if np.isfinite(d) and abs(d) >= 5e-4 else ""
+            ax.text(j, i, f"{acc.loc[m, t]:.3f}{mark}", ha="center", va="center", fontsize=6.5,
+                    color="white" if acc.loc[m, t] < 0.6 else "black")
+        if m in edit.stale:
+            ax.add_patch(matplotlib.patches.Rectangle((-0.5, i - 0.5), len(acc.columns), 1, fill=False, hatch="//",
+                                                      color="gray", lw=0))
+    ax.set_xticks(range(len(acc.columns)), acc.columns, fontsize=7)
+    ax.set_yticks(range(len(acc)), [f"{m} (out of date)" if m in edit.stale else m for m in acc.index], fontsize=7)
+    ax.set_xlabel("target", fontsize=8)
+    ax.set_title(f"accuracy (mean over seeds) and its change; applied in {edit.seconds:.2f} s", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.04).ax.tick_params(labelsize=6)
+    sim = edit.similarity
+    bx.imshow(sim.values, cmap="magma", aspect="auto")
+    for i in range(len(sim)):
+        for j in range(len(sim.columns)):
+            bx.text(j, i, f"{sim.values[i, j]:.3f}", ha="center", va="center", fontsize=6.5, color="gray")
+    bx.set_xticks(range(len(sim.columns)), sim.columns, fontsize=7, rotation=30)
+    bx.set_yticks(range(len(sim)), [f"{d}: {str(edit.prompts[d])[:28]}" for d in sim.index], fontsize=6.5)
+    bx.set_xlabel("images of", fontsize=8)
+    bx.set_title("Sim(description, images): mean cosine", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -44,12 +44,12 @@ Usage::
 """
 from .batch import HeadBatch, PendingHead, resolved
 from .lbfgs import minimize_lbfgs, single_threaded_blas
-from .model import (C_GRID, HOLDOUT, SELECT_ROWS, SOLVER, SOLVERS, TOL, Head, head_key, shared_products, shifted,
+from .model import (C_GRID, HOLDOUT, SELECT_ROWS, SOLVER, SOLVERS, TOL, Head, head_key, kept_products, shared_products, shifted,
                     split)
 from .solvers import check_solver, fit_head, fit_heads, resolve_solver, selection_rows
 from .store import HeadCache, HeadCacheWarning
 
 __all__ = ["C_GRID", "HOLDOUT", "SELECT_ROWS", "SOLVER", "SOLVERS", "TOL", "Head", "HeadBatch", "HeadCache",
            "HeadCacheWarning", "PendingHead", "check_solver", "fit_head", "fit_heads", "head_key", "minimize_lbfgs",
-           "resolve_solver", "resolved", "selection_rows", "shared_products", "shifted", "single_threaded_blas",
+           "resolve_solver", "resolved", "selection_rows", "kept_products", "shared_products", "shifted", "single_threaded_blas",
            "split"]

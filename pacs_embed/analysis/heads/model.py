@@ -73,9 +73,15 @@ class Head:
         last = getattr(_SHARED, "last", None)
         if last is not None and last[0] is self and last[1] is x:
             return last[2]
+        kept = getattr(_SHARED, "kept", None)
+        key = (self.key or id(self), id(x))
+        if kept is not None and key in kept and kept[key][0] is x:
+            return kept[key][1]
         out = np.asarray(x, np.float32) @ self.W.astype(np.float32)
         if getattr(_SHARED, "on", False):
             _SHARED.last = (self, x, out)   # holds x: its identity stays valid
+        if kept is not None:
+            kept[key] = (x, out)
         return out
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -152,7 +158,20 @@ class Head:
         return head
 
 
-_SHARED = threading.local()   # shared_products' last product, per thread
+_SHARED = threading.local()   # shared_products' last product, kept_products' store, per thread
+
+
+@contextlib.contextmanager
+def kept_products(store: dict):
+    """Inside it, every ``Head.product`` this thread computes is kept in ``store`` (keyed by the head's key and the
+    array's identity) and reused while the same array is asked again — across calls: the explorer keeps the plain
+    heads' x·W for every target, so an edit of a description costs only the (n x K) work of each operator."""
+    before = getattr(_SHARED, "kept", None)
+    _SHARED.kept = store
+    try:
+        yield store
+    finally:
+        _SHARED.kept = before
 
 
 @contextlib.contextmanager
