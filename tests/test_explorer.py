@@ -28,7 +28,7 @@ def test_an_edit_gives_what_evaluate_gives_for_that_description_and_trained_head
     assert set(first.accuracy.index) == set(METHODS) and "photo" not in first.accuracy.columns
     want = evaluated(emb, ex.prompts, "photo", [0, 1], METHODS)
     assert np.allclose(first.accuracy.loc[METHODS].values, want.loc[METHODS, first.accuracy.columns].values)
-    assert ex.trained == {"augment", "project_out"} and first.stale == []
+    assert ex.trained == {"augment", "project_out"} and ex.reads == set() and first.stale == []
 
     products = len(ex.products)
     edit = ex.apply(cartoon="a comic strip")
@@ -70,3 +70,16 @@ def test_the_panel_applies_a_typed_prompt_a_preset_and_another_source(emb):
     assert ex.source == "sketch" and "sketch" not in ex.last.accuracy.columns
     with pytest.raises(KeyError, match="no domain 'cartoonz'"):
         ex.apply(cartoonz="x")
+
+
+def test_a_method_that_reads_description_of_a_class_prompts_waits_for_a_refit_which_encodes_them(emb):
+    """zeroshot_domain reads "{description} of a {class}" for every class: a new description would be a text-tower
+    pass over every class (25 s at DomainNet size), so it waits, said, until refit."""
+    ex = pa.explore(emb, methods=["none", "translate", "zeroshot_domain"], head_cache=False)
+    assert ex.reads == {"zeroshot_domain"} and ex.trained == set()
+    edit = ex.apply(cartoon="a comic strip")
+    assert edit.stale == ["zeroshot_domain"]
+    again = ex.refit()
+    want = evaluated(emb, edit.prompts, ex.source, [0], ["zeroshot_domain"])
+    assert again.stale == [] and np.allclose(again.accuracy.loc[["zeroshot_domain"]].values,
+                                             want.loc[["zeroshot_domain"], again.accuracy.columns].values)

@@ -4,8 +4,10 @@
 edit of a domain's description then costs each test-time operator only its (n x K) work per target — no product of
 the images with the head is computed again. It shows, per target, the accuracy of every method (mean over seeds), the
 change from the last description, and the typed prompts' Sim row (Table 1's measure: mean cosine with each domain's
-images). Methods whose heads are trained on the description (``augment``, ``project_out``, ``lads``) are marked out
-of date after an edit until ``refit()`` (the panel's button) fits them again.
+images). Methods whose heads are trained on the description (``augment``, ``project_out``, ``lads``), and those that
+read "{description} of a {class}" prompts (``zeroshot_domain``, ``lads``: a new description is then encoded for every
+class, 25 s for DomainNet's 345 on a 2-core CPU), are marked out of date after an edit until ``refit()`` (the panel's
+button) fits them again. Methods that do not depend on the descriptions (``none``, ``zeroshot``) keep their row.
 
 Usage::
 
@@ -75,6 +77,7 @@ class Explorer:
         self.image_means = group_means(self.emb.x, self.emb.domain, len(self.emb.domains))
         self.fitted: dict = {}           # (seed, method) -> fitted method of the last applied description
         self.trained: set[str] = set()   # methods whose heads are trained on the description
+        self.reads: set[str] = set()     # methods that read "{description} of a {class}" prompts
         self.stale: set[str] = set()
         self.last: Edit | None = None
         self.prompts = self._preset_prompts(DESCRIPTION)
@@ -90,13 +93,16 @@ class Explorer:
                               f"domains are {self.emb.domains}")
         t0 = time.perf_counter()
         run = self._run(new)
-        live = [m for m in self.methods if _all or m not in self.trained]
+        if _all:
+            self.reads = set()
+        # an edit re-scores the methods that depend on the descriptions and need no refit; the others keep their row
+        live = [m for m in self.methods if _all or (m not in self.trained | self.reads and run.kinds[m].uses_text)]
         accuracy = self._score(run, live)
         if _all:
             self.trained = {m for m in self.methods if self._trains_on_text(m)}
             self.stale = set()
-        else:
-            self.stale |= self.trained
+        elif new != self.prompts:
+            self.stale |= self.trained | self.reads
         return self._edit(new, accuracy, time.perf_counter() - t0)
 
     def preset(self, description: str) -> Edit:
@@ -143,24 +149,32 @@ class Explorer:
         return run
 
     def _score(self, run: _Evaluation, live: list[str]) -> pd.DataFrame:
-        """method x target accuracy, mean over seeds, for ``live`` (fitted anew); the others keep their last row."""
+        """method x target accuracy, mean over seeds, for ``live`` (fitted anew); the others keep their last row.
+        Notes which methods read "{description} of a {class}" prompts (``self.reads``: encoding those for a new
+        description is a text-tower pass over every class, so they wait for a refit too)."""
         s, targets = self.source, [t for t in domain_order(self.emb.domains) if t != self.source]
         rows = {}
         with kept_products(self.products):
-            for seed in self.seeds:
-                for name in live:
-                    self.fitted[(seed, name)] = run.fit(s, seed, name, DESCRIPTION if run.kinds[name].uses_text
-                                                        else NO_DESCRIPTION)
-                for name in self.methods:
-                    how = DESCRIPTION if run.kinds[name].uses_text else NO_DESCRIPTION
-                    if name in live:
-                        rows.setdefault(name, []).append(
-                            [run.hits(name, self.fitted[(seed, name)], s, t, how).mean() for t in targets])
+            for name in live:
+                how = DESCRIPTION if run.kinds[name].uses_text else NO_DESCRIPTION
+                before = self._unread(run)
+                for seed in self.seeds:
+                    self.fitted[(seed, name)] = run.fit(s, seed, name, how)
+                    rows.setdefault(name, []).append(
+                        [run.hits(name, self.fitted[(seed, name)], s, t, how).mean() for t in targets])
+                if self._unread(run) != before:
+                    self.reads.add(name)
         out = pd.DataFrame({name: np.mean(v, axis=0) for name, v in rows.items()}, index=targets).T
         if self.last is not None:
             kept = self.last.accuracy.loc[[m for m in self.methods if m not in live and m in self.last.accuracy.index]]
             out = pd.concat([out, kept])
         return out.loc[[m for m in self.methods if m in out.index]]
+
+    @staticmethod
+    def _unread(run: _Evaluation) -> set:
+        """The descriptions whose "{description} of a {class}" vectors are not read yet (``text.OnFirstUse``)."""
+        return {(name, i) for name, ds in run.text.descriptions.items() for i, d in enumerate(ds)
+                if callable(d.__dict__.get("_class_vectors"))}
 
     def _trains_on_text(self, name: str) -> bool:
         """Whether a method's head is trained on the descriptions (``Method.trains_on_text``; an operator: whether

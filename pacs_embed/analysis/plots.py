@@ -589,7 +589,7 @@ def step_sweep(sw):
     return fig
 
 
-def explorer_view(edit):
+def explorer_view(edit, title: str | None = None):
     """One edit of the explorer (``pa.explore``) as a figure: accuracy per method and target with the change from
     the last description written in (green up, red down; out-of-date methods hatched), and the typed descriptions'
     Sim row against every domain's images."""
@@ -615,10 +615,14 @@ def explorer_view(edit):
     bx.imshow(sim.values, cmap="magma", aspect="auto")
     for i in range(len(sim)):
         for j in range(len(sim.columns)):
-            bx.text(j, i, f"{sim.values[i, j]:.3f}", ha="center", va="center", fontsize=6.5, color="gray")
+            v, lo, hi = sim.values[i, j], np.nanmin(sim.values), np.nanmax(sim.values)
+            bx.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=6.5,
+                    color="black" if hi > lo and (v - lo) / (hi - lo) > 0.6 else "white")
     bx.set_xticks(range(len(sim.columns)), sim.columns, fontsize=7, rotation=30)
     bx.set_yticks(range(len(sim)), [f"{d}: {str(edit.prompts[d])[:28]}" for d in sim.index], fontsize=6.5)
     bx.set_xlabel("images of", fontsize=8)
     bx.set_title("Sim(description, images): mean cosine", fontsize=8)
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.95 if title else 1))
     return fig
