@@ -1,4 +1,5 @@
-"""Hugging Face CLIP checkpoints: resolve, load one tower at a time, pick device and dtype, encode.
+"""Hugging Face CLIP-family checkpoints (``BACKBONES``: CLIP, SigLIP): resolve, load one tower at a time, pick device
+and dtype, encode.
 
 Usage::
 
@@ -158,8 +159,35 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@dataclass(frozen=True)
+class Backbone:
+    """How one family of checkpoints loads and encodes: its towers' transformers classes and how its text is padded —
+    as the model was trained, or its text embeddings are wrong (``embedding_dim`` gives a tower's vector size)."""
+    vision: str              # transformers class of the image tower (with its projection or pooling head)
+    text: str                # ... of the text tower
+    padding: object          # True: to the batch's longest, with an attention mask (CLIP); "max_length" (SigLIP)
+    text_inputs: tuple       # what the text tower is given
+    projection_at_top: bool  # a CLIPModel keeps projection_dim at the top level of its config
+
+
+BACKBONES = {
+    "clip": Backbone("CLIPVisionModelWithProjection", "CLIPTextModelWithProjection", True,
+                     ("input_ids", "attention_mask"), True),
+    # SigLIP (Zhai et al., ICCV 2023): trained on text padded to max_length (64 tokens), with no attention mask; its
+    # towers' pooled outputs are the joint embedding (the model card: padding="max_length")
+    "siglip": Backbone("SiglipVisionModel", "SiglipTextModel", "max_length", ("input_ids",), False),
+}
+
+
+def backbone_name(spec: ModelSpec) -> str:
+    """The family of ``spec`` (its config's ``model_type``: a key of ``BACKBONES``), or a ModelError naming those
+    that load. The cache records it (``backbone``)."""
+    return _clip_config(spec).model_type
+
+
 def check_clip(spec: ModelSpec) -> None:
-    """Fail with a clear ModelError unless ``spec`` is a CLIP checkpoint (before anything else is loaded)."""
+    """Fail with a clear ModelError unless ``spec`` is a checkpoint of a family in ``BACKBONES`` (before anything
+    else is loaded)."""
     _clip_config(spec)
 
 
@@ -170,15 +198,28 @@ def _clip_config(spec: ModelSpec):
     except Exception as e:  # noqa: BLE001 - unreadable or unknown config.json
         raise ModelError(f"model {spec.model_id!r}: cannot read its config.json ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    if getattr(cfg, "model_type", None) != "clip":
-        raise ModelError(f"model {spec.model_id!r} is a {cfg.model_type!r} checkpoint; pacs_embed needs a CLIP one.")
+    if getattr(cfg, "model_type", None) not in BACKBONES:
+        raise ModelError(f"model {spec.model_id!r} is a {cfg.model_type!r} checkpoint; pacs_embed loads "
+                         f"{', '.join(BACKBONES)} checkpoints.")
     return cfg
 
 
 def _tower_config(cfg, part: str):
     sub = getattr(cfg, part)
-    sub.projection_dim = cfg.projection_dim  # a CLIPModel checkpoint keeps it at the top level
+    if BACKBONES[cfg.model_type].projection_at_top:
+        sub.projection_dim = cfg.projection_dim  # a CLIPModel checkpoint keeps it at the top level
     return sub
+
+
+def embedding_dim(model) -> int:
+    """The size of the vectors a loaded tower returns (a CLIP tower's projection, a SigLIP tower's width)."""
+    cfg = model.config
+    return int(getattr(cfg, "projection_dim", None) or cfg.hidden_size)
+
+
+def _transformers_class(name: str):
+    import transformers
+    return getattr(transformers, name)
 
 
 def _attention(device) -> str:
@@ -204,10 +245,11 @@ def _quiet_load(cls, folder, config, dtype, device="cpu"):
 
 
 def load_image_tower(spec: ModelSpec, device, dtype=torch.float32):
-    """The vision model with projection, on ``device`` in ``dtype``; the text weights are not loaded."""
-    from transformers import CLIPVisionModelWithProjection
+    """The vision model with its projection (or pooling head), on ``device`` in ``dtype``; the text weights are not
+    loaded."""
     cfg = _clip_config(spec)
-    model = _quiet_load(CLIPVisionModelWithProjection, spec.folder, _tower_config(cfg, "vision_config"), dtype, device)
+    cls = _transformers_class(BACKBONES[cfg.model_type].vision)
+    model = _quiet_load(cls, spec.folder, _tower_config(cfg, "vision_config"), dtype, device)
     return model.to(device)
 
 
@@ -288,17 +330,19 @@ class TextTower:
     model: object
     tokenizer: object
     device: torch.device
+    backbone: Backbone = BACKBONES["clip"]
 
 
 def load_text_tower(spec: ModelSpec, device=None) -> TextTower:
     """Text model with projection and tokenizer, float32 (cheap; keeps prompt vectors comparable)."""
-    from transformers import AutoTokenizer, CLIPTextModelWithProjection
+    from transformers import AutoTokenizer
     check_device(device)
     device = choose_device(device)
     cfg = _clip_config(spec)
-    model = _quiet_load(CLIPTextModelWithProjection, spec.folder, _tower_config(cfg, "text_config"), torch.float32,
-                        device)
-    return TextTower(model.to(device), AutoTokenizer.from_pretrained(spec.folder), device)
+    family = BACKBONES[cfg.model_type]
+    model = _quiet_load(_transformers_class(family.text), spec.folder, _tower_config(cfg, "text_config"),
+                        torch.float32, device)
+    return TextTower(model.to(device), AutoTokenizer.from_pretrained(spec.folder), device, family)
 
 
 def features(output) -> torch.Tensor:
@@ -327,9 +371,10 @@ def encode_text(tower: TextTower, prompts: list[str], batch_size: int = 256) -> 
             warnings.warn(f"prompt {p[:60]!r}{'...' if len(p) > 60 else ''} has {len(ids)} tokens; the text tower "
                           f"reads only the first {max_len}, so prompts that differ after that get the same vector",
                           stacklevel=2)
-    chunks = []
+    chunks, family = [], tower.backbone
     for i in range(0, len(prompts), batch_size):
-        tok = tower.tokenizer(list(prompts[i:i + batch_size]), padding=True, truncation=True,
+        tok = tower.tokenizer(list(prompts[i:i + batch_size]), padding=family.padding, truncation=True,
                               max_length=max_len, return_tensors="pt").to(tower.device)
-        chunks.append(features(tower.model(**tok)).float().cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, tower.model.config.projection_dim), np.float32)
+        chunks.append(features(tower.model(**{k: v for k, v in tok.items() if k in family.text_inputs})).float()
+                      .cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, embedding_dim(tower.model)), np.float32)

@@ -55,3 +55,36 @@ def make_clip(folder, size=TINY, seed=0, tokenizer: CLIPTokenizer | None = None)
     px = size["vision"]["image_size"]
     CLIPImageProcessorPil(size={"shortest_edge": px}, crop_size={"height": px, "width": px}).save_pretrained(folder)
     return folder
+
+
+def siglip_tokenizer():
+    """A SigLIP-like fast tokenizer built with ``tokenizers`` (no sentencepiece model needed): byte-level symbols,
+    no merges, "</s>" appended to every prompt, pad and unknown tokens; it gives the model input_ids only."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(["<pad>", "</s>", "<unk>"] + symbols)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_input_names=["input_ids"])
+
+
+def make_siglip(folder, seed=0) -> Path:
+    """Save a random-weight tiny SiglipModel (text padded to 64 tokens, as SigLIP's are), its tokenizer and its
+    image processor to ``folder``."""
+    from transformers import SiglipConfig, SiglipModel
+    from transformers.models.siglip import SiglipImageProcessorPil
+    folder = Path(folder)
+    tok = siglip_tokenizer()
+    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    config = SiglipConfig(text_config=dict(vocab_size=len(tok), max_position_embeddings=64, pad_token_id=0,
+                                           eos_token_id=1, bos_token_id=1, **tower),
+                          vision_config=dict(image_size=32, patch_size=8, **tower))
+    torch.manual_seed(seed)
+    SiglipModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from .. import cache as _cache
 from ..datasets import scan
 from ..errors import AlreadySaid, ExtractionError
-from ..models import (DEFAULT_MODEL, PROCESSORS, check_clip, check_device, choose_dtype, load_image_tower,
-                      load_processor, resolve)
+from ..models import (DEFAULT_MODEL, PROCESSORS, check_clip, check_device, choose_dtype, embedding_dim,
+                      load_image_tower, load_processor, resolve)
 from ..templates import load_templates
 from .journal import Journal
 from .mapper import MAPPERS
@@ -149,7 +149,7 @@ def embed(plan, ranks: Ranks, dev, tower, image_processor, workers, progress) ->
     total = sum(len(plan.batches[s]) for s in share)
     desc = "embedding images" + (f" (rank {ranks.rank} of {ranks.world})" if ranks.world > 1 else "")
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar, \
-            ShardWriter(Journal(plan.out), tower.config.projection_dim, plan.dtype, profile) as writer, \
+            ShardWriter(Journal(plan.out), embedding_dim(tower), plan.dtype, profile) as writer, \
             reader.failures_said():
         for batch in _timed(reader, profile):
             vectors = mapper(batch)

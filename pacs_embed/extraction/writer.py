@@ -21,7 +21,7 @@ import torch
 
 from .. import cache as _cache
 from ..errors import ExtractionError
-from ..models import encode_text, load_text_tower, processor_settings
+from ..models import backbone_name, encode_text, load_text_tower, processor_settings
 from ..templates import default_prompts
 from .summary import Summary
 
@@ -157,7 +157,8 @@ def _attributes(plan, lead, dev, n_failed: int) -> dict:
              "batch_size": plan.batch_size, "torch_version": torch.__version__,
              "transformers_version": transformers.__version__,
              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-             "dataset_root": str(lead.ds.root.resolve()), "dataset_name": lead.ds.name, "n_failed": n_failed}
+             "dataset_root": str(lead.ds.root.resolve()), "dataset_name": lead.ds.name, "n_failed": n_failed,
+             "backbone": backbone_name(plan.spec)}
     if lead.recorded_templates is not None:   # a --prompts file's (or the old cache's): what later reports use
         attrs["prompt_templates"] = json.dumps(lead.recorded_templates, ensure_ascii=False)
     return attrs
