@@ -62,6 +62,7 @@ class Edit:
 
 class Explorer:
     """One source domain's methods, re-scored on every target as its domains' descriptions are edited."""
+    presets = PRESETS
 
     def __init__(self, emb, source: str | None = None, seeds=(0,), methods=None, head_cache=True):
         self.emb = check_embeddings(emb, "explore")

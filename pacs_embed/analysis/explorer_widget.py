@@ -1,4 +1,4 @@
-"""The explorer's panel (ipywidgets): a view over ``explorer.Explorer``, no logic of its own.
+"""The explorer's panel (ipywidgets): a view over an ``explorer.Explorer`` (given, never imported), no logic of its own.
 
 Usage::
 
@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import html
 
-from .explorer import PRESETS, Explorer
-
 SEPARATOR = " | "   # several prompts for one domain (averaged) are typed separated by this
 
 
-def panel(ex: Explorer):
+def panel(ex):
     """Text boxes (one per domain; Enter applies), a preset menu, a source menu, a refit button, the results."""
     import ipywidgets as w
     boxes = {d: w.Text(value=_shown(ex.prompts[d]), description=d, continuous_update=False,
                        layout=w.Layout(width="95%"), style={"description_width": "110px"}) for d in ex.emb.domains}
-    preset = w.Dropdown(options=["(typed)", *PRESETS], value="(typed)", description="preset")
+    preset = w.Dropdown(options=["(typed)", *ex.presets], value="(typed)", description="preset")
     source = w.Dropdown(options=list(ex.emb.domains), value=ex.source, description="source")
     refit = w.Button(description="refit out-of-date methods", layout=w.Layout(width="240px"))
     out = w.HTML(value=_results(ex.last))
