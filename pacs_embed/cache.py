@@ -453,7 +453,7 @@ class Cache(os.PathLike):
         a, ix, failures = self.attrs, self.index, self.failures()
         n_log = sum(len(r.texts) for r in _all_records(self._log) if self._ours(r))
         lines = [f"cache      {self.path}",
-                 f"model      {a['model_id']} @ {a['revision']}",
+                 f"model      {a['model_id']} @ {a['revision']} ({a.get('backbone', 'clip')})",
                  f"processor  {a['processor_class']} ({a.get('processor', 'pil')})",
                  f"run        {a['device']} / {a['dtype']}, batch {a['batch_size']}, {a['created']}",
                  f"dataset    {a['dataset_root']} ({len(self.domains)} domains x {len(self.classes)} classes)",

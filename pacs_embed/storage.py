@@ -19,7 +19,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from . import hdf5
+from . import __version__, hdf5
 from .errors import ArgumentError, CacheError
 
 REBUILD = hdf5.REBUILD
@@ -58,8 +58,8 @@ class MemoryStore:
         if unsaid := [a for a in hdf5.PROVENANCE if a not in attrs]:
             raise CacheError(f"{str(self.path)!r}: it does not say which model made its vectors (no attribute "
                              f"{', '.join(unsaid)})")
-        self.attrs = {**attrs, "format_version": hdf5.FORMAT_VERSION, "n_images": len(records),
-                      "embed_dim": int(embeddings.shape[1])}
+        self.attrs = {**attrs, "format_version": hdf5.FORMAT_VERSION, "pacs_embed_version": __version__,
+                      "embedding": hdf5.EMBEDDING_NOTE, "n_images": len(records), "embed_dim": int(embeddings.shape[1])}
         self._names = (list(domains), list(classes))
         self._index = {"path": [r.path for r in records], "domain": np.array([r.domain for r in records], np.int64),
                        "label": np.array([r.label for r in records], np.int64), "ok": np.asarray(ok).astype(bool),

@@ -47,8 +47,8 @@ def test_an_edit_gives_what_evaluate_gives_for_that_description_and_trained_head
                                              want.loc[METHODS, again.accuracy.columns].values)
 
 
-def test_the_similarity_rows_are_table_1_s_measure_for_the_typed_descriptions(emb):
-    ex = pa.explore(emb, methods=["none"], head_cache=False)
+def test_the_similarity_rows_are_table_1_s_measure_for_the_typed_descriptions(emb, cache_copy):
+    ex = pa.explore(cache_copy, methods=["none"], head_cache=False)          # a cache's path loads it
     edit = ex.apply(sketch="a pencil sketch")
     from pacs_embed.analysis.similarity import similarity_matrix
     sim = similarity_matrix(ex.text.vectors("paper"), emb.x, emb.domain, len(emb.domains))   # (described, images)

@@ -215,16 +215,19 @@ class _Evaluation:
     fitted together (``HeadBatch``), every (seed, target) scored, and the source's rows dropped — so only one
     source's transformed copies wait for their heads at a time. Keys are (source, seed, method, description)."""
 
-    def __init__(self, request: Request, cache: HeadCache):
+    def __init__(self, request: Request, cache: HeadCache, rows: dict | None = None):
+        """``rows``: the arrays of an earlier evaluation of the same cache ({"targets", "source_rows", "splits"}), kept
+        by a caller that evaluates again (the explorer): the same arrays, so their products and digests are reused."""
         emb, methods = request.emb, request.methods
         self.emb, self.text, self.seeds, self.descriptions = emb, request.text, request.seeds, request.descriptions
         self.sources, self.cache, self.Cs, self.solver = request.sources, cache, request.Cs, request.solver
         self.domains = emb.domains
         self.batch = HeadBatch(cache, self.Cs)   # heads are asked for by every method first, then fitted per source
-        self.targets = {t: _rows(emb, t) for t in self.domains}
+        rows = rows if rows is not None else {}
+        self.targets = rows.setdefault("targets", {t: _rows(emb, t) for t in self.domains})
         self.kinds = {name: make(name) for name in methods}   # an instance per method: its seeded / uses_text
-        self.source_rows = {}   # source -> its images and labels: one read-only copy, shared by its seeds
-        self.splits = {}        # (source, seed) -> those rows with the seed's split
+        self.source_rows = rows.setdefault("source_rows", {})   # source -> its images and labels: one read-only
+        self.splits = rows.setdefault("splits", {})             # copy, shared by its seeds; (source, seed) -> its split
         self.split_free = {}    # (source, method, description) -> a method that ignores the split, fitted once
         self.split_free_hits = {}
         entry = match(emb.domains, emb.classes)

@@ -27,8 +27,8 @@ import pandas as pd
 
 from ..errors import ArgumentError, UnknownName
 from .arguments import check_embeddings, check_seeds, did_you_mean
-from .embeddings import domain_order, group_means
-from .evaluation import _Evaluation, _rows, head_cache_for, request
+from .embeddings import Embeddings, domain_order, group_means, load
+from .evaluation import _Evaluation, head_cache_for, request
 from .heads import kept_products
 from .methods import default_methods
 from .text import NO_DESCRIPTION, text_side
@@ -71,10 +71,8 @@ class Explorer:
         self.seeds = check_seeds(seeds)
         self.methods = list(methods or default_methods())
         self.cache = head_cache_for(self.emb, head_cache)
-        self.targets = {t: _rows(self.emb, t) for t in self.emb.domains}   # one array per target: products are kept
-        self.products: dict = {}
-        self.source_rows: dict = {}
-        self.splits: dict = {}
+        self.rows: dict = {}             # the evaluation's target, source and split arrays, the same across edits
+        self.products: dict = {}         # so that the plain heads' products with them are kept (kept_products)
         self.image_means = group_means(self.emb.x, self.emb.domain, len(self.emb.domains))
         self.fitted: dict = {}           # (seed, method) -> fitted method of the last applied description
         self.trained: set[str] = set()   # methods whose heads are trained on the description
@@ -113,7 +111,8 @@ class Explorer:
     def use_source(self, source: str) -> Edit:
         """Another source domain: its heads fitted (or read from the head cache), every method scored."""
         self.source = self._checked_source(source)
-        self.fitted, self.last, self.source_rows, self.splits = {}, None, {}, {}
+        self.fitted, self.last = {}, None
+        self.rows = {"targets": self.rows.get("targets")} if self.rows.get("targets") else {}
         return self.apply(self.prompts, _all=True)
 
     def refit(self) -> Edit:
@@ -143,9 +142,7 @@ class Explorer:
         """The evaluation machinery for these descriptions, on the explorer's own target arrays."""
         text = text_side(self.emb, (DESCRIPTION,), domain_prompts=prompts)
         run = _Evaluation(request(self.emb, self.methods, self.seeds, [DESCRIPTION], text=text,
-                                  sources=[self.source]), self.cache)
-        run.targets = self.targets
-        run.source_rows, run.splits = self.source_rows, self.splits   # one source copy, hashed once, across edits
+                                  sources=[self.source]), self.cache, self.rows)
         self.text, self.run_ = text, run
         return run
 
@@ -200,5 +197,8 @@ class Explorer:
 
 def explore(emb, source: str | None = None, seeds=(0,), methods=None, head_cache=True) -> Explorer:
     """The live explorer of ``emb``'s descriptions for one source domain (``Explorer``; ``.widget()`` in a
-    notebook). ``seeds``: the source splits averaged (one by default: an edit stays interactive)."""
+    notebook); ``emb``: loaded embeddings, or a cache's path. ``seeds``: the source splits averaged (one by default:
+    an edit stays interactive)."""
+    if not isinstance(emb, Embeddings):
+        emb = load(emb)
     return Explorer(emb, source, seeds, methods, head_cache)
