@@ -168,6 +168,7 @@ class Backbone:
     padding: object          # True: to the batch's longest, with an attention mask (CLIP); "max_length" (SigLIP)
     text_inputs: tuple       # what the text tower is given
     projection_at_top: bool  # a CLIPModel keeps projection_dim at the top level of its config
+    lowercase: bool = False  # trained on lower-cased text (SigLIP 2): prompts are lower-cased before tokenizing
 
 
 BACKBONES = {
@@ -176,6 +177,9 @@ BACKBONES = {
     # SigLIP (Zhai et al., ICCV 2023): trained on text padded to max_length (64 tokens), with no attention mask; its
     # towers' pooled outputs are the joint embedding (the model card: padding="max_length")
     "siglip": Backbone("SiglipVisionModel", "SiglipTextModel", "max_length", ("input_ids",), False),
+    # SigLIP 2 (Tschannen et al., 2025): as SigLIP, on lower-cased text; its image processor gives patches, their
+    # mask and the patch grid (NaFlex), all passed to the image tower
+    "siglip2": Backbone("Siglip2VisionModel", "Siglip2TextModel", "max_length", ("input_ids",), False, lowercase=True),
 }
 
 
@@ -357,9 +361,14 @@ def features(output) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def embed_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Projected image embeddings, left on the model's device (on CUDA the call returns before they are done)."""
+def embed_images(model, pixel_values) -> torch.Tensor:
+    """Projected image embeddings, left on the model's device (on CUDA the call returns before they are done).
+    ``pixel_values``: a tensor, or the dict of inputs a processor gave (SigLIP 2: patches, mask, patch grid)."""
     p = next(model.parameters())
+    if isinstance(pixel_values, dict):
+        inputs = {k: v.to(p.device, p.dtype if v.is_floating_point() else v.dtype, non_blocking=True)
+                  for k, v in pixel_values.items()}
+        return features(model(**inputs))
     return features(model(pixel_values=pixel_values.to(p.device, p.dtype, non_blocking=True)))
 
 
@@ -372,6 +381,8 @@ def encode_text(tower: TextTower, prompts: list[str], batch_size: int = 256) -> 
                           f"reads only the first {max_len}, so prompts that differ after that get the same vector",
                           stacklevel=2)
     chunks, family = [], tower.backbone
+    if family.lowercase:
+        prompts = [p.lower() for p in prompts]
     for i in range(0, len(prompts), batch_size):
         tok = tower.tokenizer(list(prompts[i:i + batch_size]), padding=family.padding, truncation=True,
                               max_length=max_len, return_tensors="pt").to(tower.device)

@@ -43,3 +43,48 @@ def test_a_siglip_cache_extracts_records_its_model_and_reports(siglip, small_dat
     pa.prompt_similarity(emb, ["a watercolor"])                  # a new prompt, encoded by the SigLIP text tower
     with Cache.open(out) as c:
         assert "a watercolor" in c.prompts
+
+
+@pytest.fixture(scope="module")
+def siglip2(tmp_path_factory):
+    from tiny_clip import make_siglip2
+    return make_siglip2(tmp_path_factory.mktemp("siglip2"))
+
+
+def test_siglip2_extracts_with_its_patch_mask_and_grid_and_reads_prompts_lower_cased(siglip2, small_dataset, tmp_path):
+    """SigLIP 2's processor gives patches, their mask and the patch grid: all reach the image tower (the vectors are
+    those of the model called directly); it was trained on lower-cased text, so "A Photo" is "a photo" (SigLIP's is
+    not: its tokenizer keeps case)."""
+    from pacs_embed.extraction.images import read_rgb
+    from pacs_embed.models import load_processor
+    from transformers import Siglip2VisionModel
+    out = tmp_path / "siglip2.h5"
+    s = extract(small_dataset, str(siglip2), out, dtype="float32", batch_size=4, workers=0, progress=False)
+    assert s.failures == [] and s.n_embedded == s.n_images
+    with Cache.open(out) as c:
+        assert c.attrs["backbone"] == "siglip2" and c.dim == 32
+        first, stored = c.index["path"][0], c.image_vectors()[0]
+    processor = load_processor(resolve(str(siglip2)), "pil")
+    inputs = processor(images=read_rgb(small_dataset / first), return_tensors="pt")
+    assert {"pixel_values", "pixel_attention_mask", "spatial_shapes"} <= set(inputs)
+    model = Siglip2VisionModel.from_pretrained(siglip2).eval()
+    with torch.no_grad():
+        want = model(**inputs).pooler_output[0].numpy()
+    assert np.allclose(stored, want, atol=1e-5)
+    tower = load_text_tower(resolve(str(siglip2)), "cpu")
+    assert np.allclose(*encode_text(tower, ["A Photo", "a photo"]), atol=1e-6)
+    plain = load_text_tower(resolve(str(make_siglip_case(tmp_path))), "cpu")
+    assert not np.allclose(*encode_text(plain, ["A Photo", "a photo"]), atol=1e-4)
+    res = pa.evaluate(pa.load(out), ["none", "translate"], seeds=[0], progress=False, head_cache=False)
+    assert len(res.table)
+
+
+def make_siglip_case(tmp_path):
+    return make_siglip(tmp_path / "siglip-case")
+
+
+def test_the_device_processor_is_refused_for_a_backbone_it_does_not_reproduce(siglip2, small_dataset, tmp_path):
+    from pacs_embed.errors import ExtractionError
+    with pytest.raises(ExtractionError, match="--processor device reproduces the image processor of clip"):
+        extract(small_dataset, str(siglip2), tmp_path / "x.h5", processor="device", progress=False)
+    assert not (tmp_path / "x.h5.journal").exists()

@@ -88,3 +88,21 @@ def make_siglip(folder, seed=0) -> Path:
     tok.save_pretrained(folder)
     SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+def make_siglip2(folder, seed=0) -> Path:
+    """Save a random-weight tiny Siglip2Model (NaFlex: 8-pixel patches, at most 16 per image), the SigLIP-like
+    tokenizer and its image processor to ``folder``."""
+    from transformers import Siglip2Config, Siglip2Model
+    from transformers.models.siglip2 import Siglip2ImageProcessorPil
+    folder = Path(folder)
+    tok = siglip_tokenizer()
+    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    config = Siglip2Config(text_config=dict(vocab_size=len(tok), max_position_embeddings=64, pad_token_id=0,
+                                            eos_token_id=1, bos_token_id=1, **tower),
+                           vision_config=dict(patch_size=8, num_patches=16, **tower))
+    torch.manual_seed(seed)
+    Siglip2Model(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16).save_pretrained(folder)
+    return folder

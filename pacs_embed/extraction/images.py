@@ -37,7 +37,10 @@ class ImageFiles(torch.utils.data.Dataset):
             if self.kind == "device":
                 return i, read_for_device(self.root / self.paths[i]), None
             rgb = read_rgb(self.root / self.paths[i])
-            return i, self.processor(images=rgb, return_tensors="pt")["pixel_values"][0], None
+            out = self.processor(images=rgb, return_tensors="pt")
+            if set(out) == {"pixel_values"}:
+                return i, out["pixel_values"][0], None
+            return i, {k: v[0] for k, v in out.items()}, None   # SigLIP 2: patches, their mask, the patch grid
         except Exception as e:  # noqa: BLE001 - any unreadable file is recorded, not fatal
             return i, None, f"{type(e).__name__}: {e}"
 
@@ -101,9 +104,13 @@ def _ends_with_jpeg_eoi(path) -> bool:
 
 def collate(items):
     """(indices, pixels of the readable ones in that order, {index: error}); pixels are one stacked tensor (PIL
-    processor, or uint8 images of one size) or a list of uint8 images of different sizes (fast processor) or of
-    JPEG bytes and images (device processor)."""
+    processor, or uint8 images of one size), a dict of stacked tensors (a processor that gives several inputs:
+    SigLIP 2), or a list of uint8 images of different sizes (fast processor) or of JPEG bytes and images (device
+    processor)."""
     pixels = [px for _, px, err in items if err is None] or None
+    if pixels and isinstance(pixels[0], dict):   # several inputs per image (SigLIP 2): each stacked
+        return ([i for i, _, _ in items], {k: torch.stack([px[k] for px in pixels]) for k in pixels[0]},
+                {i: err for i, _, err in items if err is not None})
     if pixels and all(px.ndim == 3 for px in pixels) and (pixels[0].dtype != torch.uint8
                                                           or len({px.shape for px in pixels}) == 1):
         pixels = torch.stack(pixels)  # one tensor: one pinned copy to the device

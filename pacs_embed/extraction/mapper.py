@@ -38,7 +38,8 @@ class FastMapper(Mapper):
         pixels = batch.pixels
         if isinstance(pixels, torch.Tensor):
             pixels = pixels.to(self.dev, non_blocking=True)
-        return self.image_processor(images=pixels, return_tensors="pt", device=self.dev)["pixel_values"]
+        out = self.image_processor(images=pixels, return_tensors="pt", device=self.dev)
+        return out["pixel_values"] if set(out) == {"pixel_values"} else dict(out)   # SigLIP 2: several inputs
 
 
 class DeviceMapper(Mapper):

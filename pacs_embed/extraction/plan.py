@@ -19,10 +19,12 @@ import torch
 from .. import cache as _cache
 from ..datasets import compare, scan
 from ..errors import ExtractionError
-from ..models import (ModelSpec, choose_dtype, choose_processor, dtype_name, load_image_tower, load_processor,
-                      processor_settings)
+from ..models import (ModelSpec, backbone_name, choose_dtype, choose_processor, dtype_name, load_image_tower,
+                      load_processor, processor_settings)
 from ..templates import templates_for
 from .journal import Journal
+
+DEVICE_BACKBONES = ("clip",)   # whose image processors --processor device reproduces (tests/test_preprocess.py)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,10 @@ def prepare(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor
     rank 0's lead and the loaded image tower (None when nothing is to be embedded)."""
     dt = choose_dtype(dev, dtype)
     kind = choose_processor(processor, dev)
+    if kind == "device" and backbone_name(spec) not in DEVICE_BACKBONES:
+        raise ExtractionError(f"--processor device reproduces the image processor of {', '.join(DEVICE_BACKBONES)} "
+                              f"checkpoints; {spec.model_id!r} is a {backbone_name(spec)} one: use --processor pil "
+                              f"(or fast)")
     image_processor = load_processor(spec, kind)
     cache = read_old(out, force)
     known = cache.records() if cache else None
