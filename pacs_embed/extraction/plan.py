@@ -101,12 +101,7 @@ def prepare(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor
     """Resolve -> up to date? -> which images to embed -> journal (new, or the unfinished run's). Returns the plan,
     rank 0's lead and the loaded image tower (None when nothing is to be embedded)."""
     dt = choose_dtype(dev, dtype)
-    kind = choose_processor(processor, dev)
-    if kind == "device" and backbone_name(spec) not in DEVICE_BACKBONES:
-        raise ExtractionError(f"--processor device reproduces the image processor of {', '.join(DEVICE_BACKBONES)} "
-                              f"checkpoints; {spec.model_id!r} is a {backbone_name(spec)} one: use --processor pil "
-                              f"(or fast)")
-    image_processor = load_processor(spec, kind)
+    kind, image_processor = image_processing(spec, processor, dev)
     cache = read_old(out, force)
     known = cache.records() if cache else None
     ds = scan(root, known=known, progress=progress)
@@ -137,6 +132,17 @@ def prepare(root, spec, out, templates, t0, dev, *, dtype, batch_size, processor
     if plan.resumed:
         print(f"resuming: {plan.resumed} of {len(todo)} images already embedded in {journal.dir}")
     return plan, lead, model
+
+
+def image_processing(spec: ModelSpec, processor: str, dev) -> tuple[str, object]:
+    """(the processor kind this run uses, the checkpoint's image processor); ``device`` only for the backbones whose
+    processor it reproduces."""
+    kind = choose_processor(processor, dev)
+    if kind == "device" and backbone_name(spec) not in DEVICE_BACKBONES:
+        raise ExtractionError(f"--processor device reproduces the image processor of {', '.join(DEVICE_BACKBONES)} "
+                              f"checkpoints; {spec.model_id!r} is a {backbone_name(spec)} one: use --processor pil "
+                              f"(or fast)")
+    return kind, load_processor(spec, kind)
 
 
 def read_old(out: Path, force: bool) -> "_cache.Cache | None":
