@@ -77,17 +77,8 @@ def make_siglip(folder, seed=0) -> Path:
     image processor to ``folder``."""
     from transformers import SiglipConfig, SiglipModel
     from transformers.models.siglip import SiglipImageProcessorPil
-    folder = Path(folder)
-    tok = siglip_tokenizer()
-    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = SiglipConfig(text_config=dict(vocab_size=len(tok), max_position_embeddings=64, pad_token_id=0,
-                                           eos_token_id=1, bos_token_id=1, **tower),
-                          vision_config=dict(image_size=32, patch_size=8, **tower))
-    torch.manual_seed(seed)
-    SiglipModel(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+    return _siglip_family(folder, seed, SiglipConfig, SiglipModel, dict(image_size=32, patch_size=8),
+                          SiglipImageProcessorPil(size={"height": 32, "width": 32}))
 
 
 def make_siglip2(folder, seed=0) -> Path:
@@ -95,14 +86,19 @@ def make_siglip2(folder, seed=0) -> Path:
     tokenizer and its image processor to ``folder``."""
     from transformers import Siglip2Config, Siglip2Model
     from transformers.models.siglip2 import Siglip2ImageProcessorPil
+    return _siglip_family(folder, seed, Siglip2Config, Siglip2Model, dict(patch_size=8, num_patches=16),
+                          Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16))
+
+
+def _siglip_family(folder, seed, config_class, model_class, vision: dict, image_processor) -> Path:
     folder = Path(folder)
     tok = siglip_tokenizer()
     tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = Siglip2Config(text_config=dict(vocab_size=len(tok), max_position_embeddings=64, pad_token_id=0,
-                                            eos_token_id=1, bos_token_id=1, **tower),
-                           vision_config=dict(patch_size=8, num_patches=16, **tower))
+    config = config_class(text_config=dict(vocab_size=len(tok), max_position_embeddings=64, pad_token_id=0,
+                                           eos_token_id=1, bos_token_id=1, **tower),
+                          vision_config=dict(**vision, **tower))
     torch.manual_seed(seed)
-    Siglip2Model(config).save_pretrained(folder)
+    model_class(config).save_pretrained(folder)
     tok.save_pretrained(folder)
-    Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16).save_pretrained(folder)
+    image_processor.save_pretrained(folder)
     return folder
